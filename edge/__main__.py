@@ -1,0 +1,110 @@
+"""Command line of the edge: ``python -m edge read [--json] [--models DIR] IMAGE...``.
+
+Exit codes: 0 when at least one image was read (plates or not), 1 when no
+image could be read, 2 for a usage error, 3 when the models cannot be loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.model import ModelError
+from edge.pipeline import Pipeline
+
+DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
+
+
+def _load_image(path: str) -> np.ndarray:
+    """Decode an image file to BGR; raise ValueError naming the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError("file not found" if not p.exists() else "not a regular file")
+    data = np.fromfile(p, np.uint8)
+    if data.size == 0:
+        raise ValueError("file is empty")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image (truncated or not JPEG/PNG/BMP/WebP)")
+    return image
+
+
+def read_images(pipeline: Pipeline, paths: list[str]):
+    """Yield one contract object per image path (see GUIDE §3)."""
+    for path in paths:
+        start = time.perf_counter()
+        try:
+            image = _load_image(path)
+        except ValueError as exc:
+            ms = (time.perf_counter() - start) * 1000
+            yield {"image": path, "plates": [], "error": {"type": "unreadable", "message": f"{path}: {exc}"},
+                   "latency_ms": round(ms, 2)}
+            continue
+        reads = pipeline(image)
+        ms = (time.perf_counter() - start) * 1000
+        yield {"image": path, "plates": [r.as_json() for r in reads], "latency_ms": round(ms, 2)}
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    try:
+        pipeline = Pipeline.from_dir(args.models, num_threads=args.threads)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    n_ok = n_err = n_plates = 0
+    latencies = []
+    for obj in read_images(pipeline, args.images):
+        if "error" in obj:
+            n_err += 1
+            print(f"warning: {obj['error']['message']}", file=sys.stderr)
+        else:
+            n_ok += 1
+            n_plates += bool(obj["plates"])
+            latencies.append(obj["latency_ms"])
+        if args.json:
+            print(json.dumps(obj), flush=True)
+        else:
+            texts = ", ".join(f"{p['display']} ({p['confidence']:.2f})" for p in obj["plates"]) or "-"
+            print(f"{obj['image']}: {texts}  [{obj['latency_ms']:.1f} ms]", flush=True)
+    median = f"{statistics.median(latencies):.1f} ms median" if latencies else "no timing"
+    print(f"read {n_ok} of {len(args.images)} images, {n_plates} with a plate, {n_err} unreadable, {median}",
+          file=sys.stderr)
+    return 0 if n_ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m edge",
+        description="Edge ANPR: find and read number plates with int8 TFLite models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    rd = sub.add_parser(
+        "read",
+        help="read the plates in image files",
+        description="Read plates in image files. With --json, prints one JSON object per image per line: "
+        '{"image", "plates": [{"text", "confidence", "box": [x1,y1,x2,y2], "display", "format"}], "latency_ms"}; '
+        'plates best first; an unreadable image gets an "error" object and the command goes on. '
+        "A summary goes to stderr.",
+    )
+    rd.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, WebP)")
+    rd.add_argument("--json", action="store_true", help="one JSON object per image (the read contract)")
+    rd.add_argument("--models", type=Path, default=DEFAULT_MODELS,
+                    help="directory with detector.tflite, reader.tflite and their .json metadata (default: shipped models)")
+    rd.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads (default 2)")
+    rd.set_defaults(func=cmd_read)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

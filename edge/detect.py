@@ -1,0 +1,125 @@
+"""Plate detector: frame -> letterboxed model input -> plate mask -> plate quads.
+
+The detector network outputs a per-cell plate probability at ``stride``
+pixels of its input. Plates are the connected regions above a threshold; the
+minimum-area rotated rectangle of each region gives the plate quad, which the
+reader rectifies. Both the edge and the trainer use these functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge.model import Model
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a frame was fitted into the model input (top-left aligned): x_in = x * scale."""
+
+    scale: float
+
+    def to_frame(self, pts: np.ndarray) -> np.ndarray:
+        """Map (N,2) points from model-input pixels back to frame pixels."""
+        return pts / self.scale
+
+
+def letterbox(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, Letterbox]:
+    """Fit ``image`` (BGR) into width x height RGB, keeping aspect, padding bottom/right with black."""
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    out = np.zeros((height, width, 3), np.uint8)
+    out[:nh, :nw] = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    return out, Letterbox(scale)
+
+
+def order_quad(pts: np.ndarray) -> np.ndarray:
+    """Order 4 corners TL, TR, BR, BL so that the TL->TR edge is the plate's top edge.
+
+    The top edge is taken as the longer pair of sides (plates are wider than
+    tall, two-row plates included), oriented left to right.
+    """
+    pts = np.asarray(pts, np.float32).reshape(4, 2)
+    c = pts.mean(axis=0)
+    ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
+    pts = pts[np.argsort(ang)]  # clockwise in image coordinates, starting anywhere
+    e01 = np.linalg.norm(pts[1] - pts[0])
+    e12 = np.linalg.norm(pts[2] - pts[1])
+    if e12 > e01:
+        pts = np.roll(pts, -1, axis=0)
+    # Now pts[0]->pts[1] is a long edge; make it the upper one, running left to right.
+    if (pts[0, 1] + pts[1, 1]) > (pts[2, 1] + pts[3, 1]):
+        pts = np.roll(pts, 2, axis=0)
+    return pts
+
+
+def rect_quad(points: np.ndarray) -> np.ndarray:
+    """Ordered corners of the minimum-area rotated rectangle around ``points``."""
+    rect = cv2.minAreaRect(np.asarray(points, np.float32).reshape(-1, 2))
+    return order_quad(cv2.boxPoints(rect))
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A plate found in a frame: rotated quad and its axis-aligned box, in frame pixels."""
+
+    quad: np.ndarray
+    box: tuple[float, float, float, float]
+    score: float
+
+
+def mask_to_detections(
+    prob: np.ndarray, stride: int, threshold: float, min_cells: int, lb: Letterbox, frame_wh: tuple[int, int]
+) -> list[Detection]:
+    """Turn a plate-probability map (h, w) into detections in frame pixels."""
+    mask = (prob >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    fw, fh = frame_wh
+    out = []
+    for i in range(1, n):
+        if stats[i, cv2.CC_STAT_AREA] < min_cells:
+            continue
+        ys, xs = np.nonzero(labels == i)
+        score = float(prob[ys, xs].mean())
+        # Each cell covers [x*stride, (x+1)*stride); take all four corners of every cell.
+        cells = np.stack([xs, ys], axis=1).astype(np.float32) * stride
+        corners = np.concatenate([cells + np.array(o, np.float32) * stride for o in ((0, 0), (1, 0), (0, 1), (1, 1))])
+        quad = lb.to_frame(rect_quad(corners))
+        x1, y1 = np.clip(quad.min(axis=0), 0, [fw, fh])
+        x2, y2 = np.clip(quad.max(axis=0), 0, [fw, fh])
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            continue
+        out.append(Detection(quad, (float(x1), float(y1), float(x2), float(y2)), score))
+    out.sort(key=lambda d: d.score, reverse=True)
+    return out
+
+
+class PlateDetector:
+    """Runs the detector model on BGR frames."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        _, self.height, self.width, self.channels = model.input.shape
+        cfg = model.meta["detector"]
+        self.stride = int(cfg["stride"])
+        self.threshold = float(cfg.get("threshold", 0.5))
+        self.min_cells = int(cfg.get("min_cells", 3))
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """The uint8 model input for a BGR frame, and how it was fitted."""
+        return letterbox(image, self.width, self.height)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Plate probability per output cell for a prepared input."""
+        return self.model.run_pixels(pixels)[..., 0]
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Plates in a BGR frame, best first."""
+        pixels, lb = self.prepare(image)
+        prob = self.probabilities(pixels)
+        return mask_to_detections(prob, self.stride, self.threshold, self.min_cells, lb, (image.shape[1], image.shape[0]))

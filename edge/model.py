@@ -1,0 +1,173 @@
+"""Load a .tflite model with its metadata sidecar, check both, and run it.
+
+A model is two files side by side: ``NAME.tflite`` and ``NAME.json``. The JSON
+holds everything the edge needs to feed the model and read its output (input
+size and colour, quantization, alphabet, decoding) and the sha256 of the
+.tflite file. The edge hard-codes none of it; a mismatch is a clear error
+naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METADATA_SCHEMA = 1
+
+
+class ModelError(RuntimeError):
+    """A model file or its metadata is missing, corrupt or inconsistent."""
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def interpreter_class() -> Any:
+    """The TFLite interpreter class: ai-edge-litert, else tflite-runtime."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        except ImportError as exc:
+            raise ModelError(
+                "no TFLite runtime found: install ai-edge-litert (pip install ai-edge-litert)"
+            ) from exc
+    return Interpreter
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape, dtype and affine quantization of one model input or output."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def from_detail(cls, d: dict[str, Any]) -> "TensorSpec":
+        scale, zp = d.get("quantization", (0.0, 0))
+        return cls(tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]).name, float(scale), int(zp))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
+
+
+def read_metadata(tflite_path: Path) -> dict[str, Any]:
+    """Read and validate the JSON sidecar of ``tflite_path`` (without loading the model)."""
+    meta_path = tflite_path.with_suffix(".json")
+    if not tflite_path.is_file():
+        raise ModelError(f"{tflite_path}: model file not found")
+    if not meta_path.is_file():
+        raise ModelError(f"{meta_path}: metadata file not found (every .tflite needs its .json beside it)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: metadata is not valid JSON: {exc}") from exc
+    for key in ("schema", "kind", "sha256", "input", "output"):
+        if key not in meta:
+            raise ModelError(f"{meta_path}: metadata lacks the key '{key}'")
+    if meta["schema"] != METADATA_SCHEMA:
+        raise ModelError(f"{meta_path}: metadata schema {meta['schema']} is not the supported {METADATA_SCHEMA}")
+    digest = file_sha256(tflite_path)
+    if digest != meta["sha256"]:
+        raise ModelError(
+            f"{tflite_path}: sha256 {digest[:12]}… does not match its metadata ({str(meta['sha256'])[:12]}…); "
+            "the file is corrupt or was replaced without its .json"
+        )
+    return meta
+
+
+class Model:
+    """One TFLite model with its metadata; ``run`` takes and returns float arrays."""
+
+    def __init__(self, tflite_path: str | Path, kind: str, num_threads: int = 2) -> None:
+        self.path = Path(tflite_path)
+        self.meta = read_metadata(self.path)
+        if self.meta["kind"] != kind:
+            raise ModelError(f"{self.path}: metadata says kind '{self.meta['kind']}', expected '{kind}'")
+        try:
+            self._interp = interpreter_class()(model_path=str(self.path), num_threads=num_threads)
+            self._interp.allocate_tensors()
+        except ValueError as exc:
+            raise ModelError(f"{self.path}: the TFLite runtime cannot load it: {exc}") from exc
+        inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        self._in_index, self._out_index = inputs[0]["index"], outputs[0]["index"]
+        self.input = TensorSpec.from_detail(inputs[0])
+        self.output = TensorSpec.from_detail(outputs[0])
+        self._check("input", self.input)
+        self._check("output", self.output)
+        # Pixels in [0, 255] map to model inputs x = p / 255; with scale 1/255 and
+        # zero point -128 the int8 input is p - 128, i.e. a byte XOR without any math.
+        self._xor_fast = (
+            self.input.dtype == "int8"
+            and self.input.zero_point == -128
+            and abs(self.input.scale * 255.0 - 1.0) < 1e-6
+        )
+
+    def _check(self, which: str, actual: TensorSpec) -> None:
+        want = self.meta[which]
+        problems = []
+        if list(actual.shape) != list(want.get("shape", [])):
+            problems.append(f"shape {list(actual.shape)} != {want.get('shape')}")
+        if actual.dtype != want.get("dtype"):
+            problems.append(f"dtype {actual.dtype} != {want.get('dtype')}")
+        if actual.dtype in ("int8", "uint8"):
+            if not np.isclose(actual.scale, float(want.get("scale", -1.0)), rtol=1e-6, atol=0.0):
+                problems.append(f"scale {actual.scale} != {want.get('scale')}")
+            if actual.zero_point != int(want.get("zero_point", 10**9)):
+                problems.append(f"zero point {actual.zero_point} != {want.get('zero_point')}")
+        if problems:
+            raise ModelError(f"{self.path}: {which} does not match its metadata: " + "; ".join(problems))
+
+    @property
+    def precision(self) -> str:
+        return self.input.dtype if self.input.dtype in ("int8", "uint8") else "float32"
+
+    def run_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Run on uint8 pixels shaped like the input (without batch); return float output."""
+        if pixels.dtype != np.uint8:
+            raise TypeError("run_pixels takes uint8 pixels")
+        pixels = pixels.reshape(self.input.shape)
+        if self._xor_fast:
+            x = (pixels ^ np.uint8(0x80)).view(np.int8)
+        else:
+            x = self.quantize(pixels.astype(np.float32) / 255.0)
+        return self._invoke(x)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float model input -> the input tensor's dtype."""
+        if self.input.dtype == "float32":
+            return x.astype(np.float32).reshape(self.input.shape)
+        info = np.iinfo(self.input.dtype)
+        q = np.round(x / self.input.scale + self.input.zero_point)
+        return np.clip(q, info.min, info.max).astype(self.input.dtype).reshape(self.input.shape)
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        self._interp.set_tensor(self._in_index, x)
+        self._interp.invoke()
+        y = self._interp.get_tensor(self._out_index)[0]
+        if self.output.dtype == "float32":
+            return y.astype(np.float32)
+        return (y.astype(np.float32) - self.output.zero_point) * self.output.scale
+
+
+def model_paths(models_dir: str | Path) -> tuple[Path, Path]:
+    """The detector and reader .tflite paths of a model set directory."""
+    d = Path(models_dir)
+    if not d.is_dir():
+        raise ModelError(f"{d}: model directory not found")
+    return d / "detector.tflite", d / "reader.tflite"

@@ -1,0 +1,76 @@
+"""Frame -> plate reads: detector, rectified crops, reader, plate-format rules."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.detect import Detection, PlateDetector
+from edge.model import Model, model_paths
+from edge.plates import apply_format_rules, display_text
+from edge.recognize import PlateReader
+
+#: Reads shorter than this are noise (a badge, a fragment), not plates.
+MIN_TEXT_LEN = 3
+
+
+@dataclass(frozen=True)
+class PlateRead:
+    """One plate read in one frame."""
+
+    text: str
+    display: str
+    format: str | None
+    confidence: float
+    detection: Detection
+
+    @property
+    def score(self) -> float:
+        """Ranking score: both the detector and the reader must be sure."""
+        return self.confidence * self.detection.score
+
+    def as_json(self) -> dict:
+        x1, y1, x2, y2 = self.detection.box
+        return {
+            "text": self.text,
+            "confidence": round(self.confidence, 4),
+            "box": [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
+            "display": self.display,
+            "format": self.format,
+            "detector_score": round(self.detection.score, 4),
+        }
+
+
+class Pipeline:
+    """Detector and reader of one model set, applied to BGR frames."""
+
+    def __init__(self, detector: PlateDetector, reader: PlateReader, max_plates: int = 8) -> None:
+        self.detector = detector
+        self.reader = reader
+        self.max_plates = max_plates
+
+    @classmethod
+    def from_dir(cls, models_dir: str | Path, num_threads: int = 2) -> "Pipeline":
+        """Load ``detector.tflite`` and ``reader.tflite`` (with their metadata) from a directory."""
+        det_path, rd_path = model_paths(models_dir)
+        return cls(
+            PlateDetector(Model(det_path, "detector", num_threads)),
+            PlateReader(Model(rd_path, "reader", num_threads)),
+        )
+
+    def read_detections(self, image: np.ndarray, detections: list[Detection]) -> list[PlateRead]:
+        """Read the text of given detections; drop empty or too-short reads; best first."""
+        reads = []
+        for det in detections[: self.max_plates]:
+            slot = self.reader.read_crop(self.reader.crop(image, det.quad))
+            if len(slot.text) < MIN_TEXT_LEN:
+                continue
+            text, fmt = apply_format_rules(slot.text, slot.alternatives)
+            reads.append(PlateRead(text, display_text(text, fmt), fmt, slot.confidence, det))
+        reads.sort(key=lambda r: r.score, reverse=True)
+        return reads
+
+    def __call__(self, image: np.ndarray) -> list[PlateRead]:
+        """All plates read in a BGR frame, best first."""
+        return self.read_detections(image, self.detector.detect(image))

@@ -1,0 +1,147 @@
+"""Trainer command line: one verb per job.
+
+  python -m trainer synth data    --kind reader|detector --n N --out FILE.npz
+  python -m trainer synth preview --kind plates|scenes --out grid.png
+  python -m trainer train         --kind reader|detector --data FILE.npz --run DIR
+  python -m trainer export        --kind reader|detector --run DIR --data FILE.npz --out DIR [--install edge/models]
+  python -m trainer evaluate      --models DIR [--models DIR ...] [--set FOLDER ...] [--synthetic N] --out report.json
+
+TensorFlow is imported only by the verbs that need it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _synth(args: argparse.Namespace) -> int:
+    if args.what == "preview":
+        from trainer.synth import preview_grid
+        import numpy as np
+
+        preview_grid(np.random.default_rng(args.seed), args.out, args.kind, args.n)
+        print(f"wrote {args.out}")
+        return 0
+    from trainer.data import generate, save_set
+
+    data = generate(args.kind, args.n, args.seed, workers=args.workers)
+    save_set(args.out, data, {"kind": args.kind, "seed": args.seed, "generator": "trainer.synth"})
+    print(f"wrote {len(data['x'])} {args.kind} samples to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainer.train import train
+
+    info = train(args.kind, args.data, args.run, epochs=args.epochs, batch=args.batch, minutes=args.minutes,
+                 lr=args.lr, threads=args.threads, seed=args.seed, verbose=args.verbose)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from trainer.export import export, install
+
+    report = export(args.kind, args.run, args.data, args.out)
+    (args.out / f"{args.kind}_export.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    if args.install:
+        install(args.out, args.install)
+        print(f"installed int8 models into {args.install}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from edge.pipeline import Pipeline
+    from trainer import evaluate as ev
+
+    report: dict = {}
+    for models in args.models:
+        pipe = Pipeline.from_dir(models, num_threads=args.threads)
+        name = str(models)
+        res: dict = {}
+        for folder in args.set:
+            res[folder.name] = ev.evaluate_folder(pipe, folder, args.limit)
+        if args.synthetic:
+            res["synthetic_plates"] = ev.evaluate_synthetic_reader(pipe, args.synthetic, args.seed)
+            res["synthetic_scenes"] = ev.evaluate_synthetic_scenes(pipe, max(1, args.synthetic // 4), args.seed)
+        report[name] = res
+    print(f"{'models':<28}{'set':<18}{'n':>6}{'exact':>8}{'lenient':>9}{'chars':>7}{'det@.5':>8}{'ms':>7}")
+    for name, res in report.items():
+        for set_name, r in res.items():
+            s = r["summary"]
+            n = s.get("images", s.get("plates", 0))
+            exact = s.get("exact", s.get("read_recall")) or 0.0
+            det = s.get("det_recall")
+            print(f"{name[-27:]:<28}{set_name:<18}{n:>6}{exact:>8.3f}{s.get('lenient', float('nan')):>9.3f}"
+                  f"{s.get('char_accuracy', float('nan')):>7.3f}{det if det is None else round(det, 3)!s:>8}"
+                  f"{s.get('latency_ms_median') or float('nan'):>7.1f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    sy = sub.add_parser("synth", help="make synthetic training sets or preview grids")
+    sy_sub = sy.add_subparsers(dest="what", required=True)
+    data = sy_sub.add_parser("data", help="write a training set (.npz) for one network")
+    data.add_argument("--kind", choices=["reader", "detector"], required=True)
+    data.add_argument("--n", type=int, required=True, help="number of samples")
+    data.add_argument("--seed", type=int, default=0, help="sample i uses seed (SEED, i): held-out sets take another SEED")
+    data.add_argument("--workers", type=int, default=2, help="worker processes")
+    data.add_argument("--out", type=Path, required=True)
+    prev = sy_sub.add_parser("preview", help="write a PNG grid of synthetic samples to look at")
+    prev.add_argument("--kind", choices=["plates", "scenes"], default="plates")
+    prev.add_argument("--n", type=int, default=32)
+    prev.add_argument("--seed", type=int, default=0)
+    prev.add_argument("--out", type=Path, default=Path("preview.png"))
+    sy.set_defaults(func=_synth)
+
+    tr = sub.add_parser("train", help="train one network; rerun the same command to resume")
+    tr.add_argument("--kind", choices=["reader", "detector"], required=True)
+    tr.add_argument("--data", type=Path, required=True, help=".npz from `synth data`")
+    tr.add_argument("--run", type=Path, required=True, help="run directory (checkpoints, log.csv, model.keras)")
+    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--batch", type=int, default=32)
+    tr.add_argument("--minutes", type=float, default=55.0, help="stop after this much training time")
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2], help="Keras verbosity (1 = progress bar)")
+    tr.set_defaults(func=_train)
+
+    ex = sub.add_parser("export", help="export float and int8 TFLite with metadata, checked against Keras")
+    ex.add_argument("--kind", choices=["reader", "detector"], required=True)
+    ex.add_argument("--run", type=Path, required=True)
+    ex.add_argument("--data", type=Path, required=True, help="set for int8 calibration and the agreement check")
+    ex.add_argument("--out", type=Path, required=True, help="writes OUT/float and OUT/int8")
+    ex.add_argument("--install", type=Path, default=None, help="also copy the int8 set into this models directory")
+    ex.set_defaults(func=_export)
+
+    ev = sub.add_parser("evaluate", help="score model sets through the edge pipeline")
+    ev.add_argument("--models", type=Path, action="append", required=True, help="model set directory (repeatable)")
+    ev.add_argument("--set", type=Path, action="append", default=[], help="folder with labels.tsv (repeatable)")
+    ev.add_argument("--synthetic", type=int, default=0, help="also score N held-out synthetic plates (and N/4 scenes)")
+    ev.add_argument("--seed", type=int, default=999, help="seed of the held-out synthetic data")
+    ev.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    ev.set_defaults(func=_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Training sets for the two networks, made from synthetic scenes and patches.
+
+Samples are produced through the edge's own pre-processing (``letterbox``,
+``rect_quad``, ``crop_plate``), so the networks learn exactly the inputs the
+device will feed them. Sets are written as compressed .npz files with a
+sidecar of how they were made; generation runs in worker processes with a
+progress bar and is deterministic by seed (sample i uses seed (seed, i)).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edge.detect import letterbox, rect_quad
+from edge.plates import MAX_SLOTS, READER_CLASSES, PAD
+from edge.recognize import crop_plate, encode_slots
+from trainer.nets import DETECTOR_STRIDE, READER_INPUT
+from trainer.synth import make_plate_patch, make_scene
+
+#: Crop margin the reader is trained with (fraction of plate width, height per side).
+READER_MARGIN = (0.06, 0.12)
+
+
+def plate_mask(quads: list[np.ndarray], height: int, width: int, stride: int) -> np.ndarray:
+    """Soft plate-coverage target (height/stride, width/stride) in [0, 1] for given quads."""
+    sub = 4  # render at 4 sub-cells per cell edge, then average: coverage fraction per cell
+    hi = np.zeros((height // stride * sub, width // stride * sub), np.uint8)
+    for q in quads:
+        pts = np.round(np.asarray(q, np.float32) / stride * sub * 8).astype(np.int32)
+        cv2.fillPoly(hi, [pts], 255, lineType=cv2.LINE_8, shift=3)
+    return cv2.resize(hi, (width // stride, height // stride), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def jitter_quad(rng: np.random.Generator, quad: np.ndarray, amount: float) -> np.ndarray:
+    """The rotated rectangle a detector would give for ``quad``, randomly shifted and scaled.
+
+    The detector outputs a min-area rectangle at cell resolution, not the exact
+    corners, so the reader is trained on the same kind of imprecise quads.
+    """
+    q = rect_quad(quad)
+    c = q.mean(axis=0)
+    w = np.linalg.norm(q[1] - q[0])
+    h = np.linalg.norm(q[3] - q[0])
+    scale = np.array([1 + rng.uniform(-amount, amount), 1 + rng.uniform(-amount, 1.5 * amount)], np.float32)
+    ux = (q[1] - q[0]) / max(w, 1e-6)
+    uy = (q[3] - q[0]) / max(h, 1e-6)
+    shift = ux * rng.uniform(-amount, amount) * w + uy * rng.uniform(-amount, amount) * h
+    local = np.stack([(q - c) @ ux, (q - c) @ uy], axis=1) * scale
+    return (c + shift + local[:, :1] * ux + local[:, 1:] * uy).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: str
+    seed: int
+    start: int
+    count: int
+
+
+def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    h, w = READER_INPUT
+    x = np.zeros((job.count, h, w), np.uint8)
+    y = np.zeros((job.count, MAX_SLOTS), np.int32)
+    texts = []
+    for k in range(job.count):
+        rng = np.random.default_rng((job.seed, job.start + k))
+        scene = make_plate_patch(rng)
+        plate = scene.plates[0]
+        quad = jitter_quad(rng, plate.quad, 0.06)
+        x[k] = crop_plate(scene.image, quad, w, h, READER_MARGIN)
+        y[k] = encode_slots(plate.text, READER_CLASSES, MAX_SLOTS, PAD)
+        texts.append(plate.text)
+    return x, y, texts
+
+
+def _detector_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from trainer.nets import DETECTOR_INPUT
+
+    h, w = DETECTOR_INPUT
+    x = np.zeros((job.count, h, w, 3), np.uint8)
+    y = np.zeros((job.count, h // DETECTOR_STRIDE, w // DETECTOR_STRIDE), np.uint8)
+    texts = []
+    for k in range(job.count):
+        rng = np.random.default_rng((job.seed, job.start + k))
+        scene = make_scene(rng, width=int(rng.integers(w * 3 // 4, w * 5 // 2)), height=int(rng.integers(h * 3 // 4, h * 5 // 2)))
+        pixels, lb = letterbox(scene.image, w, h)
+        x[k] = pixels
+        quads = [p.quad * lb.scale for p in scene.plates]
+        y[k] = np.round(plate_mask(quads, h, w, DETECTOR_STRIDE) * 255).astype(np.uint8)
+        texts.append(" ".join(p.text for p in scene.plates))
+    return x, y, texts
+
+
+_MAKERS = {"reader": _reader_samples, "detector": _detector_samples}
+
+
+def generate(kind: str, n: int, seed: int, workers: int = 2, chunk: int = 64, progress: bool = True) -> dict[str, np.ndarray]:
+    """Make ``n`` samples of ``kind`` ('reader' or 'detector') in worker processes."""
+    if kind not in _MAKERS:
+        raise ValueError(f"unknown kind '{kind}', expected one of {sorted(_MAKERS)}")
+    jobs = [_Job(kind, seed, s, min(chunk, n - s)) for s in range(0, n, chunk)]
+    xs, ys, texts = [], [], []
+    with mp.get_context("spawn").Pool(workers) if workers > 1 else _Inline() as pool:
+        bar = tqdm(total=n, desc=f"synth {kind}", unit="img", disable=not progress)
+        for x, y, t in pool.imap(_MAKERS[kind], jobs):
+            xs.append(x)
+            ys.append(y)
+            texts.extend(t)
+            bar.update(len(x))
+        bar.close()
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "text": np.array(texts)}
+
+
+class _Inline:
+    """Stand-in for a Pool when one process is asked for (tests, debugging)."""
+
+    def imap(self, fn, jobs):
+        return map(fn, jobs)
+
+    def __enter__(self) -> "_Inline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def save_set(path: Path, data: dict[str, np.ndarray], info: dict) -> None:
+    """Write a set as .npz plus ``<path>.json`` describing it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **data)
+    Path(str(path) + ".json").write_text(json.dumps(info | {"count": int(len(data["x"]))}, indent=2))
+
+
+def load_set(path: Path) -> dict[str, np.ndarray]:
+    """Read a set written by ``save_set``; errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: data set not found (make it with `python -m trainer synth`)")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,164 @@
+"""Export a trained network to float and full-integer int8 TFLite, with metadata.
+
+Each export is checked before it is written out as done: every op must be in
+the Edge TPU's mapped set, and the exported model, run through the edge's own
+``Model`` class, must agree with Keras on held-out samples.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from edge.model import METADATA_SCHEMA, Model, file_sha256
+from edge.plates import MAX_SLOTS, PAD, READER_CLASSES
+from trainer.data import READER_MARGIN, load_set
+from trainer.nets import DETECTOR_INPUT, DETECTOR_STRIDE, build_detector, count_macs
+
+#: TFLite builtin ops that the Edge TPU compiler maps (its documented op table, the subset we use).
+EDGE_TPU_OPS = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "CONCATENATION", "RESHAPE", "RESIZE_NEAREST_NEIGHBOR",
+    "RESIZE_BILINEAR", "RELU", "RELU6", "LOGISTIC", "SOFTMAX", "MAX_POOL_2D", "AVERAGE_POOL_2D",
+    "FULLY_CONNECTED", "MUL", "MEAN", "PAD", "QUANTIZE", "DEQUANTIZE",
+}
+EDGETPU_COMPILE = "edgetpu_compiler --show_operations --out_dir {dir} {file}"
+
+
+def _exportable(kind: str, trained: keras.Model) -> keras.Model:
+    """The model at its deployment input size with the trained weights."""
+    if kind == "detector":
+        model = build_detector(*DETECTOR_INPUT)
+        model.set_weights(trained.get_weights())
+        return model
+    return trained
+
+
+def _representative(x: np.ndarray, n: int):
+    def gen():
+        for i in range(min(n, len(x))):
+            s = x[i : i + 1].astype(np.float32) / 255.0
+            if s.ndim == 3:
+                s = s[..., None]
+            # Pin the calibrated input range to exactly [0, 1], so the int8 input is pixel - 128.
+            s.reshape(-1)[0], s.reshape(-1)[1] = 0.0, 1.0
+            yield [s]
+
+    return gen
+
+
+def convert(model: keras.Model, rep_x: np.ndarray | None, n_rep: int = 200) -> bytes:
+    """TFLite flatbuffer: float32 when ``rep_x`` is None, else full-integer int8 with int8 I/O."""
+    # A fixed batch of 1: a dynamic batch turns Reshape into ops the Edge TPU rejects.
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec((1, *model.input.shape[1:]), tf.float32)
+    )
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+    if rep_x is not None:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = _representative(rep_x, n_rep)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def op_names(tflite_bytes: bytes) -> list[str]:
+    """Builtin op names in a flatbuffer, in graph order."""
+    interp = tf.lite.Interpreter(model_content=tflite_bytes)
+    return [op["op_name"] for op in interp._get_ops_details()]
+
+
+def _metadata(kind: str, path: Path, macs: int, extra: dict) -> dict:
+    return {
+        "schema": METADATA_SCHEMA,
+        "kind": kind,
+        "version": dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d.%H%M"),
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "size_bytes": path.stat().st_size,
+        "macs": macs,
+    } | extra
+
+
+def _write(kind: str, tflite: bytes, out: Path, macs: int, extra: dict) -> Model:
+    """Write ``out/<kind>.tflite`` and its metadata; return it loaded through the edge."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{kind}.tflite"
+    path.write_bytes(tflite)
+    interp = tf.lite.Interpreter(model_content=tflite)
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def spec(d):
+        scale, zp = d["quantization"]
+        return {"shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                "scale": float(scale), "zero_point": int(zp)}
+
+    meta = _metadata(kind, path, macs, {"input": spec(inp) | {"color": "rgb" if inp["shape"][-1] == 3 else "gray",
+                                                                      "value": "pixel / 255"},
+                                              "output": spec(outp)} | extra)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return Model(path, kind, num_threads=2)
+
+
+def _kind_config(kind: str) -> dict:
+    if kind == "detector":
+        return {"detector": {"stride": DETECTOR_STRIDE, "threshold": 0.5, "min_cells": 3,
+                             "output": "plate probability per cell", "letterbox": "top-left, black padding"}}
+    return {"reader": {"classes": READER_CLASSES, "pad": PAD, "slots": MAX_SLOTS, "decoding": "slots-argmax",
+                       "crop_margin": list(READER_MARGIN), "order": "left to right, top row first"}}
+
+
+def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 200, n_check: int = 200) -> dict:
+    """Export ``run_dir/model.keras`` to ``out_dir/float`` and ``out_dir/int8``; return a check report."""
+    trained = keras.models.load_model(run_dir / "model.keras", compile=False)
+    model = _exportable(kind, trained)
+    d = load_set(data)
+    rng = np.random.default_rng(0)
+    rep = d["x"][rng.permutation(len(d["x"]))[:n_rep]]
+    check = d["x"][: min(n_check, len(d["x"]))]  # the head of the set is the training validation split
+    macs = count_macs(model)
+    report: dict = {"kind": kind, "macs": macs}
+    for precision, rep_x in (("float", None), ("int8", rep)):
+        flat = convert(model, rep_x, n_rep)
+        ops = op_names(flat)
+        bad = sorted(set(ops) - EDGE_TPU_OPS)
+        if precision == "int8" and bad:
+            raise RuntimeError(f"{kind} int8 export has ops the Edge TPU does not map: {bad}")
+        edge_model = _write(kind, flat, out_dir / precision, macs, _kind_config(kind))
+        report[precision] = {"ops": sorted(set(ops)), "size_bytes": len(flat),
+                             "agreement": _agreement(kind, model, edge_model, check)}
+    (out_dir / "int8" / f"{kind}.edgetpu.txt").write_text(
+        "Compile for a Coral Edge TPU on an x86-64 workstation with the edgetpu_compiler installed:\n  "
+        + EDGETPU_COMPILE.format(dir=".", file=f"{kind}.tflite") + "\n"
+    )
+    return report
+
+
+def _agreement(kind: str, keras_model: keras.Model, edge_model: Model, x: np.ndarray) -> dict:
+    """How closely the exported model, run through the edge, follows Keras."""
+    same, diffs = 0, []
+    for xi in x:
+        px = xi if xi.ndim == 3 else xi[..., None]
+        ref = keras_model(px[None].astype(np.float32) / 255.0, training=False).numpy()[0]
+        got = edge_model.run_pixels(px)
+        if kind == "reader":
+            same += bool(np.array_equal(ref.argmax(-1), got.argmax(-1)))
+        else:
+            diffs.append(float(np.abs(ref - got).mean()))
+            same += float(((ref >= 0.5) == (got >= 0.5)).mean())
+    out = {"samples": len(x), "match": same / len(x)}
+    if diffs:
+        out["mean_abs_diff"] = float(np.mean(diffs))
+    return out
+
+
+def install(out_dir: Path, models_dir: Path) -> None:
+    """Copy an exported int8 model set (tflite + json) into the edge's model directory."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted((out_dir / "int8").glob("*")):
+        shutil.copy2(f, models_dir / f.name)

@@ -1,0 +1,265 @@
+"""Scenes and reader patches: procedural backgrounds, car-like context, plates, distractors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .camera import apply_camera, inside
+from .fonts import fonts_for, font_table, text_mask
+from .render import blend, render_plate, rounded_rect
+from .text import LETTERS, random_text
+
+CAR_COLOURS = ((235, 235, 235), (190, 190, 195), (120, 120, 125), (30, 30, 32), (110, 40, 20), (40, 40, 170),
+               (50, 30, 90), (50, 80, 40), (150, 180, 200), (180, 130, 90), (200, 200, 210), (60, 60, 60))
+WORDS = ("NOTICE", "PARKING", "EXIT", "STOP", "ZAGREB", "CROATIA", "TEL. 01 6578 733", "AUTO", "SERVICE",
+         "NO PARKING", "VIDEO SURVEILLANCE", "Golf", "YARIS", "ML 320", "CHEVROLET", "RENAULT 4 GTL",
+         "TAXI", "BUS", "SALE", "HOTEL", "www.auto.hr", "OPEN 24H", "Z28", "4x4", "DIESEL", "ONE WAY")
+
+
+@dataclass
+class PlateInstance:
+    text: str
+    format: str
+    quad: np.ndarray  # (4,2) float32 TL, TR, BR, BL, outer plate edge
+    rows: int
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # HxWx3 uint8 BGR
+    plates: list[PlateInstance]
+
+
+def _col(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[float, float, float]:
+    return tuple(float(v) for v in rng.integers(lo, hi, 3))
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, amp: float) -> np.ndarray:
+    small = rng.normal(0, amp, (max(2, h * cells // w), cells)).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Street-like float32 BGR background: sky/buildings/fences above, asphalt with markings below."""
+    img = np.empty((h, w, 3), np.float32)
+    horizon = int(h * rng.uniform(-0.1, 0.6))
+    top = np.float32(_col(rng, 60, 230))
+    img[:] = top * np.linspace(1.1, 0.8, h, dtype=np.float32)[:, None, None]
+    for _ in range(int(rng.integers(0, 6))):  # buildings, walls, windows
+        x, y = int(rng.integers(-w // 4, w)), int(rng.integers(-h // 4, max(1, horizon)))
+        bw, bh = int(rng.integers(w // 10, w // 2)), int(rng.integers(h // 8, h))
+        cv2.rectangle(img, (x, y), (x + bw, y + bh), _col(rng, 40, 220), -1)
+        if rng.random() < 0.5:
+            win = _col(rng, 10, 120)
+            for wx in range(x + 6, x + bw - 10, max(12, bw // 6)):
+                for wy in range(y + 6, min(horizon, y + bh) - 10, max(14, bh // 5)):
+                    cv2.rectangle(img, (wx, wy), (wx + max(4, bw // 12), wy + max(5, bh // 10)), win, -1)
+    if rng.random() < 0.4:  # vegetation
+        veg = np.clip(_smooth_noise(rng, h, w, 24, 1.0), 0, 1)
+        veg[horizon:] = 0
+        blend(img, veg, (40, float(rng.integers(80, 140)), 50))
+    ground = max(0, horizon)
+    asphalt = float(rng.integers(60, 170))
+    img[ground:] = asphalt + _smooth_noise(rng, h - ground, w, 16, 12)[..., None] if h > ground else img[ground:]
+    if h - ground > 4:
+        img[ground:] += rng.normal(0, rng.uniform(3, 10), (h - ground, w, 1)).astype(np.float32)
+        for _ in range(int(rng.integers(0, 3))):  # lane / parking markings
+            col = (235, 235, 235) if rng.random() < 0.6 else (40, 190, 230)
+            p = (int(rng.integers(0, w)), int(rng.integers(ground, h)))
+            cv2.line(img, p, (p[0] + int(rng.integers(-w, w)), p[1] + int(rng.integers(-h // 2, h // 2))), col,
+                     int(rng.integers(2, 8)))
+    if rng.random() < 0.35:  # fence / gate bars
+        col, y0, y1 = _col(rng, 10, 90), int(rng.integers(0, h // 2)), int(rng.integers(h // 2, h))
+        step = int(rng.integers(8, 30))
+        for x in range(int(rng.integers(0, step)), w, step):
+            cv2.line(img, (x, y0), (x, y1), col, max(1, step // 6))
+        cv2.line(img, (0, y0 + 4), (w, y0 + 4), col, 3)
+    return img
+
+
+def _text_patch(rng: np.random.Generator, img: np.ndarray, s: str, x: int, y: int, cap: float, col) -> tuple[int, int, int, int]:
+    fonts = font_table()
+    m = text_mask(fonts[int(rng.integers(0, len(fonts)))].path, s, cap, stretch=rng.uniform(0.8, 1.3))
+    blend(img, m, col, x, y)
+    return x, y, x + m.shape[1], y + m.shape[0]
+
+
+def _overlaps(box, boxes, pad: float = 2.0) -> bool:
+    return any(box[0] < b[2] + pad and b[0] < box[2] + pad and box[1] < b[3] + pad and b[1] < box[3] + pad for b in boxes)
+
+
+def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw: float, ph: float, us: bool,
+             keep_clear: list) -> None:
+    """A car rear/front around a plate centred at (cx, cy): body, window, lights, bumper, badge, lettering."""
+    cw = pw * (rng.uniform(5.2, 6.5) if us else rng.uniform(3.3, 4.3))
+    ch = cw * rng.uniform(0.7, 0.95)
+    x0 = cx - cw / 2 + rng.normal(0, 0.03) * cw
+    y0 = cy - ch * rng.uniform(0.6, 0.72)
+    body = np.float32(CAR_COLOURS[int(rng.integers(0, len(CAR_COLOURS)))]) + rng.uniform(-15, 15, 3).astype(np.float32)
+    H, W = img.shape[:2]
+    cv2.ellipse(img, (round(cx), round(y0 + ch * 1.02)), (round(cw * 0.58), round(ch * 0.08)), 0, 0, 360, (15, 15, 15), -1)
+    for sx in (x0 + cw * 0.05, x0 + cw * 0.8):  # wheels
+        cv2.rectangle(img, (round(sx), round(y0 + ch * 0.8)), (round(sx + cw * 0.15), round(y0 + ch * 1.02)), (20, 20, 22), -1)
+    bx0, by0, bx1, by1 = (max(-W, round(v)) for v in (x0, y0, x0 + cw, y0 + ch * 0.92))
+    if bx1 > 0 and by1 > 0 and bx0 < W and by0 < H:  # body with vertical shading, clipped to the frame
+        xa, ya, xb, yb = max(0, bx0), max(0, by0), min(W, bx1), min(H, by1)
+        m = rounded_rect((yb - ya, xb - xa), bx0 - xa, by0 - ya, bx1 - xa, by1 - ya, cw * 0.1)
+        shade = np.linspace(1.15, 0.8, yb - ya, dtype=np.float32)[:, None, None]
+        region = img[ya:yb, xa:xb]
+        region[:] = region * (1 - m[..., None]) + (body * shade) * m[..., None]
+    win = np.float32(_col(rng, 15, 70))
+    pts = np.float32([[x0 + cw * 0.2, y0 + ch * 0.05], [x0 + cw * 0.8, y0 + ch * 0.05],
+                      [x0 + cw * 0.9, y0 + ch * 0.36], [x0 + cw * 0.1, y0 + ch * 0.36]])
+    if rng.random() < 0.85:
+        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], tuple(float(v) for v in win), cv2.LINE_AA)
+    light = (30, 30, 200) if rng.random() < 0.7 else (200, 210, 215)
+    for lx in (x0 + cw * 0.03, x0 + cw * 0.83):
+        cv2.ellipse(img, (round(lx + cw * 0.07), round(y0 + ch * 0.47)), (round(cw * 0.075), round(ch * 0.06)), 0, 0, 360,
+                    light, -1, cv2.LINE_AA)
+        cv2.ellipse(img, (round(lx + cw * 0.07), round(y0 + ch * 0.47)), (round(cw * 0.03), round(ch * 0.03)), 0, 0, 360,
+                    (40, 120, 230), -1, cv2.LINE_AA)
+    bumper = tuple(float(v) for v in (body * rng.uniform(0.3, 0.9) if rng.random() < 0.6 else body * 1.05))
+    cv2.rectangle(img, (round(x0), round(cy + ph * rng.uniform(0.4, 1.2))), (round(x0 + cw), round(y0 + ch * 0.9)), bumper, -1)
+    if rng.random() < 0.5:  # plate recess / holder
+        cv2.rectangle(img, (round(cx - pw * 0.58), round(cy - ph * 0.65)), (round(cx + pw * 0.58), round(cy + ph * 0.7)),
+                      tuple(float(v) for v in body * 0.55), -1)
+    if rng.random() < 0.7:  # badge
+        r = max(2, round(ph * rng.uniform(0.3, 0.5)))
+        centre = (round(cx), round(cy - ph * rng.uniform(1.1, 2.0)))
+        if not _overlaps((centre[0] - r, centre[1] - r, centre[0] + r, centre[1] + r), keep_clear):
+            cv2.ellipse(img, centre, (r, round(r * 0.7)), 0, 0, 360, (200, 200, 205), max(1, r // 4), cv2.LINE_AA)
+    if rng.random() < 0.6:  # model lettering on the body
+        s = WORDS[int(rng.integers(0, len(WORDS)))]
+        x, y = round(x0 + cw * rng.uniform(0.05, 0.6)), round(y0 + ch * rng.uniform(0.38, 0.6))
+        cap = ph * rng.uniform(0.2, 0.45)
+        box = (x, y, x + cap * len(s) * 0.8, y + cap * 1.7)
+        if not _overlaps(box, keep_clear):
+            _text_patch(rng, img, s, x, y, cap, (200, 200, 205) if body.mean() < 128 else (40, 40, 40))
+    if rng.random() < 0.35:  # dealer line under the plate
+        s = WORDS[int(rng.integers(0, len(WORDS)))].upper()
+        cap = ph * 0.13
+        x, y = round(cx - pw * 0.45), round(cy + ph * 0.58)
+        if not _overlaps((x, y, x + pw * 0.9, y + cap * 1.7), keep_clear, pad=0):
+            _text_patch(rng, img, s, x, y, cap, (230, 230, 230))
+
+
+def _plate_quad(rng: np.random.Generator, cx: float, cy: float, pw: float, ph: float, max_roll: float) -> np.ndarray:
+    """Outer corners of a plate seen slightly off-axis (yaw/pitch foreshortening plus roll)."""
+    yaw, pitch = rng.normal(0, 0.12), rng.normal(0, 0.06)
+    half = np.float32([[-pw / 2, -ph / 2], [pw / 2, -ph / 2], [pw / 2, ph / 2], [-pw / 2, ph / 2]])
+    half[:, 1] *= 1 + yaw * np.sign(half[:, 0])
+    half[:, 0] *= 1 + pitch * np.sign(half[:, 1])
+    half[:, 0] *= 1 - abs(yaw)
+    a = np.deg2rad(np.clip(rng.normal(0, max_roll / 3), -max_roll, max_roll))
+    rot = np.float32([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return (half @ rot.T + np.float32([cx, cy])).astype(np.float32)
+
+
+def paste_plate(img: np.ndarray, plate: np.ndarray, quad: np.ndarray) -> None:
+    """Warp a BGRA plate onto float image ``img`` at ``quad``, touching only its bounding box."""
+    H, W = img.shape[:2]
+    x0, y0 = np.floor(quad.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
+    ph, pw = plate.shape[:2]
+    src = np.float32([[0, 0], [pw, 0], [pw, ph], [0, ph]])
+    hom = cv2.getPerspectiveTransform(src, (quad - np.float32([x0, y0])).astype(np.float32))
+    flags = cv2.INTER_AREA if (x1 - x0) < pw / 2 else cv2.INTER_LINEAR
+    warped = cv2.warpPerspective(plate, hom, (x1 - x0, y1 - y0), flags=flags, borderValue=(0, 0, 0, 0))
+    a = warped[..., 3:4].astype(np.float32) / 255.0
+    region = img[y0:y1, x0:x1]
+    region[:] = region * (1 - a) + warped[..., :3].astype(np.float32) * a
+
+
+def _plate_width(rng: np.random.Generator, w: int) -> float:
+    lo, hi = (0.08, 0.25) if rng.random() < 0.8 else (0.05, 0.45)
+    return w * float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _distractors(rng: np.random.Generator, img: np.ndarray, keep_clear: list) -> None:
+    """Signs, stickers and a camera timestamp: text that is not a plate."""
+    h, w = img.shape[:2]
+    if rng.random() < 0.35:
+        ts = f"20{rng.integers(10, 25)}-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d} " \
+             f"{rng.integers(0, 24):02d}:{rng.integers(0, 60):02d}:{rng.integers(0, 60):02d}"
+        cap = h * rng.uniform(0.015, 0.035)
+        x, y = (int(rng.integers(2, w // 8)), 2) if rng.random() < 0.7 else (int(w * 0.55), int(h - cap * 2))
+        if not _overlaps((x, y, x + cap * len(ts) * 0.8, y + 2 * cap), keep_clear):
+            _text_patch(rng, img, ts, x, y, cap, (240, 240, 240))
+    for _ in range(int(rng.integers(0, 4))):
+        cap = h * rng.uniform(0.02, 0.06)
+        s = WORDS[int(rng.integers(0, len(WORDS)))] if rng.random() < 0.6 else \
+            "".join(LETTERS[i] for i in rng.integers(0, 26, int(rng.integers(2, 7))))
+        x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        box = (x - cap, y - cap, x + cap * (len(s) * 0.8 + 1), y + cap * 2.5)
+        if _overlaps(box, keep_clear):
+            continue
+        bg = _col(rng)
+        if rng.random() < 0.7:
+            cv2.rectangle(img, (round(box[0]), round(box[1])), (round(box[2]), round(box[3])), bg, -1)
+        _text_patch(rng, img, s, x, y, cap, (20, 20, 20) if np.mean(bg) > 110 else (235, 235, 235))
+        keep_clear.append(box)
+
+
+def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, max_plates: int = 3) -> Scene:
+    """A street/parking frame with 0..max_plates labelled plates (mostly on cars) and unlabelled text."""
+    img = background(rng, height, width)
+    n = 0 if max_plates == 0 or rng.random() < 0.12 else int(min(max_plates, rng.choice([1, 2, 3, 4], p=[.55, .28, .12, .05])))
+    placed: list[tuple[PlateInstance, np.ndarray, float, bool]] = []
+    boxes: list = []
+    for _ in range(n * 6):
+        if len(placed) == n:
+            break
+        text, fmt = random_text(rng)
+        pw = _plate_width(rng, width)
+        plate, rows = render_plate(rng, text, fmt, width_px=int(np.clip(pw * 1.4, 48, 320)))
+        ph = pw * plate.shape[0] / plate.shape[1]
+        cx, cy = rng.uniform(pw * 0.6, width - pw * 0.6), rng.uniform(ph, height - ph)
+        quad = _plate_quad(rng, cx, cy, pw, ph, 8.0)
+        box = (*quad.min(0), *quad.max(0))
+        if not inside(quad, width, height, 2.0) or _overlaps(box, boxes, pad=max(4.0, pw * 0.15)):
+            continue
+        boxes.append(box)
+        placed.append((PlateInstance(text, fmt, quad, rows), plate, ph, fmt == "us"))
+    placed.sort(key=lambda p: p[2])  # far (small) cars first so near cars overlap them
+    keep = [(*p[0].quad.min(0), *p[0].quad.max(0)) for p in placed]
+    for inst, plate, ph, us in placed:
+        if rng.random() < 0.88:
+            cx, cy = inst.quad.mean(0)
+            draw_car(rng, img, cx, cy, float(np.linalg.norm(inst.quad[1] - inst.quad[0])), ph, us, keep)
+    _distractors(rng, img, list(keep))
+    for inst, plate, _, _ in placed:  # plates last: a nearer car's body never hides a labelled plate
+        paste_plate(img, plate, inst.quad)
+    out = np.clip(img, 0, 255).astype(np.uint8)
+    out, quads = apply_camera(rng, out, [p[0].quad for p in placed], res_factor=rng.uniform(0.5, 1.0) if rng.random() < 0.3 else 1.0)
+    plates = [PlateInstance(p[0].text, p[0].format, q.astype(np.float32), p[0].rows) for p, q in zip(placed, quads)]
+    return Scene(out, plates)
+
+
+def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 128) -> Scene:
+    """One plate filling 40-90 % of the patch width on car-like context, seen by a low-resolution camera."""
+    text, fmt = random_text(rng)
+    pw = out_w * rng.uniform(0.4, 0.9)
+    plate, rows = render_plate(rng, text, fmt, width_px=int(np.clip(pw * 1.25, 64, 320)))
+    ph = pw * plate.shape[0] / plate.shape[1]
+    if ph > out_h * 0.85:  # tall (two-row / US) plates are limited by the patch height
+        pw, ph = pw * out_h * 0.85 / ph, out_h * 0.85
+    for attempt in range(8):
+        cx = out_w / 2 + rng.uniform(-0.5, 0.5) * (out_w - pw) * 0.8
+        cy = out_h / 2 + rng.uniform(-0.5, 0.5) * max(0.0, out_h - ph) * 0.6
+        quad = _plate_quad(rng, cx, cy, pw, ph, 15.0 / (1 + attempt))
+        if inside(quad, out_w, out_h, 1.0):
+            break
+    else:
+        quad = _plate_quad(rng, out_w / 2, out_h / 2, pw * 0.8, ph * 0.8, 0.0)
+    img = background(rng, out_h, out_w)
+    if rng.random() < 0.85:
+        draw_car(rng, img, cx, cy, pw, ph, fmt == "us", [(*quad.min(0), *quad.max(0))])
+    paste_plate(img, plate, quad)
+    out = np.clip(img, 0, 255).astype(np.uint8)
+    plate_h = float(np.linalg.norm(quad[3] - quad[0]))
+    target = rng.uniform(15, 40) * (1.6 if fmt == "us" else 1.0) * (1.7 if rows == 2 else 1.0)
+    out, quads = apply_camera(rng, out, [quad], warp=False, res_factor=min(1.0, target / max(plate_h, 1.0)))
+    return Scene(out, [PlateInstance(text, fmt, quads[0], rows)])

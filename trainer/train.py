@@ -1,0 +1,174 @@
+"""Train the detector or the reader on a synthetic set, resumably, within a time budget.
+
+A run directory holds everything: ``backup/`` (Keras BackupAndRestore, so a
+killed run resumes where it stopped), ``best.weights.h5``, ``model.keras``
+(the final model), ``log.csv`` (per-epoch metrics) and ``train.json``
+(what was trained on, for how long, and the final metrics).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.data import load_set
+from trainer.nets import build_detector, build_reader, count_macs
+
+DETECTOR_CROP = 256  # the detector is fully convolutional: train on crops, export at full size
+
+
+class _Batches(keras.utils.PyDataset):
+    """Shuffled mini-batches from in-memory uint8 arrays, with the kind's augmentation."""
+
+    def __init__(self, kind: str, x: np.ndarray, y: np.ndarray, batch: int, seed: int, train: bool) -> None:
+        super().__init__()
+        self.kind, self.x, self.y, self.batch, self.train = kind, x, y, batch, train
+        self.rng = np.random.default_rng(seed)
+        self.order = np.arange(len(x))
+        if train:
+            self.rng.shuffle(self.order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch)
+
+    def on_epoch_end(self) -> None:
+        if self.train:
+            self.rng.shuffle(self.order)
+
+    def __getitem__(self, i: int):
+        idx = np.sort(self.order[i * self.batch : (i + 1) * self.batch])
+        x, y = self.x[idx], self.y[idx]
+        if self.kind == "reader":
+            return x[..., None].astype(np.float32) / 255.0, y
+        return self._detector_batch(x, y)
+
+    def _detector_batch(self, x: np.ndarray, y: np.ndarray):
+        from trainer.nets import DETECTOR_STRIDE as s
+
+        c = DETECTOR_CROP
+        xs = np.empty((len(x), c, c, 3), np.float32)
+        ys = np.empty((len(x), c // s, c // s, 1), np.float32)
+        for k in range(len(x)):
+            if self.train:
+                # Crop origins on the stride grid, so image and mask stay aligned.
+                oy = int(self.rng.integers(0, (x.shape[1] - c) // s + 1)) * s
+                ox = int(self.rng.integers(0, (x.shape[2] - c) // s + 1)) * s
+            else:
+                oy = ox = 0
+            xi = x[k, oy : oy + c, ox : ox + c]
+            yi = y[k, oy // s : (oy + c) // s, ox // s : (ox + c) // s]
+            if self.train and self.rng.random() < 0.5:
+                xi, yi = xi[:, ::-1], yi[:, ::-1]
+            xs[k] = xi / 255.0
+            ys[k, ..., 0] = yi / 255.0
+        return xs, ys
+
+
+def _dice_bce(y_true, y_pred):
+    bce = keras.losses.binary_crossentropy(y_true, y_pred)
+    inter = tf.reduce_sum(y_true * y_pred, axis=[1, 2, 3])
+    denom = tf.reduce_sum(y_true + y_pred, axis=[1, 2, 3])
+    dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
+    return tf.reduce_mean(bce, axis=[1, 2]) * 4.0 + dice
+
+
+def plate_accuracy(y_true, y_pred):
+    """Fraction of plates whose every slot is right (the reader's exact match)."""
+    right = tf.equal(tf.cast(y_true, tf.int64), tf.argmax(y_pred, axis=-1))
+    return tf.reduce_mean(tf.cast(tf.reduce_all(right, axis=-1), tf.float32))
+
+
+class _TimeLimit(keras.callbacks.Callback):
+    """Stop after ``minutes`` of training (checked at epoch ends)."""
+
+    def __init__(self, minutes: float) -> None:
+        super().__init__()
+        self.deadline = time.monotonic() + minutes * 60
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if time.monotonic() > self.deadline:
+            print(f"time limit reached after epoch {epoch + 1}", flush=True)
+            self.model.stop_training = True
+
+
+def build_for(kind: str) -> keras.Model:
+    """A fresh model of ``kind`` at its training input size."""
+    if kind == "detector":
+        return build_detector(DETECTOR_CROP, DETECTOR_CROP)
+    if kind == "reader":
+        return build_reader()
+    raise ValueError(f"unknown kind '{kind}', expected 'detector' or 'reader'")
+
+
+def train(
+    kind: str,
+    data: Path,
+    run_dir: Path,
+    epochs: int = 20,
+    batch: int = 32,
+    minutes: float = 55.0,
+    lr: float = 2e-3,
+    threads: int = 2,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    verbose: int = 2,
+) -> dict:
+    """Train ``kind`` on the set at ``data``; resumes if ``run_dir`` holds a backup."""
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras.utils.set_random_seed(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    d = load_set(data)
+    n_val = max(1, int(len(d["x"]) * val_fraction))
+    train_seq = _Batches(kind, d["x"][n_val:], d["y"][n_val:], batch, seed, train=True)
+    val_seq = _Batches(kind, d["x"][:n_val], d["y"][:n_val], batch, seed, train=False)
+
+    model = build_for(kind)
+    steps = epochs * len(train_seq)
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps, alpha=0.02, warmup_target=None)
+    opt = keras.optimizers.Adam(schedule)
+    if kind == "reader":
+        model.compile(opt, keras.losses.SparseCategoricalCrossentropy(), metrics=[plate_accuracy])
+        monitor = "val_plate_accuracy"
+    else:
+        model.compile(opt, _dice_bce, metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")])
+        monitor = "val_iou"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor=monitor, mode="max",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        _TimeLimit(minutes),
+    ]
+    start = time.monotonic()
+    hist = model.fit(train_seq, validation_data=val_seq, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    wall = time.monotonic() - start
+    if (run_dir / "best.weights.h5").is_file():
+        model.load_weights(run_dir / "best.weights.h5")
+    model.save(run_dir / "model.keras")
+    final = model.evaluate(val_seq, verbose=0, return_dict=True)
+    info = {
+        "kind": kind,
+        "data": str(data),
+        "samples": int(len(d["x"])),
+        "epochs_run": len(hist.history.get("loss", [])),
+        "epochs_planned": epochs,
+        "batch": batch,
+        "lr": lr,
+        "threads": threads,
+        "wall_s_this_session": round(wall, 1),
+        "val": {k: float(v) for k, v in final.items()},
+        "macs_train_input": count_macs(model),
+    }
+    prev = run_dir / "train.json"
+    if prev.is_file():
+        info["wall_s_total"] = round(json.loads(prev.read_text()).get("wall_s_total", 0) + wall, 1)
+    else:
+        info["wall_s_total"] = round(wall, 1)
+    prev.write_text(json.dumps(info, indent=2))
+    return info
