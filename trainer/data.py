@@ -20,9 +20,12 @@ from tqdm import tqdm
 from edge.detect import letterbox, rect_quad
 from edge.plates import MAX_SLOTS, READER_CLASSES, PAD
 from edge.recognize import crop_plate, encode_slots
-from trainer.nets import DETECTOR_STRIDE, READER_INPUT
 from trainer.synth import make_plate_patch, make_scene
 
+# What the networks see (kept here, free of TensorFlow, so worker processes start fast).
+DETECTOR_STRIDE = 4
+DETECTOR_INPUT = (384, 512)  # height, width of the exported detector
+READER_INPUT = (64, 192)  # height, width of the reader crop
 #: Crop margin the reader is trained with (fraction of plate width, height per side).
 READER_MARGIN = (0.06, 0.12)
 
@@ -80,15 +83,15 @@ def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _detector_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from trainer.nets import DETECTOR_INPUT
-
     h, w = DETECTOR_INPUT
     x = np.zeros((job.count, h, w, 3), np.uint8)
     y = np.zeros((job.count, h // DETECTOR_STRIDE, w // DETECTOR_STRIDE), np.uint8)
     texts = []
     for k in range(job.count):
         rng = np.random.default_rng((job.seed, job.start + k))
-        scene = make_scene(rng, width=int(rng.integers(w * 3 // 4, w * 5 // 2)), height=int(rng.integers(h * 3 // 4, h * 5 // 2)))
+        # Camera-like frame sizes: 4:3 and 16:9 from VGA to 720p, letterboxed like on the device.
+        fw = int(rng.integers(480, 1281))
+        scene = make_scene(rng, width=fw, height=int(fw * (0.75 if rng.random() < 0.5 else 0.5625)))
         pixels, lb = letterbox(scene.image, w, h)
         x[k] = pixels
         quads = [p.quad * lb.scale for p in scene.plates]
@@ -133,7 +136,7 @@ class _Inline:
 def save_set(path: Path, data: dict[str, np.ndarray], info: dict) -> None:
     """Write a set as .npz plus ``<path>.json`` describing it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **data)
+    np.savez(path, **data)  # uncompressed: sets are large and compression costs minutes on 2 cores
     Path(str(path) + ".json").write_text(json.dumps(info | {"count": int(len(data["x"]))}, indent=2))
 
 

@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from edge.model import METADATA_SCHEMA, Model, file_sha256
 from edge.plates import MAX_SLOTS, PAD, READER_CLASSES
-from trainer.data import READER_MARGIN, load_set
-from trainer.nets import DETECTOR_INPUT, DETECTOR_STRIDE, build_detector, count_macs
+from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, load_set
+from trainer.nets import build_detector, build_reader, count_macs
 
 #: TFLite builtin ops that the Edge TPU compiler maps (its documented op table, the subset we use).
 EDGE_TPU_OPS = {
@@ -29,13 +29,15 @@ EDGE_TPU_OPS = {
 EDGETPU_COMPILE = "edgetpu_compiler --show_operations --out_dir {dir} {file}"
 
 
-def _exportable(kind: str, trained: keras.Model) -> keras.Model:
-    """The model at its deployment input size with the trained weights."""
+def exportable(kind: str, trained: keras.Model) -> keras.Model:
+    """The model at its deployment input size, batch 1, with the trained weights."""
     if kind == "detector":
-        model = build_detector(*DETECTOR_INPUT)
-        model.set_weights(trained.get_weights())
-        return model
-    return trained
+        model = build_detector(*DETECTOR_INPUT, batch=1)
+    else:
+        h, w = trained.input.shape[1:3]
+        model = build_reader(h, w, slots=trained.output.shape[1], batch=1)
+    model.set_weights(trained.get_weights())
+    return model
 
 
 def _representative(x: np.ndarray, n: int):
@@ -53,11 +55,9 @@ def _representative(x: np.ndarray, n: int):
 
 def convert(model: keras.Model, rep_x: np.ndarray | None, n_rep: int = 200) -> bytes:
     """TFLite flatbuffer: float32 when ``rep_x`` is None, else full-integer int8 with int8 I/O."""
-    # A fixed batch of 1: a dynamic batch turns Reshape into ops the Edge TPU rejects.
-    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
-        tf.TensorSpec((1, *model.input.shape[1:]), tf.float32)
-    )
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+    if model.input.shape[0] != 1:
+        raise ValueError("export needs the batch-1 model (see exportable())")
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
     if rep_x is not None:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = _representative(rep_x, n_rep)
@@ -82,6 +82,8 @@ def _metadata(kind: str, path: Path, macs: int, extra: dict) -> dict:
         "sha256": file_sha256(path),
         "size_bytes": path.stat().st_size,
         "macs": macs,
+        # The compiler is x86-64 only; a Coral user runs this on a workstation, next to the file.
+        "edgetpu_compile": EDGETPU_COMPILE.format(dir=".", file=path.name),
     } | extra
 
 
@@ -116,26 +118,26 @@ def _kind_config(kind: str) -> dict:
 def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 200, n_check: int = 200) -> dict:
     """Export ``run_dir/model.keras`` to ``out_dir/float`` and ``out_dir/int8``; return a check report."""
     trained = keras.models.load_model(run_dir / "model.keras", compile=False)
-    model = _exportable(kind, trained)
     d = load_set(data)
     rng = np.random.default_rng(0)
     rep = d["x"][rng.permutation(len(d["x"]))[:n_rep]]
     check = d["x"][: min(n_check, len(d["x"]))]  # the head of the set is the training validation split
+    return export_model(kind, exportable(kind, trained), rep, check, out_dir)
+
+
+def export_model(kind: str, model: keras.Model, rep_x: np.ndarray, check_x: np.ndarray, out_dir: Path) -> dict:
+    """Convert ``model`` to float and int8 TFLite under ``out_dir``, check ops and agreement."""
     macs = count_macs(model)
     report: dict = {"kind": kind, "macs": macs}
-    for precision, rep_x in (("float", None), ("int8", rep)):
-        flat = convert(model, rep_x, n_rep)
+    for precision, rep in (("float", None), ("int8", rep_x)):
+        flat = convert(model, rep, len(rep_x))
         ops = op_names(flat)
         bad = sorted(set(ops) - EDGE_TPU_OPS)
         if precision == "int8" and bad:
             raise RuntimeError(f"{kind} int8 export has ops the Edge TPU does not map: {bad}")
         edge_model = _write(kind, flat, out_dir / precision, macs, _kind_config(kind))
         report[precision] = {"ops": sorted(set(ops)), "size_bytes": len(flat),
-                             "agreement": _agreement(kind, model, edge_model, check)}
-    (out_dir / "int8" / f"{kind}.edgetpu.txt").write_text(
-        "Compile for a Coral Edge TPU on an x86-64 workstation with the edgetpu_compiler installed:\n  "
-        + EDGETPU_COMPILE.format(dir=".", file=f"{kind}.tflite") + "\n"
-    )
+                             "agreement": _agreement(kind, model, edge_model, check_x)}
     return report
 
 

@@ -11,10 +11,7 @@ import keras
 from keras import layers
 
 from edge.plates import MAX_SLOTS, READER_CLASSES
-
-DETECTOR_STRIDE = 4
-DETECTOR_INPUT = (384, 512)  # height, width of the exported detector
-READER_INPUT = (64, 192)  # height, width of the reader crop
+from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_INPUT
 
 
 def _conv(x, filters: int, kernel: int = 3, strides: int = 1, name: str | None = None):
@@ -41,7 +38,7 @@ def _up(x, size: tuple[int, int]):
     return layers.Resizing(size[0], size[1], interpolation="nearest")(x)
 
 
-def build_detector(height: int, width: int) -> keras.Model:
+def build_detector(height: int, width: int, batch: int | None = None) -> keras.Model:
     """Plate-mask network: (H, W, 3) in [0,1] -> (H/4, W/4, 1) plate probability.
 
     A small feature pyramid (strides 4..32) so that the stride-4 mask sees
@@ -49,7 +46,7 @@ def build_detector(height: int, width: int) -> keras.Model:
     """
     if height % 32 or width % 32:
         raise ValueError(f"detector input {height}x{width} must be a multiple of 32")
-    inp = keras.Input((height, width, 3), name="image")
+    inp = keras.Input((height, width, 3), batch_size=batch, name="image")
     c1 = _conv(inp, 16, strides=2)
     c2 = _sep(_sep(c1, 32, strides=2), 32)
     c3 = _sep(_sep(c2, 64, strides=2), 64)
@@ -68,14 +65,17 @@ def build_detector(height: int, width: int) -> keras.Model:
     return keras.Model(inp, out, name="plate_detector")
 
 
-def build_reader(height: int = READER_INPUT[0], width: int = READER_INPUT[1], slots: int = MAX_SLOTS) -> keras.Model:
+def build_reader(
+    height: int = READER_INPUT[0], width: int = READER_INPUT[1], slots: int = MAX_SLOTS, batch: int | None = None
+) -> keras.Model:
     """Slot reader: (H, W, 1) grayscale crop -> (slots, classes) softmax.
 
-    Fixed slots (text left-aligned, then pads) read any length up to ``slots``
+    ``batch=1`` builds the export form: a dynamic batch turns Reshape into ops
+    the Edge TPU rejects. Fixed slots (text left-aligned, then pads) read any length up to ``slots``
     and two-row plates alike, and stay Edge TPU friendly (no CTC in the graph).
     """
     n_classes = len(READER_CLASSES)
-    inp = keras.Input((height, width, 1), name="crop")
+    inp = keras.Input((height, width, 1), batch_size=batch, name="crop")
     x = _conv(inp, 32, strides=2)
     x = _sep(x, 64)
     x = _sep(x, 96, strides=2)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import load_set
+from trainer.data import DETECTOR_STRIDE, load_set
 from trainer.nets import build_detector, build_reader, count_macs
 
 DETECTOR_CROP = 256  # the detector is fully convolutional: train on crops, export at full size
@@ -48,8 +48,7 @@ class _Batches(keras.utils.PyDataset):
         return self._detector_batch(x, y)
 
     def _detector_batch(self, x: np.ndarray, y: np.ndarray):
-        from trainer.nets import DETECTOR_STRIDE as s
-
+        s = DETECTOR_STRIDE
         c = DETECTOR_CROP
         xs = np.empty((len(x), c, c, 3), np.float32)
         ys = np.empty((len(x), c // s, c // s, 1), np.float32)

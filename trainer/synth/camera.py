@@ -90,15 +90,6 @@ def jpeg(rng: np.random.Generator, img: np.ndarray, lo: int = 20, hi: int = 95) 
     return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
 
 
-def low_resolution(img: np.ndarray, factor: float) -> np.ndarray:
-    """Downscale by ``factor`` (< 1) and back, as a far or cheap camera would see it."""
-    if factor >= 0.95:
-        return img
-    h, w = img.shape[:2]
-    small = cv2.resize(img, (max(2, round(w * factor)), max(2, round(h * factor))), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def apply_camera(rng: np.random.Generator, img: np.ndarray, quads: list[np.ndarray], warp: bool = True,
                  res_factor: float = 1.0) -> tuple[np.ndarray, list[np.ndarray]]:
     """Full camera chain. With ``res_factor`` < 1 the sensor effects happen at the reduced resolution."""

@@ -218,8 +218,9 @@ def _render_us(rng: np.random.Generator, text: str, W: int) -> np.ndarray:
     if rng.random() < 0.5:  # scenic graphic: a few soft colour shapes
         shapes = np.zeros((H // 4 + 1, W // 4 + 1), np.float32)
         for _ in range(int(rng.integers(1, 4))):
-            c = (int(rng.integers(0, shapes.shape[1])), int(rng.integers(0, shapes.shape[0])))
-            cv2.ellipse(shapes, c, (int(rng.integers(5, W // 6)), int(rng.integers(3, H // 8))), 0, 0, 360, 1.0, -1)
+            sh, sw = shapes.shape
+            c = (int(rng.integers(0, sw)), int(rng.integers(0, sh)))
+            cv2.ellipse(shapes, c, (int(rng.uniform(0.1, 0.4) * sw), int(rng.uniform(0.1, 0.4) * sh)), 0, 0, 360, 1.0, -1)
         shapes = cv2.GaussianBlur(cv2.resize(shapes, (W, H)), (0, 0), 3) * rng.uniform(0.3, 0.7)
         blend(img, shapes, tuple(float(v) for v in rng.integers(60, 255, 3)))
     fg = US_INKS[int(rng.integers(0, len(US_INKS)))]

@@ -56,15 +56,17 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             for wx in range(x + 6, x + bw - 10, max(12, bw // 6)):
                 for wy in range(y + 6, min(horizon, y + bh) - 10, max(14, bh // 5)):
                     cv2.rectangle(img, (wx, wy), (wx + max(4, bw // 12), wy + max(5, bh // 10)), win, -1)
-    if rng.random() < 0.4:  # vegetation
-        veg = np.clip(_smooth_noise(rng, h, w, 24, 1.0), 0, 1)
-        veg[horizon:] = 0
-        blend(img, veg, (40, float(rng.integers(80, 140)), 50))
+    if rng.random() < 0.4 and horizon > 4:  # vegetation: leafy high-frequency clumps
+        veg = np.clip(_smooth_noise(rng, horizon, w, 12, 1.0) + _smooth_noise(rng, horizon, w, 96, 0.6), 0, 1)
+        blend(img[:horizon], veg, (40, float(rng.integers(70, 140)), float(rng.integers(30, 90))))
     ground = max(0, horizon)
-    asphalt = float(rng.integers(60, 170))
-    img[ground:] = asphalt + _smooth_noise(rng, h - ground, w, 16, 12)[..., None] if h > ground else img[ground:]
     if h - ground > 4:
-        img[ground:] += rng.normal(0, rng.uniform(3, 10), (h - ground, w, 1)).astype(np.float32)
+        img[ground:] = float(rng.integers(60, 170)) + _smooth_noise(rng, h - ground, w, 8, 10)[..., None] \
+            + _smooth_noise(rng, h - ground, w, 128, 5)[..., None]
+        img[ground:] += rng.normal(0, rng.uniform(2, 8), (h - ground, w, 1)).astype(np.float32)
+        for _ in range(int(rng.integers(0, 4))):  # cracks
+            p = np.cumsum(rng.normal(0, 6, (8, 2)), 0) + (rng.integers(0, w), rng.integers(ground, h))
+            cv2.polylines(img, [p.astype(np.int32)], False, (35, 35, 35), 1, cv2.LINE_AA)
         for _ in range(int(rng.integers(0, 3))):  # lane / parking markings
             col = (235, 235, 235) if rng.random() < 0.6 else (40, 190, 230)
             p = (int(rng.integers(0, w)), int(rng.integers(ground, h)))
@@ -90,46 +92,53 @@ def _overlaps(box, boxes, pad: float = 2.0) -> bool:
     return any(box[0] < b[2] + pad and b[0] < box[2] + pad and box[1] < b[3] + pad and b[1] < box[3] + pad for b in boxes)
 
 
-def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw: float, ph: float, us: bool,
+def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw: float, ph: float, cw: float,
              keep_clear: list) -> None:
-    """A car rear/front around a plate centred at (cx, cy): body, window, lights, bumper, badge, lettering."""
-    cw = pw * (rng.uniform(5.2, 6.5) if us else rng.uniform(3.3, 4.3))
+    """A car ``cw`` wide around a plate centred at (cx, cy): body, window, lights, bumper, badge, lettering."""
     ch = cw * rng.uniform(0.7, 0.95)
     x0 = cx - cw / 2 + rng.normal(0, 0.03) * cw
     y0 = cy - ch * rng.uniform(0.6, 0.72)
     body = np.float32(CAR_COLOURS[int(rng.integers(0, len(CAR_COLOURS)))]) + rng.uniform(-15, 15, 3).astype(np.float32)
     H, W = img.shape[:2]
-    cv2.ellipse(img, (round(cx), round(y0 + ch * 1.02)), (round(cw * 0.58), round(ch * 0.08)), 0, 0, 360, (15, 15, 15), -1)
-    for sx in (x0 + cw * 0.05, x0 + cw * 0.8):  # wheels
-        cv2.rectangle(img, (round(sx), round(y0 + ch * 0.8)), (round(sx + cw * 0.15), round(y0 + ch * 1.02)), (20, 20, 22), -1)
-    bx0, by0, bx1, by1 = (max(-W, round(v)) for v in (x0, y0, x0 + cw, y0 + ch * 0.92))
+    ground = y0 + ch * 1.02
+    shadow = np.zeros((H, W), np.float32)
+    cv2.ellipse(shadow, (round(cx), round(ground)), (round(cw * 0.55), max(1, round(ch * 0.05))), 0, 0, 360, 0.6, -1)
+    for sx in (x0 + cw * 0.06, x0 + cw * 0.8):  # tyres
+        cv2.rectangle(shadow, (round(sx), round(y0 + ch * 0.8)), (round(sx + cw * 0.14), round(ground)), 0.9, -1)
+    blend(img, shadow, (18, 18, 20))
+    bx0, by0, bx1, by1 = (max(-W, round(v)) for v in (x0, y0, x0 + cw, y0 + ch * 0.93))
     if bx1 > 0 and by1 > 0 and bx0 < W and by0 < H:  # body with vertical shading, clipped to the frame
         xa, ya, xb, yb = max(0, bx0), max(0, by0), min(W, bx1), min(H, by1)
-        m = rounded_rect((yb - ya, xb - xa), bx0 - xa, by0 - ya, bx1 - xa, by1 - ya, cw * 0.1)
-        shade = np.linspace(1.15, 0.8, yb - ya, dtype=np.float32)[:, None, None]
+        m = rounded_rect((yb - ya, xb - xa), bx0 - xa, by0 - ya, bx1 - xa, by1 - ya, cw * rng.uniform(0.05, 0.15))
+        t = np.linspace(0, 1, by1 - by0, dtype=np.float32)[ya - by0: yb - by0]
+        shade = (1.12 - 0.3 * t + rng.uniform(0.05, 0.25) * np.exp(-((t - rng.uniform(0.3, 0.6)) / 0.06) ** 2))
         region = img[ya:yb, xa:xb]
-        region[:] = region * (1 - m[..., None]) + (body * shade) * m[..., None]
-    win = np.float32(_col(rng, 15, 70))
-    pts = np.float32([[x0 + cw * 0.2, y0 + ch * 0.05], [x0 + cw * 0.8, y0 + ch * 0.05],
-                      [x0 + cw * 0.9, y0 + ch * 0.36], [x0 + cw * 0.1, y0 + ch * 0.36]])
-    if rng.random() < 0.85:
-        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], tuple(float(v) for v in win), cv2.LINE_AA)
-    light = (30, 30, 200) if rng.random() < 0.7 else (200, 210, 215)
-    for lx in (x0 + cw * 0.03, x0 + cw * 0.83):
-        cv2.ellipse(img, (round(lx + cw * 0.07), round(y0 + ch * 0.47)), (round(cw * 0.075), round(ch * 0.06)), 0, 0, 360,
-                    light, -1, cv2.LINE_AA)
-        cv2.ellipse(img, (round(lx + cw * 0.07), round(y0 + ch * 0.47)), (round(cw * 0.03), round(ch * 0.03)), 0, 0, 360,
-                    (40, 120, 230), -1, cv2.LINE_AA)
-    bumper = tuple(float(v) for v in (body * rng.uniform(0.3, 0.9) if rng.random() < 0.6 else body * 1.05))
-    cv2.rectangle(img, (round(x0), round(cy + ph * rng.uniform(0.4, 1.2))), (round(x0 + cw), round(y0 + ch * 0.9)), bumper, -1)
+        region[:] = region * (1 - m[..., None]) + (body * shade[:, None, None]) * m[..., None]
+    if rng.random() < 0.85:  # rear window with a sky reflection
+        pts = np.float32([[x0 + cw * rng.uniform(0.12, 0.25), y0 + ch * 0.05], [x0 + cw * rng.uniform(0.75, 0.88), y0 + ch * 0.05],
+                          [x0 + cw * 0.92, y0 + ch * rng.uniform(0.3, 0.42)], [x0 + cw * 0.08, y0 + ch * rng.uniform(0.3, 0.42)]])
+        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], _col(rng, 15, 70), cv2.LINE_AA)
+    crease = round(y0 + ch * rng.uniform(0.4, 0.5))
+    cv2.line(img, (round(x0 + cw * 0.03), crease), (round(x0 + cw * 0.97), crease), tuple(float(v) for v in body * 0.6), 1, cv2.LINE_AA)
+    light = (30, 30, 190) if rng.random() < 0.7 else (200, 210, 215)
+    ly, lh, lw = y0 + ch * rng.uniform(0.4, 0.55), ch * rng.uniform(0.05, 0.1), cw * rng.uniform(0.08, 0.17)
+    for lx in (x0 + cw * 0.02, x0 + cw * 0.98 - lw):  # tail / head lights
+        cv2.rectangle(img, (round(lx), round(ly)), (round(lx + lw), round(ly + lh)), light, -1, cv2.LINE_AA)
+        cv2.rectangle(img, (round(lx + lw * 0.3), round(ly + lh * 0.2)), (round(lx + lw * 0.7), round(ly + lh * 0.8)),
+                      (40, 130, 235) if rng.random() < 0.6 else (230, 230, 230), -1)
+    bumper = tuple(float(v) for v in (body * rng.uniform(0.2, 0.8) if rng.random() < 0.6 else body * 1.05))
+    top = round(cy + ph * rng.uniform(0.6, 1.4))
+    cv2.rectangle(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), round(y0 + ch * 0.93)), bumper, -1)
+    cv2.line(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), top), tuple(min(255.0, v * 1.4 + 20) for v in bumper), 1)
     if rng.random() < 0.5:  # plate recess / holder
         cv2.rectangle(img, (round(cx - pw * 0.58), round(cy - ph * 0.65)), (round(cx + pw * 0.58), round(cy + ph * 0.7)),
                       tuple(float(v) for v in body * 0.55), -1)
     if rng.random() < 0.7:  # badge
-        r = max(2, round(ph * rng.uniform(0.3, 0.5)))
+        r = max(2, round(ph * rng.uniform(0.2, 0.4)))
         centre = (round(cx), round(cy - ph * rng.uniform(1.1, 2.0)))
         if not _overlaps((centre[0] - r, centre[1] - r, centre[0] + r, centre[1] + r), keep_clear):
-            cv2.ellipse(img, centre, (r, round(r * 0.7)), 0, 0, 360, (200, 200, 205), max(1, r // 4), cv2.LINE_AA)
+            cv2.ellipse(img, centre, (r, round(r * 0.7)), 0, 0, 360, (190, 190, 195), -1, cv2.LINE_AA)
+            cv2.ellipse(img, centre, (max(1, r * 2 // 3), max(1, r // 2)), 0, 0, 360, (90, 90, 95), max(1, r // 4), cv2.LINE_AA)
     if rng.random() < 0.6:  # model lettering on the body
         s = WORDS[int(rng.integers(0, len(WORDS)))]
         x, y = round(x0 + cw * rng.uniform(0.05, 0.6)), round(y0 + ch * rng.uniform(0.38, 0.6))
@@ -146,15 +155,16 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
 
 
 def _plate_quad(rng: np.random.Generator, cx: float, cy: float, pw: float, ph: float, max_roll: float) -> np.ndarray:
-    """Outer corners of a plate seen slightly off-axis (yaw/pitch foreshortening plus roll)."""
-    yaw, pitch = rng.normal(0, 0.12), rng.normal(0, 0.06)
-    half = np.float32([[-pw / 2, -ph / 2], [pw / 2, -ph / 2], [pw / 2, ph / 2], [-pw / 2, ph / 2]])
-    half[:, 1] *= 1 + yaw * np.sign(half[:, 0])
-    half[:, 0] *= 1 + pitch * np.sign(half[:, 1])
-    half[:, 0] *= 1 - abs(yaw)
-    a = np.deg2rad(np.clip(rng.normal(0, max_roll / 3), -max_roll, max_roll))
-    rot = np.float32([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    return (half @ rot.T + np.float32([cx, cy])).astype(np.float32)
+    """Outer corners of a plate turned in 3-D (yaw, camera looking down, roll) and projected by a pinhole."""
+    yaw = np.deg2rad(np.clip(rng.normal(0, 16), -45, 45))
+    pitch = np.deg2rad(np.clip(rng.normal(8, 10), -15, 35))
+    roll = np.deg2rad(np.clip(rng.normal(0, max_roll / 3), -max_roll, max_roll))
+    cy_, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+    rot = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]]) \
+        @ np.array([[cy_, 0, sy], [0, 1, 0], [-sy, 0, cy_]])
+    pts = np.array([[-pw / 2, -ph / 2, 0], [pw / 2, -ph / 2, 0], [pw / 2, ph / 2, 0], [-pw / 2, ph / 2, 0]]) @ rot.T
+    dist = pw * rng.uniform(2.5, 10)  # camera distance in plate widths: nearer means stronger keystone
+    return (pts[:, :2] * (dist / (dist + pts[:, 2:3])) + (cx, cy)).astype(np.float32)
 
 
 def paste_plate(img: np.ndarray, plate: np.ndarray, quad: np.ndarray) -> None:
@@ -174,7 +184,7 @@ def paste_plate(img: np.ndarray, plate: np.ndarray, quad: np.ndarray) -> None:
 
 
 def _plate_width(rng: np.random.Generator, w: int) -> float:
-    lo, hi = (0.08, 0.25) if rng.random() < 0.8 else (0.05, 0.45)
+    lo, hi = (0.08, 0.25) if rng.random() < 0.75 else (0.05, 0.45)
     return w * float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
@@ -207,28 +217,37 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
     """A street/parking frame with 0..max_plates labelled plates (mostly on cars) and unlabelled text."""
     img = background(rng, height, width)
     n = 0 if max_plates == 0 or rng.random() < 0.12 else int(min(max_plates, rng.choice([1, 2, 3, 4], p=[.55, .28, .12, .05])))
-    placed: list[tuple[PlateInstance, np.ndarray, float, bool]] = []
+    placed: list[tuple[PlateInstance, np.ndarray, float, float]] = []  # plate, image, height, car width
     boxes: list = []
-    for _ in range(n * 6):
+    cars: list = []
+    for _ in range(n * 8):
         if len(placed) == n:
             break
         text, fmt = random_text(rng)
+        us, two = fmt == "us", fmt != "us" and rng.random() < 0.1
         pw = _plate_width(rng, width)
-        plate, rows = render_plate(rng, text, fmt, width_px=int(np.clip(pw * 1.4, 48, 320)))
-        ph = pw * plate.shape[0] / plate.shape[1]
+        ph = pw / (1.97 if us else 1.5 if two else 4.6)  # nominal; the rendered plate decides the final quad
         cx, cy = rng.uniform(pw * 0.6, width - pw * 0.6), rng.uniform(ph, height - ph)
+        box = (cx - pw * 0.6, cy - ph * 0.7, cx + pw * 0.6, cy + ph * 0.7)
+        cw = pw * (rng.uniform(5.2, 6.5) if us else rng.uniform(3.3, 4.3)) if rng.random() < 0.88 else 0.0
+        car = (cx - cw * 0.55, cy - cw * 0.7, cx + cw * 0.55, cy + cw * 0.4)
+        if (box[0] < 2 or box[2] > width - 2 or box[1] < 2 or box[3] > height - 2 or _overlaps(box, boxes, pad=4.0)
+                or _overlaps(box, cars) or (cw and _overlaps(car, boxes))):
+            continue  # plates never touch each other nor sit on another plate's car
+        plate, rows = render_plate(rng, text, fmt, two_rows=two, width_px=int(np.clip(pw * 1.4, 48, 320)))
+        ph = pw * plate.shape[0] / plate.shape[1]
         quad = _plate_quad(rng, cx, cy, pw, ph, 8.0)
-        box = (*quad.min(0), *quad.max(0))
-        if not inside(quad, width, height, 2.0) or _overlaps(box, boxes, pad=max(4.0, pw * 0.15)):
+        if not inside(quad, width, height, 2.0):
             continue
         boxes.append(box)
-        placed.append((PlateInstance(text, fmt, quad, rows), plate, ph, fmt == "us"))
+        cars += [car] if cw else []
+        placed.append((PlateInstance(text, fmt, quad, rows), plate, ph, cw))
     placed.sort(key=lambda p: p[2])  # far (small) cars first so near cars overlap them
     keep = [(*p[0].quad.min(0), *p[0].quad.max(0)) for p in placed]
-    for inst, plate, ph, us in placed:
-        if rng.random() < 0.88:
+    for inst, plate, ph, cw in placed:
+        if cw:
             cx, cy = inst.quad.mean(0)
-            draw_car(rng, img, cx, cy, float(np.linalg.norm(inst.quad[1] - inst.quad[0])), ph, us, keep)
+            draw_car(rng, img, cx, cy, float(np.linalg.norm(inst.quad[1] - inst.quad[0])), ph, cw, keep)
     _distractors(rng, img, list(keep))
     for inst, plate, _, _ in placed:  # plates last: a nearer car's body never hides a labelled plate
         paste_plate(img, plate, inst.quad)
@@ -256,7 +275,8 @@ def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 12
         quad = _plate_quad(rng, out_w / 2, out_h / 2, pw * 0.8, ph * 0.8, 0.0)
     img = background(rng, out_h, out_w)
     if rng.random() < 0.85:
-        draw_car(rng, img, cx, cy, pw, ph, fmt == "us", [(*quad.min(0), *quad.max(0))])
+        cw = pw * (rng.uniform(5.2, 6.5) if fmt == "us" else rng.uniform(3.3, 4.3))
+        draw_car(rng, img, cx, cy, pw, ph, cw, [(*quad.min(0), *quad.max(0))])
     paste_plate(img, plate, quad)
     out = np.clip(img, 0, 255).astype(np.uint8)
     plate_h = float(np.linalg.norm(quad[3] - quad[0]))

@@ -1,0 +1,94 @@
+"""Fast checks of the synthetic data generator (texts, determinism, geometry, preview)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.plates import ALPHABET, FORMATS_BY_NAME
+from trainer.synth import make_plate_patch, make_scene, preview_grid, random_text, render_plate
+from trainer.synth.__main__ import main as cli_main
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS_BY_NAME))
+def test_texts_match_their_format(fmt: str) -> None:
+    rng = np.random.default_rng(123)
+    for _ in range(300):
+        text, name = random_text(rng, fmt)
+        assert name == fmt
+        assert FORMATS_BY_NAME[fmt].regex.match(text), (fmt, text)
+        assert len(text) <= 10 and set(text) <= set(ALPHABET)
+
+
+def test_random_format_weights() -> None:
+    rng = np.random.default_rng(0)
+    names = [random_text(rng)[1] for _ in range(2000)]
+    share = {k: names.count(k) / len(names) for k in ("us", "hr", "gr", "de")}
+    assert 0.2 < share["us"] < 0.3 and 0.15 < share["hr"] < 0.25 and 0.1 < share["gr"] < 0.2
+    assert sum(n.startswith("uk") for n in names) / len(names) > 0.2
+
+
+def test_uk_current_rules() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        text, _ = random_text(rng, "uk_current")
+        assert "Z" not in text[:2] and not set(text[4:]) & set("IQ")
+
+
+@pytest.mark.parametrize("fmt", ["hr", "gr", "de", "uk_current", "us"])
+def test_render_plate(fmt: str) -> None:
+    rng = np.random.default_rng(1)
+    text, _ = random_text(rng, fmt)
+    img, rows = render_plate(rng, text, fmt, two_rows=False)
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 4 and rows == 1
+    assert img[img.shape[0] // 2, img.shape[1] // 2, 3] == 255 and img[0, 0, 3] < 128
+    two, rows2 = render_plate(rng, text, fmt, two_rows=True)
+    assert rows2 == (1 if fmt == "us" else 2)
+    if fmt != "us":
+        assert two.shape[1] / two.shape[0] < 2.0
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(a.image, b.image) and len(a.plates) == len(b.plates) and all(
+        p.text == q.text and p.format == q.format and np.array_equal(p.quad, q.quad) for p, q in zip(a.plates, b.plates))
+
+
+def test_determinism() -> None:
+    assert _same(make_scene(np.random.default_rng(7)), make_scene(np.random.default_rng(7)))
+    assert _same(make_plate_patch(np.random.default_rng(7)), make_plate_patch(np.random.default_rng(7)))
+    assert not _same(make_scene(np.random.default_rng(7)), make_scene(np.random.default_rng(8)))
+
+
+def test_scenes_quads_inside() -> None:
+    rng = np.random.default_rng(11)
+    counts = []
+    for _ in range(25):
+        s = make_scene(rng, 320, 240, max_plates=3)
+        assert s.image.shape == (240, 320, 3) and s.image.dtype == np.uint8
+        counts.append(len(s.plates))
+        for p in s.plates:
+            assert p.quad.shape == (4, 2) and p.quad.dtype == np.float32
+            assert (p.quad >= 0).all() and (p.quad[:, 0] < 320).all() and (p.quad[:, 1] < 240).all()
+            assert FORMATS_BY_NAME[p.format].regex.match(p.text) and p.rows in (1, 2)
+            # corners come clockwise TL, TR, BR, BL: positive signed area in image coordinates
+            x, y = p.quad[:, 0], p.quad[:, 1]
+            assert 0.5 * (x @ np.roll(y, -1) - y @ np.roll(x, -1)) > 0
+    assert max(counts) <= 3 and sum(counts) > 0
+    assert len(make_scene(rng, max_plates=0).plates) == 0
+
+
+def test_patch_shape_and_quad() -> None:
+    rng = np.random.default_rng(3)
+    for size in ((256, 128), (160, 64)):
+        s = make_plate_patch(rng, *size)
+        assert s.image.shape == (size[1], size[0], 3) and s.image.dtype == np.uint8 and len(s.plates) == 1
+        q = s.plates[0].quad
+        assert (q >= 0).all() and (q[:, 0] < size[0]).all() and (q[:, 1] < size[1]).all()
+        assert 0.3 * size[0] < q[:, 0].max() - q[:, 0].min() < size[0]
+
+
+def test_preview_writes_png(tmp_path) -> None:
+    out = tmp_path / "grid.png"
+    preview_grid(np.random.default_rng(0), out, "scenes", 2)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cli_main(["preview", "--kind", "plates", "--n", "3", "--out", str(tmp_path / "p.png")])
+    assert (tmp_path / "p.png").stat().st_size > 1000
