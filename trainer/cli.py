@@ -2,6 +2,7 @@
 
   python -m trainer synth data    --kind reader|detector --n N --out FILE.npz
   python -m trainer synth preview --kind plates|scenes --out grid.png
+  python -m trainer synth scenes  --n 6 --out demo/
   python -m trainer train         --kind reader|detector --data FILE.npz --run DIR
   python -m trainer export        --kind reader|detector --run DIR --data FILE.npz --out DIR [--install edge/models]
   python -m trainer evaluate      --models DIR [--models DIR ...] [--set FOLDER ...] [--synthetic N] --out report.json
@@ -24,11 +25,35 @@ def _synth(args: argparse.Namespace) -> int:
         preview_grid(np.random.default_rng(args.seed), args.out, args.kind, args.n)
         print(f"wrote {args.out}")
         return 0
+    if args.what == "scenes":
+        return _write_scenes(args)
     from trainer.data import generate, save_set
 
     data = generate(args.kind, args.n, args.seed, workers=args.workers)
     save_set(args.out, data, {"kind": args.kind, "seed": args.seed, "generator": "trainer.synth"})
     print(f"wrote {len(data['x'])} {args.kind} samples to {args.out}")
+    return 0
+
+
+def _write_scenes(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from trainer.synth import make_scene
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = ["file\ttext\tx1\ty1\tx2\ty2"]
+    for i in range(args.n):
+        rng = np.random.default_rng((args.seed, i))
+        scene = make_scene(rng, width=args.width, height=args.height, max_plates=1)
+        name = f"scene_{i:02d}.jpg"
+        cv2.imwrite(str(args.out / name), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        for p in scene.plates:
+            x1, y1 = p.quad.min(axis=0)
+            x2, y2 = p.quad.max(axis=0)
+            lines.append(f"{name}\t{p.text}\t{x1:.0f}\t{y1:.0f}\t{x2:.0f}\t{y2:.0f}")
+    (args.out / "labels.tsv").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.n} scenes and labels.tsv to {args.out}")
     return 0
 
 
@@ -103,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--n", type=int, default=32)
     prev.add_argument("--seed", type=int, default=0)
     prev.add_argument("--out", type=Path, default=Path("preview.png"))
+    sc = sy_sub.add_parser("scenes", help="write synthetic camera frames as JPEG with a labels.tsv (demo, tests)")
+    sc.add_argument("--n", type=int, default=6)
+    sc.add_argument("--seed", type=int, default=2026)
+    sc.add_argument("--width", type=int, default=1280)
+    sc.add_argument("--height", type=int, default=720)
+    sc.add_argument("--out", type=Path, required=True)
     sy.set_defaults(func=_synth)
 
     tr = sub.add_parser("train", help="train one network; rerun the same command to resume")

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edge.model import METADATA_SCHEMA, Model, file_sha256
+from edge.model import METADATA_SCHEMA, Model, file_sha256, interpreter_class
 from edge.plates import MAX_SLOTS, PAD, READER_CLASSES
 from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, load_set
 from trainer.nets import build_detector, build_reader, count_macs
@@ -69,7 +69,7 @@ def convert(model: keras.Model, rep_x: np.ndarray | None, n_rep: int = 200) -> b
 
 def op_names(tflite_bytes: bytes) -> list[str]:
     """Builtin op names in a flatbuffer, in graph order."""
-    interp = tf.lite.Interpreter(model_content=tflite_bytes)
+    interp = interpreter_class()(model_content=tflite_bytes)
     return [op["op_name"] for op in interp._get_ops_details()]
 
 
@@ -92,7 +92,7 @@ def _write(kind: str, tflite: bytes, out: Path, macs: int, extra: dict) -> Model
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{kind}.tflite"
     path.write_bytes(tflite)
-    interp = tf.lite.Interpreter(model_content=tflite)
+    interp = interpreter_class()(model_content=tflite)
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
 
     def spec(d):

@@ -227,6 +227,8 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
         us, two = fmt == "us", fmt != "us" and rng.random() < 0.1
         pw = _plate_width(rng, width)
         ph = pw / (1.97 if us else 1.5 if two else 4.6)  # nominal; the rendered plate decides the final quad
+        if 2 * ph >= height or 1.2 * pw >= width:
+            continue  # a big plate in a small (wide) frame: draw another size
         cx, cy = rng.uniform(pw * 0.6, width - pw * 0.6), rng.uniform(ph, height - ph)
         box = (cx - pw * 0.6, cy - ph * 0.7, cx + pw * 0.6, cy + ph * 0.7)
         cw = pw * (rng.uniform(5.2, 6.5) if us else rng.uniform(3.3, 4.3)) if rng.random() < 0.88 else 0.0

@@ -1,0 +1,51 @@
+"""The `python -m edge read --json` contract (GUIDE §3), run as a user runs it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from conftest import run_edge
+
+
+def _images(tmp_path: Path) -> tuple[Path, Path, Path]:
+    good = tmp_path / "frame.jpg"
+    cv2.imwrite(str(good), np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    return good, truncated, tmp_path / "missing.jpg"
+
+
+def test_one_json_object_per_image_with_errors_inline(untrained_models: Path, tmp_path: Path) -> None:
+    good, truncated, missing = _images(tmp_path)
+    proc = run_edge("read", "--json", "--models", str(untrained_models), str(good), str(truncated), str(missing))
+    assert proc.returncode == 0, proc.stderr
+    objs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["image"] for o in objs] == [str(good), str(truncated), str(missing)]
+    assert "error" not in objs[0] and isinstance(objs[0]["plates"], list)
+    assert isinstance(objs[0]["latency_ms"], float) and objs[0]["latency_ms"] > 0
+    for plate in objs[0]["plates"]:
+        assert set(plate) >= {"text", "confidence", "box"}
+        assert plate["text"] == "".join(c for c in plate["text"] if c.isalnum() and (c.isdigit() or c.isupper()))
+        x1, y1, x2, y2 = plate["box"]
+        assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+    assert "truncated" in objs[1]["error"]["message"] or "decodable" in objs[1]["error"]["message"]
+    assert objs[2]["error"]["message"] == f"{missing}: file not found"
+    assert objs[1]["plates"] == [] and objs[2]["plates"] == []
+    assert "read 1 of 3 images" in proc.stderr
+
+
+def test_exit_code_is_nonzero_only_when_nothing_was_read(untrained_models: Path, tmp_path: Path) -> None:
+    _, truncated, missing = _images(tmp_path)
+    proc = run_edge("read", "--json", "--models", str(untrained_models), str(truncated), str(missing))
+    assert proc.returncode == 1
+    assert len(proc.stdout.splitlines()) == 2
+
+
+def test_broken_model_set_is_a_clear_error(tmp_path: Path) -> None:
+    good, _, _ = _images(tmp_path)
+    proc = run_edge("read", "--models", str(tmp_path / "nope"), str(good))
+    assert proc.returncode == 3
+    assert "nope: model directory not found" in proc.stderr

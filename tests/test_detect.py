@@ -1,0 +1,39 @@
+"""Detector pre-processing (letterbox) and post-processing (mask -> quads -> boxes)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge.detect import Letterbox, letterbox, mask_to_detections, order_quad, rect_quad
+
+
+def test_letterbox_keeps_aspect_and_converts_to_rgb() -> None:
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[..., 0] = 255  # blue in BGR
+    pixels, lb = letterbox(frame, 512, 384)
+    assert pixels.shape == (384, 512, 3)
+    assert lb.scale == 0.4
+    assert pixels[:288, :, 2].min() == 255 and pixels[:288, :, 0].max() == 0  # blue is channel 2 in RGB
+    assert pixels[288:].max() == 0  # padding below the 16:9 frame
+
+
+def test_order_quad_from_any_start() -> None:
+    want = np.array([[0, 0], [100, 0], [100, 20], [0, 20]], np.float32)
+    for k in range(4):
+        np.testing.assert_allclose(order_quad(np.roll(want, k, axis=0)), want)
+        np.testing.assert_allclose(order_quad(np.roll(want[::-1], k, axis=0)), want)
+
+
+def test_rect_quad_of_points_is_ordered_rectangle() -> None:
+    pts = np.array([[10, 10], [50, 10], [50, 20], [10, 20], [30, 15]], np.float32)
+    np.testing.assert_allclose(rect_quad(pts), [[10, 10], [50, 10], [50, 20], [10, 20]], atol=1e-4)
+
+
+def test_mask_to_detections_maps_back_to_frame_pixels() -> None:
+    prob = np.zeros((96, 128), np.float32)
+    prob[10:14, 20:40] = 0.9  # one plate: cells x 20..39, y 10..13
+    prob[50, 50] = 0.9  # a single cell: below min_cells, ignored
+    dets = mask_to_detections(prob, stride=4, threshold=0.5, min_cells=3, lb=Letterbox(0.4), frame_wh=(1280, 720))
+    assert len(dets) == 1
+    x1, y1, x2, y2 = dets[0].box
+    np.testing.assert_allclose([x1, y1, x2, y2], [200, 100, 400, 140], atol=1e-3)
+    assert abs(dets[0].score - 0.9) < 1e-6

@@ -1,0 +1,94 @@
+"""Train -> quantize -> edge, end to end on tiny data, through the same commands a user runs.
+
+Tiny models trained for a minute read badly; what is asserted is what breaks
+when the chain breaks: the exported float model run by the edge must equal
+Keras (pre-processing and I/O), int8 must follow float, the reader must have
+learned from its labels (encoding and decoding agree), and `edge read` must
+keep its JSON contract on the result.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_edge
+
+pytestmark = pytest.mark.slow
+
+
+def _trainer(*args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, f"trainer {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("e2e")
+    _trainer("synth", "data", "--kind", "reader", "--n", "3000", "--seed", "1", "--out", str(work / "reader.npz"))
+    _trainer("synth", "data", "--kind", "detector", "--n", "96", "--seed", "2", "--out", str(work / "detector.npz"))
+    _trainer("train", "--kind", "reader", "--data", str(work / "reader.npz"), "--run", str(work / "run_reader"),
+             "--epochs", "6", "--batch", "32", "--lr", "3e-3", "--verbose", "0")
+    _trainer("train", "--kind", "detector", "--data", str(work / "detector.npz"), "--run",
+             str(work / "run_detector"), "--epochs", "2", "--batch", "8", "--verbose", "0")
+    for kind in ("reader", "detector"):
+        _trainer("export", "--kind", kind, "--run", str(work / f"run_{kind}"), "--data", str(work / f"{kind}.npz"),
+                 "--out", str(work / "export"))
+    return work
+
+
+def test_training_log_and_resume_state(trained: Path) -> None:
+    info = json.loads((trained / "run_reader" / "train.json").read_text())
+    assert info["epochs_run"] == 6 and info["samples"] == 3000
+    assert (trained / "run_reader" / "log.csv").read_text().count("\n") == 7  # header + one line per epoch
+
+
+def test_exported_float_equals_keras_and_int8_follows(trained: Path) -> None:
+    for kind in ("reader", "detector"):
+        report = json.loads((trained / "export" / f"{kind}_export.json").read_text())
+        assert report["float"]["agreement"]["match"] == 1.0, (kind, report["float"])
+        assert report["int8"]["agreement"]["match"] >= 0.8, (kind, report["int8"])
+        assert set(report["int8"]["ops"]) <= {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RESIZE_NEAREST_NEIGHBOR",
+                                               "LOGISTIC", "FULLY_CONNECTED", "RESHAPE", "SOFTMAX", "RELU"}
+        meta = json.loads((trained / "export" / "int8" / f"{kind}.json").read_text())
+        assert meta["input"]["dtype"] == "int8" and meta["output"]["dtype"] == "int8"
+
+
+def test_reader_learned_and_int8_reads_like_float(trained: Path) -> None:
+    from edge.pipeline import Pipeline
+    from trainer.evaluate import evaluate_synthetic_reader
+
+    results = {}
+    for precision in ("float", "int8"):
+        pipe = Pipeline.from_dir(trained / "export" / precision)
+        results[precision] = evaluate_synthetic_reader(pipe, 150, seed=77, progress=False)
+    chars = results["float"]["summary"]["char_accuracy"]
+    # Chance is ~1/37 per character; a reader whose labels and decoding disagree stays near it.
+    assert chars > 0.3, f"float reader char accuracy {chars:.3f}: it did not learn from its labels"
+    same = np.mean([a["read"] == b["read"] for a, b in zip(results["float"]["rows"], results["int8"]["rows"])])
+    assert same >= 0.6, f"int8 and float read the same text on only {same:.0%} of held-out plates"
+    assert abs(results["int8"]["summary"]["char_accuracy"] - chars) < 0.1
+
+
+def test_edge_read_on_trained_int8_models(trained: Path, tmp_path: Path) -> None:
+    from trainer.synth import make_scene
+
+    paths = []
+    for i in range(3):
+        scene = make_scene(np.random.default_rng((5, i)), 640, 480)
+        paths.append(tmp_path / f"scene{i}.jpg")
+        cv2.imwrite(str(paths[-1]), scene.image)
+    proc = run_edge("read", "--json", "--models", str(trained / "export" / "int8"), *map(str, paths))
+    assert proc.returncode == 0, proc.stderr
+    objs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["image"] for o in objs] == list(map(str, paths))
+    for o in objs:
+        assert "error" not in o
+        for p in o["plates"]:
+            assert 0 <= p["confidence"] <= 1 and len(p["box"]) == 4
