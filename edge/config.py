@@ -1,0 +1,269 @@
+"""The daemon's configuration: one YAML file validated by one pydantic model tree.
+
+Every option has a description, bounds where it has any, and a default where
+one makes sense; an unknown key is an error (``extra="forbid"``), so a typo
+never passes silently. Errors name the key (``mqtt.port``) and the problem.
+Secrets need not sit in the file: any string may be an environment placeholder
+``${NAME}``, and ``ANPR_MQTT_PASSWORD`` overrides ``mqtt.password``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+#: Environment variable that overrides ``mqtt.password``.
+PASSWORD_ENV = "ANPR_MQTT_PASSWORD"
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message names the key and the problem."""
+
+
+class StrictModel(BaseModel):
+    """Base of every section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraConfig(StrictModel):
+    id: str = Field("cam0", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                    description="Camera id, sent in every event (letters, digits, _ . -).")
+    type: Literal["file", "folder", "v4l2", "rtsp", "picamera"] = Field(
+        description="file: a video file; folder: a folder of images; v4l2: a USB/V4L2 camera; "
+        "rtsp: an RTSP stream; picamera: the Raspberry Pi camera (needs picamera2).")
+    path: str = Field("", description="file/folder: its path; rtsp: the URL (rtsp://user:pass@host/stream); "
+                      "v4l2: a device path (/dev/video0) or index (0); picamera: unused.")
+    fps: float | None = Field(None, gt=0, le=120,
+                              description="folder: frames per second (default 10); file: overrides the clip's "
+                              "own rate; v4l2/picamera: the rate asked of the camera.")
+    loop: bool = Field(False, description="file/folder: start again at the end instead of stopping the daemon.")
+    realtime: bool = Field(True, description="file/folder: deliver frames at their rate like a live camera, "
+                           "dropping frames when inference is slower; false: as fast as inference takes them, "
+                           "dropping none (tests, batch runs).")
+    width: int | None = Field(None, ge=16, le=8192, description="v4l2/picamera: capture width in pixels.")
+    height: int | None = Field(None, ge=16, le=8192, description="v4l2/picamera: capture height in pixels.")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="rtsp: RTP over the RTSP TCP connection, "
+                                                  "or over UDP.")
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="rtsp/v4l2: give up opening after this long.")
+    read_timeout_s: float = Field(5.0, gt=0, le=300,
+                                  description="rtsp/v4l2: a stream silent this long has dropped.")
+    reconnect_min_s: float = Field(1.0, gt=0, le=600,
+                                   description="First wait before reopening a dropped or vanished source.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600,
+                                   description="Longest wait between reopen attempts (the wait doubles up to it).")
+    queue_size: int = Field(2, ge=1, le=100, description="Frames waiting for inference; when full, the oldest "
+                            "is dropped and counted (live sources).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CameraConfig":
+        if self.type in ("file", "folder", "rtsp") and not self.path:
+            raise ValueError(f"path: required for a '{self.type}' camera")
+        if self.type == "rtsp" and not self.path.startswith(("rtsp://", "rtsps://")):
+            raise ValueError("path: an rtsp camera needs an rtsp:// or rtsps:// URL")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s: must not be less than reconnect_min_s")
+        return self
+
+
+class MotionConfig(StrictModel):
+    enabled: bool = Field(False, description="Run inference only on frames that differ from the last one "
+                          "inferred (an empty road then costs little CPU).")
+    width: int = Field(160, ge=16, le=1280, description="Width of the grayscale thumbnail compared.")
+    pixel_delta: int = Field(20, ge=1, le=255, description="Grey-level change that counts a pixel as changed.")
+    min_changed: float = Field(0.003, gt=0, le=1, description="Fraction of changed pixels that counts as motion.")
+    max_skip_s: float = Field(2.0, gt=0, le=3600, description="Infer at least this often even without motion "
+                              "(a car that stops stays tracked; slow light changes are followed).")
+
+
+class DetectionConfig(StrictModel):
+    models: Path | None = Field(None, description="Directory with detector.tflite, reader.tflite and their .json "
+                                "metadata; default: the models shipped in edge/models.")
+    threads: int = Field(2, ge=1, le=16, description="TFLite interpreter threads.")
+    frame_stride: int = Field(1, ge=1, le=100, description="Infer every Nth captured frame.")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="Reads below this reader confidence are ignored.")
+    motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
+
+
+class TrackingConfig(StrictModel):
+    min_iou: float = Field(0.05, ge=0, le=1, description="Box overlap with a track's last box that associates "
+                           "a read with it.")
+    min_text_similarity: float = Field(0.7, ge=0, le=1, description="Text similarity (1 - edit distance / "
+                                       "length) that associates a read with a track even without overlap.")
+    confirm_frames: int = Field(2, ge=1, le=100, description="Reads that must agree with the voted text before "
+                                "the 'new' event is sent.")
+    confirm_confidence: float = Field(0.6, ge=0, le=1, description="Voted confidence needed before the 'new' "
+                                      "event is sent.")
+    lost_after_s: float = Field(1.5, gt=0, le=600, description="A track not seen for this long ends ('end').")
+    max_track_s: float = Field(300.0, gt=0, le=86400, description="A track older than this ends (a parked car); "
+                               "while it stays in view it is covered by reappear_window_s.")
+    reappear_window_s: float = Field(60.0, ge=0, le=86400, description="The same plate seen again within this "
+                                     "long after its track ended is not a new event.")
+    crop: Literal["none", "base64", "topic"] = Field("none", description="JPEG crop of the plate: none; base64 "
+                                                     "in the event's 'crop' field; or raw JPEG bytes on "
+                                                     "<prefix>/crops/<event id>.")
+    crop_quality: int = Field(85, ge=10, le=100, description="JPEG quality of the crop.")
+
+
+class TlsConfig(StrictModel):
+    ca_certs: Path | None = Field(None, description="CA bundle that signs the broker's certificate "
+                                  "(default: the system's).")
+    certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    keyfile: Path | None = Field(None, description="Client key (mutual TLS).")
+    insecure: bool = Field(False, description="Skip the broker hostname check (testing only).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TlsConfig":
+        for key in ("ca_certs", "certfile", "keyfile"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{key}: file not found: {path}")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile: certfile and keyfile go together")
+        return self
+
+
+class DiscoveryConfig(StrictModel):
+    enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery (a 'last plate' sensor).")
+    prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery prefix.")
+
+
+class MqttConfig(StrictModel):
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
+    device_id: str = Field(default_factory=lambda: re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()),
+                           pattern=r"^[A-Za-z0-9_-]+$", description="This device's id: in the default topic "
+                           "prefix, the client id and Home Assistant ids (default: the host name).")
+    topic_prefix: str | None = Field(None, min_length=1, description="Prefix of every topic (default "
+                                     "anpr/<device_id>); no trailing '/', no wildcards.")
+    username: str | None = Field(None, description="Broker user name.")
+    password: SecretStr | None = Field(None, description=f"Broker password; the environment variable "
+                                       f"{PASSWORD_ENV} overrides it.")
+    tls: TlsConfig | None = Field(None, description="Connect with TLS (omit for plain TCP).")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive.")
+    reconnect_min_s: float = Field(1.0, gt=0, le=600, description="First wait before reconnecting to the broker.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between reconnect attempts.")
+    max_inflight: int = Field(10, ge=1, le=1000, description="Events sent and not yet acknowledged at a time.")
+    stats_interval_s: float = Field(30.0, gt=0, le=86400, description="Period of the stats message.")
+    drain_timeout_s: float = Field(10.0, ge=0, le=86400, description="On stop, wait this long for the broker to "
+                                   "acknowledge the spooled events; the rest stay spooled for the next start.")
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant discovery.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MqttConfig":
+        if self.topic_prefix is not None and (self.topic_prefix.endswith("/") or set("#+") & set(self.topic_prefix)):
+            raise ValueError("topic_prefix: no trailing '/' and no '+' or '#'")
+        return self
+
+    @property
+    def prefix(self) -> str:
+        return self.topic_prefix or f"anpr/{self.device_id}"
+
+
+class SpoolConfig(StrictModel):
+    path: Path = Field(Path("spool.sqlite"), description="SQLite file of events not yet acknowledged by the "
+                       "broker; relative paths are relative to the config file.")
+    max_events: int = Field(10000, ge=1, le=10_000_000, description="Most events held; when full, the oldest is "
+                            "dropped (logged, counted in stats as spool_dropped).")
+    max_megabytes: float = Field(100.0, gt=0, le=100_000, description="Most payload bytes held (crops count); "
+                                 "same policy as max_events.")
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (to stdout).")
+    timestamps: bool = Field(True, description="Prefix log lines with the time (journald adds its own: set "
+                             "false under systemd).")
+
+
+class AppConfig(StrictModel):
+    camera: CameraConfig = Field(description="Where frames come from.")
+    detection: DetectionConfig = Field(default_factory=DetectionConfig, description="Models and when to run them.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Reads -> vehicles -> events.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker and topics.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk queue of undelivered events.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
+
+
+def _substitute(node: Any, where: str) -> Any:
+    """Replace ``${NAME}`` placeholders in strings with environment values."""
+    if isinstance(node, dict):
+        return {k: _substitute(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, f"{where}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def value(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                raise ConfigError(f"{where}: environment variable {m.group(1)} is not set")
+            return os.environ[m.group(1)]
+
+        return _PLACEHOLDER.sub(value, node)
+    return node
+
+
+def _describe(err: ValidationError) -> str:
+    """One line per problem: ``key.path: what is wrong (got VALUE)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "value_error" and ":" in msg:
+            # Model validators name the field themselves ("path: required ...").
+            field, _, msg = msg.partition(": ")
+            loc = f"{loc}.{field}" if loc else field
+        got = "" if e["type"] in ("missing", "value_error") else f" (got {e.get('input')!r})"
+        lines.append(f"{loc}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, base_dir: Path = Path(".")) -> AppConfig:
+    """Validate a parsed YAML document; resolve env placeholders, the password override and relative paths."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a mapping of sections (camera, detection, tracking, mqtt, "
+                          "spool, logging)")
+    raw = _substitute(raw, "")
+    if os.environ.get(PASSWORD_ENV):
+        raw.setdefault("mqtt", {})
+        if isinstance(raw["mqtt"], dict):
+            raw["mqtt"]["password"] = os.environ[PASSWORD_ENV]
+    try:
+        cfg = AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    if not cfg.spool.path.is_absolute():
+        cfg.spool.path = base_dir / cfg.spool.path
+    if cfg.detection.models is not None and not cfg.detection.models.is_absolute():
+        cfg.detection.models = base_dir / cfg.detection.models
+    if cfg.camera.type in ("file", "folder") and not Path(cfg.camera.path).is_absolute():
+        cfg.camera.path = str(base_dir / cfg.camera.path)
+    return cfg
+
+
+def load_config(path: str | Path) -> AppConfig:
+    """Read, parse and validate a YAML config file; ConfigError names the file, key and problem."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    try:
+        return parse_config(raw, p.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def resolved_yaml(cfg: AppConfig) -> str:
+    """The full configuration with defaults filled in, secrets masked, as YAML."""
+    data = cfg.model_dump(mode="json")
+    if cfg.mqtt.password is not None:
+        data["mqtt"]["password"] = "********"
+    data["mqtt"]["topic_prefix"] = cfg.mqtt.prefix
+    data["camera"]["path"] = re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:********@", cfg.camera.path)
+    return yaml.safe_dump(data, sort_keys=False)
