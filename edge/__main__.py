@@ -1,7 +1,10 @@
-"""Command line of the edge: ``python -m edge read [--json] [--models DIR] IMAGE...``.
+"""Command line of the edge: ``python -m edge read [--json] [--models DIR] IMAGE...``,
+``python -m edge run --config FILE`` (the daemon) and ``python -m edge check-config FILE``.
 
-Exit codes: 0 when at least one image was read (plates or not), 1 when no
-image could be read, 2 for a usage error, 3 when the models cannot be loaded.
+Exit codes of ``read``: 0 when at least one image was read (plates or not), 1
+when no image could be read, 2 for a usage error, 3 when the models cannot be
+loaded. ``run`` and ``check-config``: see ``edge.daemon.ExitCode`` (2: the
+configuration is invalid, and the message names the key).
 """
 from __future__ import annotations
 
@@ -78,6 +81,40 @@ def cmd_read(args: argparse.Namespace) -> int:
     return 0 if n_ok else 1
 
 
+def _load_config(path: Path):
+    """The validated config, or None after printing why not (the daemon's extra may be missing too)."""
+    try:
+        from edge.config import ConfigError, load_config
+    except ImportError as exc:
+        print(f"error: the daemon needs its extra dependencies: pip install -e '.[daemon]' ({exc})",
+              file=sys.stderr)
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"error: invalid configuration: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    if cfg is None:
+        return 2
+    from edge.config import resolved_yaml
+
+    print(resolved_yaml(cfg), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    if cfg is None:
+        return 2
+    from edge.daemon import run
+
+    return int(run(cfg))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m edge",
@@ -98,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory with detector.tflite, reader.tflite and their .json metadata (default: shipped models)")
     rd.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads (default 2)")
     rd.set_defaults(func=cmd_read)
+    exit_codes = ("exit codes: 0 stopped (signal, or a file source ended with every event delivered), 1 unexpected "
+                  "error, 2 invalid configuration, 3 models cannot be loaded, 4 source unusable at start, "
+                  "5 spool cannot be opened/written, 6 a file source ended with events still spooled")
+    rn = sub.add_parser(
+        "run",
+        help="run the daemon: camera -> plates -> vehicles -> MQTT events",
+        description="Run the edge daemon with a YAML configuration (see deploy/config.example.yaml). "
+        "Stops cleanly on SIGTERM/SIGINT; a file source without loop stops it at its end.",
+        epilog=exit_codes,
+    )
+    rn.add_argument("--config", type=Path, required=True, metavar="FILE", help="YAML configuration file")
+    rn.set_defaults(func=cmd_run)
+    cc = sub.add_parser(
+        "check-config",
+        help="validate a configuration file and print it resolved",
+        description="Validate a YAML configuration and print it with every default filled in (secrets masked). "
+        "Exit 0 when valid, 2 with one line per problem (naming the key) when not.",
+    )
+    cc.add_argument("config", type=Path, metavar="FILE", help="YAML configuration file")
+    cc.set_defaults(func=cmd_check_config)
     return parser
 
 

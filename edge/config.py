@@ -190,6 +190,11 @@ class AppConfig(StrictModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
 
 
+def redact_url(url: str) -> str:
+    """A URL with its password masked (``rtsp://user:********@host/...``), for logs and printouts."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:********@", url)
+
+
 def _substitute(node: Any, where: str) -> Any:
     """Replace ``${NAME}`` placeholders in strings with environment values."""
     if isinstance(node, dict):
@@ -265,5 +270,5 @@ def resolved_yaml(cfg: AppConfig) -> str:
     if cfg.mqtt.password is not None:
         data["mqtt"]["password"] = "********"
     data["mqtt"]["topic_prefix"] = cfg.mqtt.prefix
-    data["camera"]["path"] = re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:********@", cfg.camera.path)
+    data["camera"]["path"] = redact_url(cfg.camera.path)
     return yaml.safe_dump(data, sort_keys=False)

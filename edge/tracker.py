@@ -40,8 +40,6 @@ class Observation:
     text: str
     confidence: float
     box: Box
-    format: str | None = None
-    display: str | None = None
     #: Per-character confidences of ``text``, when the reader provides them.
     char_confidences: tuple[float, ...] | None = None
     #: The frame it was read in (only referenced, for the optional crop).

@@ -1,0 +1,205 @@
+"""Emulated-device harness: a real mosquitto, the real daemon as a subprocess, a paho subscriber.
+
+Fixtures are in conftest.py; the clip and its tiny trained models are made
+once per session by ``clipmodels.py`` in a subprocess (set
+``EDGE_HARNESS_CACHE=DIR`` to keep them between sessions).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PREFIX = "anpr/test"
+_client_ids = itertools.count()
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``pred`` until truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Broker:
+    """A mosquitto on a loopback port, from a temporary config; restartable on the same port."""
+
+    def __init__(self, workdir: Path, persistence: bool = False, port: int | None = None) -> None:
+        if MOSQUITTO is None:
+            pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        self.port = port or free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        if persistence:  # keeps a persistent subscriber's session and queue across a restart
+            lines += ["persistence true", f"persistence_location {workdir}/"]
+        else:
+            lines += ["persistence false"]
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Broker":
+        log = open(self.workdir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
+        log.close()
+
+        def accepting() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                assert self.proc.poll() is None, (self.workdir / "mosquitto.log").read_text()
+                return False
+
+        wait_for(accepting, 10, f"mosquitto on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    at: float = field(default_factory=time.monotonic)
+
+
+class Subscriber:
+    """Records everything under the test prefix and Home Assistant discovery."""
+
+    def __init__(self, port: int, persistent: bool = False) -> None:
+        self.port = port
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"harness-{port}-{next(_client_ids)}",
+                                  clean_session=not persistent)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(f"{PREFIX}/#", 1), ("homeassistant/#", 1)])
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 1)
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
+
+    def start(self) -> "Subscriber":
+        self.client.connect("127.0.0.1", self.port, keepalive=10)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "subscriber got no SUBACK"
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def on(self, topic_suffix: str) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == f"{PREFIX}/{topic_suffix}"]
+
+    def events(self) -> list[dict]:
+        return [json.loads(m.payload) for m in self.on("plates")]
+
+    def statuses(self) -> list[str]:
+        return [m.payload.decode() for m in self.on("status")]
+
+    def stats(self) -> list[dict]:
+        return [json.loads(m.payload) for m in self.on("stats")]
+
+
+class DaemonProc:
+    """``python -m edge run --config FILE`` with its output in a log file."""
+
+    def __init__(self, config: dict, workdir: Path, name: str = "daemon") -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / f"{name}.log"
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(self.config_path)],
+                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float, count: int = 1) -> list[str]:
+        """Wait until ``pattern`` (a regex) matches ``count`` log lines; return the matches."""
+        def found():
+            hits = re.findall(pattern, self.log(), flags=re.M)
+            if len(hits) < count and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before logging {pattern!r}:\n"
+                                     + self.log()[-4000:])
+            return hits if len(hits) >= count else None
+
+        return wait_for(found, timeout, f"{count} x {pattern!r} in the daemon log")
+
+    def logged_events(self) -> list[tuple[str, str, str]]:
+        """(type, text, id) of every event the daemon spooled, in order."""
+        return re.findall(r"event (new|end) (\S+) id=(\S+)", self.log())
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"daemon did not exit within {timeout} s:\n{self.log()[-4000:]}") from None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def base_config(clip: Path, port: int, workdir: Path, **sections: dict) -> dict:
+    """A daemon config for the clip and a broker port; ``sections`` update the defaults per section."""
+    cfg: dict[str, dict] = {
+        "camera": {"id": "lane1", "type": "file", "path": str(clip / "clip.avi"), "realtime": False},
+        "detection": {"models": str(clip / "models"), "threads": 1},
+        "tracking": {"lost_after_s": 0.3, "confirm_frames": 2, "confirm_confidence": 0.5},
+        "mqtt": {"host": "127.0.0.1", "port": port, "device_id": "test", "topic_prefix": PREFIX,
+                 "stats_interval_s": 1, "reconnect_min_s": 1, "reconnect_max_s": 1, "drain_timeout_s": 30},
+        "spool": {"path": str(workdir / "spool.sqlite")},
+        "logging": {"level": "INFO"},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
