@@ -348,6 +348,8 @@ class Daemon:
         finally:
             self.publisher.stop()
             self.spool.close()
+        if isinstance(self.error, SpoolError):
+            return ExitCode.SPOOL
         if self.error is not None:
             return ExitCode.ERROR
         if not delivered:

@@ -1,8 +1,10 @@
 """Emulated-device harness: a real mosquitto, the real daemon as a subprocess, a paho subscriber.
 
-Fixtures are in conftest.py; the clip and its tiny trained models are made
-once per session by ``clipmodels.py`` in a subprocess (set
-``EDGE_HARNESS_CACHE=DIR`` to keep them between sessions).
+The fixtures are defined here and imported by the test modules that use them
+(no conftest.py here: the suite's top-level tests import ``conftest`` by
+name). The clip and its tiny trained models are made once per session by
+``clipmodels.py`` in a subprocess (set ``EDGE_HARNESS_CACHE=DIR`` to keep
+them between sessions).
 """
 from __future__ import annotations
 
@@ -203,3 +205,39 @@ def base_config(clip: Path, port: int, workdir: Path, **sections: dict) -> dict:
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory with clip.avi, frames/, truth.json and models/ (see clipmodels.py)."""
+    cached = os.environ.get("EDGE_HARNESS_CACHE")
+    out = Path(cached) if cached else tmp_path_factory.mktemp("clip")
+    if not (out / "truth.json").is_file():
+        env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.run([sys.executable, str(HERE / "clipmodels.py"), str(out)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"clip/model build failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    truth = json.loads((out / "truth.json").read_text())
+    reads = truth["report"]["reads"]
+    # The harness asserts exact events: the models must read this clip, or nothing below means anything.
+    assert reads["wrong"] == 0 and reads["spurious"] == 0 and reads["missed"] <= 3, truth["report"]
+    return out
+
+
+@pytest.fixture
+def truth(clip: Path) -> dict:
+    return json.loads((clip / "truth.json").read_text())
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def subscriber(broker: Broker):
+    s = Subscriber(broker.port).start()
+    yield s
+    s.stop()

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from harness import Broker, DaemonProc, Subscriber, base_config, free_port, wait_for
+from harness import broker, clip, subscriber, truth  # noqa: F401  (fixtures)
 
 EVENT_FIELDS = {"type", "id", "camera", "text", "display", "format", "confidence", "best_confidence",
                 "first_seen", "last_seen", "frame_count", "box"}
