@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -55,13 +56,25 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
 class Broker:
     """A mosquitto on a loopback port, from a temporary config; restartable on the same port."""
 
-    def __init__(self, workdir: Path, persistence: bool = False, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, persistence: bool = False, port: int | None = None,
+                 users: dict[str, str] | None = None, tls: dict[str, Path] | None = None) -> None:
         if MOSQUITTO is None:
             pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
         self.port = port or free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        # Run as ourselves: started by root, mosquitto would switch to its own user, which cannot read
+        # the pytest temp dir (password file, persistence).
+        lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}",
+                 f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
+        if users:  # mosquitto_passwd hashes the passwords into the file mosquitto reads
+            pw_file = workdir / "passwd"
+            pw_file.touch()
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(pw_file), user, password], check=True)
+            lines.append(f"password_file {pw_file}")
+        if tls:  # keys 'ca', 'cert', 'key' (see make_certificates)
+            lines += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
         if persistence:  # keeps a persistent subscriber's session and queue across a restart
             lines += ["persistence true", f"persistence_location {workdir}/"]
         else:
@@ -93,6 +106,23 @@ class Broker:
         self.proc = None
 
 
+def make_certificates(out: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    out.mkdir(parents=True, exist_ok=True)
+    ca, ca_key, cert, key, csr = (out / n for n in ("ca.crt", "ca.key", "server.crt", "server.key", "server.csr"))
+    ext = out / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
+         "-subj", "/CN=harness CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1",
+         "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return {"ca": ca, "cert": cert, "key": key}
+
+
 @dataclass
 class Received:
     topic: str
@@ -104,7 +134,8 @@ class Received:
 class Subscriber:
     """Records everything under the test prefix and Home Assistant discovery."""
 
-    def __init__(self, port: int, persistent: bool = False) -> None:
+    def __init__(self, port: int, persistent: bool = False, auth: tuple[str, str] | None = None,
+                 ca: Path | None = None) -> None:
         self.port = port
         self.messages: list[Received] = []
         self._lock = threading.Lock()
@@ -112,6 +143,10 @@ class Subscriber:
                                   clean_session=not persistent)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(f"{PREFIX}/#", 1), ("homeassistant/#", 1)])
         self.client.on_message = self._on_message
+        if auth:
+            self.client.username_pw_set(*auth)
+        if ca:
+            self.client.tls_set(ca_certs=str(ca))
         self.client.reconnect_delay_set(1, 1)
         self.subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: self.subscribed.set()
@@ -147,12 +182,12 @@ class Subscriber:
 class DaemonProc:
     """``python -m edge run --config FILE`` with its output in a log file."""
 
-    def __init__(self, config: dict, workdir: Path, name: str = "daemon") -> None:
+    def __init__(self, config: dict, workdir: Path, name: str = "daemon", env: dict | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"{name}.log"
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(self.config_path)],
                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)

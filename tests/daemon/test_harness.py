@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from harness import Broker, DaemonProc, Subscriber, base_config, free_port, wait_for
+from harness import Broker, DaemonProc, Subscriber, base_config, free_port, make_certificates, wait_for
 from harness import broker, clip, subscriber, truth  # noqa: F401  (fixtures)
 
 EVENT_FIELDS = {"type", "id", "camera", "text", "display", "format", "confidence", "best_confidence",
@@ -87,6 +87,37 @@ def test_clip_gives_one_new_and_one_end_per_vehicle(clip: Path, truth: dict, bro
     finally:
         late.stop()
     assert all(m.retain for m in late.messages) and not late.events()
+
+
+def test_credentials_with_the_password_from_the_environment(clip: Path, truth: dict, tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker", users={"cam": "s3cret"}).start()
+    sub = Subscriber(broker.port, auth=("cam", "s3cret")).start()
+    try:
+        cfg = base_config(clip, broker.port, tmp_path, mqtt={"username": "cam", "password": "wrong-in-file"})
+        d = DaemonProc(cfg, tmp_path, env={"ANPR_MQTT_PASSWORD": "s3cret"})
+        assert d.wait(120) == 0, d.log()
+        wait_for(lambda: "offline" in sub.statuses(), 10, "status offline")
+    finally:
+        sub.stop()
+        broker.stop()
+    assert [e["text"] for e in sub.events() if e["type"] == "new"] == truth["plates"]
+    assert "s3cret" not in d.log()
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl CLI to make test certificates")
+def test_tls_with_a_private_ca(clip: Path, truth: dict, tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    broker = Broker(tmp_path / "broker", tls=certs).start()
+    sub = Subscriber(broker.port, ca=certs["ca"]).start()
+    try:
+        cfg = base_config(clip, broker.port, tmp_path, mqtt={"tls": {"ca_certs": str(certs["ca"])}})
+        d = DaemonProc(cfg, tmp_path)
+        assert d.wait(120) == 0, d.log()
+        wait_for(lambda: "offline" in sub.statuses(), 10, "status offline")
+    finally:
+        sub.stop()
+        broker.stop()
+    assert [e["text"] for e in sub.events() if e["type"] == "new"] == truth["plates"]
 
 
 def test_broker_stopped_mid_run_and_restarted(clip: Path, truth: dict, tmp_path: Path) -> None:
