@@ -105,19 +105,26 @@ def test_credentials_with_the_password_from_the_environment(clip: Path, truth: d
 
 
 @pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl CLI to make test certificates")
-def test_tls_with_a_private_ca(clip: Path, truth: dict, tmp_path: Path) -> None:
+def test_tls_with_a_private_ca_and_crops_on_their_topic(clip: Path, truth: dict, tmp_path: Path) -> None:
     certs = make_certificates(tmp_path / "certs")
     broker = Broker(tmp_path / "broker", tls=certs).start()
     sub = Subscriber(broker.port, ca=certs["ca"]).start()
     try:
-        cfg = base_config(clip, broker.port, tmp_path, mqtt={"tls": {"ca_certs": str(certs["ca"])}})
+        cfg = base_config(clip, broker.port, tmp_path, mqtt={"tls": {"ca_certs": str(certs["ca"])}},
+                          tracking={"crop": "topic"})
         d = DaemonProc(cfg, tmp_path)
         assert d.wait(120) == 0, d.log()
         wait_for(lambda: "offline" in sub.statuses(), 10, "status offline")
     finally:
         sub.stop()
         broker.stop()
-    assert [e["text"] for e in sub.events() if e["type"] == "new"] == truth["plates"]
+    events = sub.events()
+    assert [e["text"] for e in events if e["type"] == "new"] == truth["plates"]
+    # Crops on their own topic: raw JPEG, one per event message, named by the event id.
+    crops = [m for m in sub.messages if "/crops/" in m.topic]
+    assert sorted(m.topic for m in crops) == sorted(e["crop_topic"] for e in events)
+    assert all(m.topic.endswith(e["id"]) for e in events for m in crops if m.topic == e["crop_topic"])
+    assert all(m.payload[:2] == b"\xff\xd8" for m in crops) and "crop" not in events[0]
 
 
 def test_broker_stopped_mid_run_and_restarted(clip: Path, truth: dict, tmp_path: Path) -> None:
