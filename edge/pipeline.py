@@ -24,6 +24,8 @@ class PlateRead:
     format: str | None
     confidence: float
     detection: Detection
+    #: Probability of each character of ``text`` (for a format-fixed character, that of the fix).
+    char_confidences: tuple[float, ...] = ()
 
     @property
     def score(self) -> float:
@@ -63,11 +65,12 @@ class Pipeline:
         """Read the text of given detections; drop empty or too-short reads; best first."""
         reads = []
         for det in detections[: self.max_plates]:
-            slot = self.reader.read_crop(self.reader.crop(image, det.quad))
-            if len(slot.text) < MIN_TEXT_LEN:
+            read = self.reader.read_crop(self.reader.crop(image, det.quad))
+            if len(read.text) < MIN_TEXT_LEN:
                 continue
-            text, fmt = apply_format_rules(slot.text, slot.alternatives)
-            reads.append(PlateRead(text, display_text(text, fmt), fmt, slot.confidence, det))
+            text, fmt = apply_format_rules(read.text, read.alternatives)
+            chars = tuple(round(alt.get(c, 0.0), 4) for c, alt in zip(text, read.alternatives))
+            reads.append(PlateRead(text, display_text(text, fmt), fmt, read.confidence, det, chars))
         reads.sort(key=lambda r: r.score, reverse=True)
         return reads
 

@@ -10,10 +10,11 @@ import re
 from dataclasses import dataclass
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-PAD = "_"
-#: Classes of the slot reader: the alphabet then the pad symbol.
-READER_CLASSES = ALPHABET + PAD
-MAX_SLOTS = 10
+BLANK = "_"
+#: Classes of the reader: the alphabet then the CTC blank.
+READER_CLASSES = ALPHABET + BLANK
+#: Longest plate text the reader is trained for.
+MAX_CHARS = 10
 
 # Pairs that look alike on a plate. A fix only swaps within these pairs and
 # only when the plate format fixes the class (letter/digit) of the position.

@@ -1,9 +1,9 @@
-"""Plate reader: rectify a plate quad to the reader's input, run it, decode the slots.
+"""Plate reader: rectify a plate quad to the reader's input, run it, decode the text.
 
 The reader network sees a grayscale, perspective-rectified crop of the plate
-(plus a small margin) and outputs, for each of a fixed number of character
-slots, a probability over the alphabet and a pad symbol. Text is read left to
-right, top row then bottom row, so two-row plates decode the same way.
+(plus a small margin) and outputs a probability over the alphabet and a CTC
+blank for each of a sequence of columns: the columns of the top row, then
+those of the bottom row, so one-row and two-row plates decode the same way.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def crop_plate(image: np.ndarray, quad: np.ndarray, width: int, height: int, mar
 
 
 @dataclass(frozen=True)
-class SlotRead:
+class TextRead:
     """Decoded reader output."""
 
     text: str
@@ -44,32 +44,38 @@ class SlotRead:
     alternatives: list[dict[str, float]]
 
 
-def encode_slots(text: str, classes: str, slots: int, pad: str) -> np.ndarray:
-    """Class index per slot for ``text``: characters left-aligned, then pads (the reader's target)."""
-    if len(text) > slots:
-        raise ValueError(f"'{text}' has {len(text)} characters; the reader has {slots} slots")
-    return np.array([classes.index(c) for c in text.ljust(slots, pad)], np.int32)
+def encode_label(text: str, classes: str, length: int, blank: str) -> np.ndarray:
+    """Class indices of ``text`` padded with the blank to ``length`` (the reader's training target)."""
+    if len(text) > length:
+        raise ValueError(f"'{text}' has {len(text)} characters; labels hold at most {length}")
+    return np.array([classes.index(c) for c in text.ljust(length, blank)], np.int32)
 
 
-def decode_slots(probs: np.ndarray, classes: str, pad: str, keep: float = 0.01) -> SlotRead:
-    """Decode (slots, classes) probabilities: argmax per slot, pads dropped.
+def decode_ctc(probs: np.ndarray, classes: str, blank: str, keep: float = 0.01) -> TextRead:
+    """Greedy CTC decoding of (timesteps, classes) probabilities.
 
-    Confidence is the lowest per-slot probability over all slots (pads
-    included), so a doubtful pad, which would change the length, counts too.
+    The best class per column; runs of the same class merge and blanks drop
+    out. Each character's probability is its peak over its run; the read's
+    confidence is the lowest of those, so one doubtful character makes a
+    doubtful plate.
     """
     if probs.ndim != 2 or probs.shape[1] != len(classes):
         raise ValueError(f"reader output shape {probs.shape} does not fit {len(classes)} classes")
+    blank_k = classes.index(blank)
     best = probs.argmax(axis=1)
-    text, alts = [], []
-    for slot, k in enumerate(best):
-        ch = classes[k]
-        if ch == pad:
-            continue
-        text.append(ch)
-        row = probs[slot]
-        alts.append({classes[j]: float(row[j]) for j in np.nonzero(row >= keep)[0] if classes[j] != pad})
-    conf = float(probs.max(axis=1).min()) if len(probs) else 0.0
-    return SlotRead("".join(text), conf, alts)
+    peaks: list[int] = []  # timestep of each character's peak probability
+    prev = blank_k
+    for t, k in enumerate(best):
+        if k != blank_k:
+            if k != prev:
+                peaks.append(t)
+            elif probs[t, k] > probs[peaks[-1], k]:
+                peaks[-1] = t
+        prev = k
+    text = "".join(classes[best[t]] for t in peaks)
+    conf = min((float(probs[t, best[t]]) for t in peaks), default=0.0)
+    alts = [{classes[j]: float(probs[t, j]) for j in np.nonzero(probs[t] >= keep)[0] if j != blank_k} for t in peaks]
+    return TextRead(text, conf, alts)
 
 
 class PlateReader:
@@ -81,20 +87,21 @@ class PlateReader:
         if channels != 1:
             raise ModelError(f"{model.path}: reader input must be grayscale (1 channel), has {channels}")
         cfg = model.meta["reader"]
+        if cfg.get("decoding") != "ctc-greedy":
+            raise ModelError(f"{model.path}: reader decoding '{cfg.get('decoding')}' is not supported (ctc-greedy)")
         self.classes: str = cfg["classes"]
-        self.pad: str = cfg["pad"]
+        self.blank: str = cfg["blank"]
         self.margin = (float(cfg["crop_margin"][0]), float(cfg["crop_margin"][1]))
-        slots, n_classes = model.output.shape[-2:]
-        if n_classes != len(self.classes) or slots != int(cfg["slots"]):
+        if model.output.shape[-1] != len(self.classes) or self.blank not in self.classes:
             raise ModelError(
-                f"{model.path}: output shape {list(model.output.shape)} does not match metadata "
-                f"({cfg['slots']} slots x {len(self.classes)} classes)"
+                f"{model.path}: output shape {list(model.output.shape)} does not match the metadata's "
+                f"{len(self.classes)} classes with blank '{self.blank}'"
             )
 
     def crop(self, image: np.ndarray, quad: np.ndarray) -> np.ndarray:
         """The reader's uint8 input for one plate quad."""
         return crop_plate(image, quad, self.width, self.height, self.margin)
 
-    def read_crop(self, crop: np.ndarray) -> SlotRead:
+    def read_crop(self, crop: np.ndarray) -> TextRead:
         """Read one prepared crop."""
-        return decode_slots(self.model.run_pixels(crop), self.classes, self.pad)
+        return decode_ctc(self.model.run_pixels(crop), self.classes, self.blank)

@@ -5,41 +5,47 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.plates import MAX_SLOTS, PAD, READER_CLASSES
-from edge.recognize import crop_plate, decode_slots, encode_slots, expand_quad
+from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
+from edge.recognize import crop_plate, decode_ctc, encode_label, expand_quad
 
 
-def _one_hot(text: str, p: float = 0.9) -> np.ndarray:
-    idx = encode_slots(text, READER_CLASSES, MAX_SLOTS, PAD)
-    probs = np.full((MAX_SLOTS, len(READER_CLASSES)), (1 - p) / (len(READER_CLASSES) - 1), np.float32)
-    probs[np.arange(MAX_SLOTS), idx] = p
+def _columns(pattern: str, p: float = 0.9) -> np.ndarray:
+    """Per-column probabilities whose argmax spells ``pattern`` (``_`` = blank)."""
+    probs = np.full((len(pattern), len(READER_CLASSES)), (1 - p) / (len(READER_CLASSES) - 1), np.float32)
+    probs[np.arange(len(pattern)), [READER_CLASSES.index(c) for c in pattern]] = p
     return probs
 
 
-def test_encode_decode_round_trip() -> None:
-    read = decode_slots(_one_hot("ZG1234AB"), READER_CLASSES, PAD)
+def test_ctc_greedy_merges_runs_and_drops_blanks() -> None:
+    read = decode_ctc(_columns("__ZZ_G__11_2_33_4__AAB_"), READER_CLASSES, BLANK)
     assert read.text == "ZG1234AB"
     assert read.confidence == pytest.approx(0.9)
     assert len(read.alternatives) == 8 and read.alternatives[0]["Z"] == pytest.approx(0.9)
 
 
-def test_encode_rejects_too_long_text() -> None:
-    with pytest.raises(ValueError, match="slots"):
-        encode_slots("A" * (MAX_SLOTS + 1), READER_CLASSES, MAX_SLOTS, PAD)
+def test_ctc_repeated_character_needs_a_blank_between() -> None:
+    assert decode_ctc(_columns("_11_1__"), READER_CLASSES, BLANK).text == "11"
 
 
-def test_decode_confidence_counts_doubtful_pad() -> None:
-    probs = _one_hot("AB12CDE")
-    probs[7] = 0.0
-    probs[7, READER_CLASSES.index(PAD)] = 0.55
-    probs[7, READER_CLASSES.index("X")] = 0.45
-    read = decode_slots(probs, READER_CLASSES, PAD)
-    assert read.text == "AB12CDE" and read.confidence == pytest.approx(0.55)
+def test_ctc_confidence_is_the_weakest_character_peak() -> None:
+    probs = _columns("_A_B_C_")
+    probs[3] = 0.0
+    probs[3, READER_CLASSES.index("B")] = 0.55
+    probs[3, READER_CLASSES.index("8")] = 0.45
+    read = decode_ctc(probs, READER_CLASSES, BLANK)
+    assert read.text == "ABC" and read.confidence == pytest.approx(0.55)
+    assert read.alternatives[1] == {"B": pytest.approx(0.55), "8": pytest.approx(0.45)}
+
+
+def test_encode_label_pads_with_blank_and_rejects_too_long_text() -> None:
+    assert "".join(READER_CLASSES[k] for k in encode_label("AB1", READER_CLASSES, 5, BLANK)) == "AB1__"
+    with pytest.raises(ValueError, match="at most"):
+        encode_label("A" * (MAX_CHARS + 1), READER_CLASSES, MAX_CHARS, BLANK)
 
 
 def test_decode_rejects_wrong_class_count() -> None:
     with pytest.raises(ValueError, match="classes"):
-        decode_slots(np.zeros((MAX_SLOTS, 5)), READER_CLASSES, PAD)
+        decode_ctc(np.zeros((20, 5)), READER_CLASSES, BLANK)
 
 
 def test_expand_quad_grows_on_each_side() -> None:

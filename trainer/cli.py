@@ -3,6 +3,7 @@
   python -m trainer synth data    --kind reader|detector --n N --out FILE.npz
   python -m trainer synth preview --kind plates|scenes --out grid.png
   python -m trainer synth scenes  --n 6 --out demo/
+  python -m trainer synth clip    --out demo/clip.mp4
   python -m trainer train         --kind reader|detector --data FILE.npz --run DIR
   python -m trainer export        --kind reader|detector --run DIR --data FILE.npz --out DIR [--install edge/models]
   python -m trainer evaluate      --models DIR [--models DIR ...] [--set FOLDER ...] [--synthetic N] --out report.json
@@ -27,6 +28,15 @@ def _synth(args: argparse.Namespace) -> int:
         return 0
     if args.what == "scenes":
         return _write_scenes(args)
+    if args.what == "clip":
+        import numpy as np
+
+        from trainer.synth.clip import make_clip, write_clip
+
+        frames, truth = make_clip(np.random.default_rng(args.seed), args.vehicles, args.width, args.height)
+        write_clip(args.out, frames, truth, args.fps)
+        print(f"wrote {len(frames)} frames to {args.out}: " + ", ".join(v["text"] for v in truth))
+        return 0
     from trainer.data import generate, save_set
 
     data = generate(args.kind, args.n, args.seed, workers=args.workers)
@@ -134,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--width", type=int, default=1280)
     sc.add_argument("--height", type=int, default=720)
     sc.add_argument("--out", type=Path, required=True)
+    cl = sy_sub.add_parser("clip", help="write a synthetic camera clip (MPEG-4) with known plates, for demos")
+    cl.add_argument("--vehicles", type=int, default=3)
+    cl.add_argument("--seed", type=int, default=7)
+    cl.add_argument("--width", type=int, default=1280)
+    cl.add_argument("--height", type=int, default=720)
+    cl.add_argument("--fps", type=float, default=8.0)
+    cl.add_argument("--out", type=Path, required=True)
     sy.set_defaults(func=_synth)
 
     tr = sub.add_parser("train", help="train one network; rerun the same command to resume")
@@ -146,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2], help="Keras verbosity (1 = progress bar)")
+    tr.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                    help="1: progress bar (default), 2: one line per epoch (for logs), 0: quiet")
     tr.set_defaults(func=_train)
 
     ex = sub.add_parser("export", help="export float and int8 TFLite with metadata, checked against Keras")

@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.detect import letterbox, rect_quad
-from edge.plates import MAX_SLOTS, READER_CLASSES, PAD
-from edge.recognize import crop_plate, encode_slots
+from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
+from edge.recognize import crop_plate, encode_label
 from trainer.synth import make_plate_patch, make_scene
 
 # What the networks see (kept here, free of TensorFlow, so worker processes start fast).
@@ -69,7 +69,7 @@ class _Job:
 def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
     h, w = READER_INPUT
     x = np.zeros((job.count, h, w), np.uint8)
-    y = np.zeros((job.count, MAX_SLOTS), np.int32)
+    y = np.zeros((job.count, MAX_CHARS), np.int32)
     texts = []
     for k in range(job.count):
         rng = np.random.default_rng((job.seed, job.start + k))
@@ -77,7 +77,7 @@ def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
         plate = scene.plates[0]
         quad = jitter_quad(rng, plate.quad, 0.06)
         x[k] = crop_plate(scene.image, quad, w, h, READER_MARGIN)
-        y[k] = encode_slots(plate.text, READER_CLASSES, MAX_SLOTS, PAD)
+        y[k] = encode_label(plate.text, READER_CLASSES, MAX_CHARS, BLANK)
         texts.append(plate.text)
     return x, y, texts
 

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from edge.model import METADATA_SCHEMA, Model, file_sha256, interpreter_class
-from edge.plates import MAX_SLOTS, PAD, READER_CLASSES
+from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
+from edge.recognize import decode_ctc
 from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, load_set
 from trainer.nets import build_detector, build_reader, count_macs
 
@@ -35,7 +36,7 @@ def exportable(kind: str, trained: keras.Model) -> keras.Model:
         model = build_detector(*DETECTOR_INPUT, batch=1)
     else:
         h, w = trained.input.shape[1:3]
-        model = build_reader(h, w, slots=trained.output.shape[1], batch=1)
+        model = build_reader(h, w, batch=1)
     model.set_weights(trained.get_weights())
     return model
 
@@ -111,8 +112,9 @@ def _kind_config(kind: str) -> dict:
     if kind == "detector":
         return {"detector": {"stride": DETECTOR_STRIDE, "threshold": 0.5, "min_cells": 3,
                              "output": "plate probability per cell", "letterbox": "top-left, black padding"}}
-    return {"reader": {"classes": READER_CLASSES, "pad": PAD, "slots": MAX_SLOTS, "decoding": "slots-argmax",
-                       "crop_margin": list(READER_MARGIN), "order": "left to right, top row first"}}
+    return {"reader": {"classes": READER_CLASSES, "blank": BLANK, "decoding": "ctc-greedy", "max_chars": MAX_CHARS,
+                       "crop_margin": list(READER_MARGIN),
+                       "columns": "top-row columns left to right, then bottom-row columns"}}
 
 
 def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 200, n_check: int = 200) -> dict:
@@ -149,7 +151,7 @@ def _agreement(kind: str, keras_model: keras.Model, edge_model: Model, x: np.nda
         ref = keras_model(px[None].astype(np.float32) / 255.0, training=False).numpy()[0]
         got = edge_model.run_pixels(px)
         if kind == "reader":
-            same += bool(np.array_equal(ref.argmax(-1), got.argmax(-1)))
+            same += decode_ctc(ref, READER_CLASSES, BLANK).text == decode_ctc(got, READER_CLASSES, BLANK).text
         else:
             diffs.append(float(np.abs(ref - got).mean()))
             same += float(((ref >= 0.5) == (got >= 0.5)).mean())

@@ -1,8 +1,8 @@
 """Keras definitions of the plate detector and the plate reader.
 
 Only layers whose TFLite ops the Edge TPU compiler maps are used: Conv2D,
-DepthwiseConv2D, ReLU, Add, Resizing(nearest), Dense, Reshape, Softmax and
-Sigmoid (logistic). BatchNorm folds into the convolutions at export.
+DepthwiseConv2D, ReLU, Add, Concatenate, Resizing(nearest), Reshape, Softmax
+and Sigmoid (logistic). CTC decoding runs on the CPU in ``edge.recognize``. BatchNorm folds into the convolutions at export.
 Inputs are floats in [0, 1] (pixel / 255), matching ``edge.model``.
 """
 from __future__ import annotations
@@ -10,17 +10,17 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from edge.plates import MAX_SLOTS, READER_CLASSES
+from edge.plates import READER_CLASSES
 from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_INPUT
 
 
-def _conv(x, filters: int, kernel: int = 3, strides: int = 1, name: str | None = None):
-    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
+def _conv(x, filters: int, kernel=3, strides=1, padding: str = "same"):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False)(x)
     x = layers.BatchNormalization()(x)
     return layers.ReLU()(x)
 
 
-def _sep(x, filters: int, strides: int = 1):
+def _sep(x, filters: int, strides=1):
     """Depthwise-separable block; a residual add where shapes allow it."""
     y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False)(x)
     y = layers.BatchNormalization()(y)
@@ -28,7 +28,7 @@ def _sep(x, filters: int, strides: int = 1):
     y = layers.Conv2D(filters, 1, use_bias=False)(y)
     y = layers.BatchNormalization()(y)
     y = layers.ReLU()(y)
-    if strides == 1 and x.shape[-1] == filters:
+    if strides in (1, (1, 1)) and x.shape[-1] == filters:
         y = layers.Add()([x, y])
     return y
 
@@ -66,29 +66,31 @@ def build_detector(height: int, width: int, batch: int | None = None) -> keras.M
 
 
 def build_reader(
-    height: int = READER_INPUT[0], width: int = READER_INPUT[1], slots: int = MAX_SLOTS, batch: int | None = None
+    height: int = READER_INPUT[0], width: int = READER_INPUT[1], batch: int | None = None
 ) -> keras.Model:
-    """Slot reader: (H, W, 1) grayscale crop -> (slots, classes) softmax.
+    """CTC reader: (H, W, 1) grayscale crop -> (2 * W/4, classes) per-column softmax.
 
-    ``batch=1`` builds the export form: a dynamic batch turns Reshape into ops
-    the Edge TPU rejects. Fixed slots (text left-aligned, then pads) read any length up to ``slots``
-    and two-row plates alike, and stay Edge TPU friendly (no CTC in the graph).
+    The backbone keeps a column every 4 pixels. Two heads each collapse the
+    whole height into one sequence of columns — one learns the top row, the
+    other the bottom row — and the two sequences are joined end to end, so a
+    two-row plate reads top row then bottom row and a one-row plate reads in
+    either. The last class is the CTC blank. ``batch=1`` builds the export
+    form: a dynamic batch turns Reshape into ops the Edge TPU rejects.
     """
     n_classes = len(READER_CLASSES)
     inp = keras.Input((height, width, 1), batch_size=batch, name="crop")
-    x = _conv(inp, 32, strides=2)
+    x = _conv(inp, 32, strides=2)  # H/2, W/2
     x = _sep(x, 64)
-    x = _sep(x, 96, strides=2)
+    x = _sep(x, 96, strides=2)  # H/4, W/4
     x = _sep(_sep(x, 96), 96)
-    x = _sep(x, 128, strides=2)
+    x = _sep(x, 128, strides=(2, 1))  # H/8, W/4: columns stay
     x = _sep(_sep(x, 128), 128)
-    x = _conv(x, 32, 1)
-    x = layers.Flatten()(x)
-    x = layers.Dense(256, activation="relu")(x)
-    x = layers.Dropout(0.2)(x)
-    x = layers.Dense(slots * n_classes)(x)
-    x = layers.Reshape((slots, n_classes))(x)
-    out = layers.Softmax(name="slots")(x)
+    rows = [_conv(x, 96, kernel=(height // 8, 1), padding="valid") for _ in range(2)]  # (1, W/4, 96) each
+    seq = layers.Concatenate(axis=2)(rows)  # (1, 2 * W/4, 96)
+    seq = _sep(seq, 96)
+    logits = layers.Conv2D(n_classes, 1)(seq)
+    logits = layers.Reshape((2 * (width // 4), n_classes))(logits)
+    out = layers.Softmax(name="columns")(logits)
     return keras.Model(inp, out, name="plate_reader")
 
 

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edge.plates import BLANK, READER_CLASSES
+from edge.recognize import decode_ctc
 from trainer.data import DETECTOR_STRIDE, load_set
 from trainer.nets import build_detector, build_reader, count_macs
 
@@ -76,23 +78,72 @@ def _dice_bce(y_true, y_pred):
     return tf.reduce_mean(bce, axis=[1, 2]) * 4.0 + dice
 
 
-def plate_accuracy(y_true, y_pred):
-    """Fraction of plates whose every slot is right (the reader's exact match)."""
-    right = tf.equal(tf.cast(y_true, tf.int64), tf.argmax(y_pred, axis=-1))
-    return tf.reduce_mean(tf.cast(tf.reduce_all(right, axis=-1), tf.float32))
+def ctc_loss(y_true, y_pred):
+    """CTC loss of the reader: labels padded with the blank (the last class), per-column softmax output."""
+    blank = len(READER_CLASSES) - 1
+    labels = tf.cast(y_true, tf.int32)
+    label_len = tf.reduce_sum(tf.cast(tf.not_equal(labels, blank), tf.int32), axis=1)
+    steps = tf.fill([tf.shape(y_pred)[0]], tf.shape(y_pred)[1])
+    return tf.nn.ctc_loss(labels, tf.math.log(y_pred + 1e-7), label_len, steps, logits_time_major=False,
+                          blank_index=blank)
+
+
+class _PlateAccuracy(keras.callbacks.Callback):
+    """Validation exact match of whole plates, decoded by the edge's own CTC decoder."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        super().__init__()
+        self.x = x[..., None].astype(np.float32) / 255.0
+        self.truth = ["".join(READER_CLASSES[k] for k in row if READER_CLASSES[k] != BLANK) for row in y]
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        probs = self.model.predict(self.x, batch_size=256, verbose=0)
+        reads = [decode_ctc(p, READER_CLASSES, BLANK).text for p in probs]
+        acc = float(np.mean([r == t for r, t in zip(reads, self.truth)]))
+        if logs is not None:
+            logs["val_plate_accuracy"] = acc
+        print(f"epoch {epoch + 1}: val plate accuracy {acc:.4f}", flush=True)
+
+
+class _LogProgress(keras.callbacks.Callback):
+    """One log line every ``every`` batches with rate and ETA (for background runs: --verbose 2)."""
+
+    def __init__(self, every: int, steps: int) -> None:
+        super().__init__()
+        self.every, self.steps = every, steps
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch, self.start = epoch, time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if (batch + 1) % self.every == 0:
+            rate = (batch + 1) / (time.monotonic() - self.start)
+            eta = (self.steps - batch - 1) / rate
+            loss = (logs or {}).get("loss", float("nan"))
+            print(f"epoch {self.epoch + 1} step {batch + 1}/{self.steps} loss {loss:.4f} "
+                  f"{rate:.2f} steps/s, epoch ETA {eta / 60:.1f} min", flush=True)
 
 
 class _TimeLimit(keras.callbacks.Callback):
-    """Stop after ``minutes`` of training (checked at epoch ends)."""
+    """Stop after ``minutes`` of training (checked after every batch)."""
 
     def __init__(self, minutes: float) -> None:
         super().__init__()
         self.deadline = time.monotonic() + minutes * 60
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if time.monotonic() > self.deadline:
-            print(f"time limit reached after epoch {epoch + 1}", flush=True)
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if time.monotonic() > self.deadline and not self.model.stop_training:
+            print(f"time limit reached at step {batch + 1}; stopping", flush=True)
             self.model.stop_training = True
+
+
+def _score(model: keras.Model, val_seq: "_Batches", accuracy: "_PlateAccuracy | None") -> dict:
+    """Validation loss and metrics, named as in the training logs (val_*)."""
+    logs = {f"val_{k}": float(v) for k, v in model.evaluate(val_seq, verbose=0, return_dict=True).items()}
+    if accuracy is not None:
+        accuracy.set_model(model)
+        accuracy.on_epoch_end(-1, logs)
+    return logs
 
 
 def build_for(kind: str) -> keras.Model:
@@ -132,25 +183,37 @@ def train(
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps, alpha=0.02, warmup_target=None)
     opt = keras.optimizers.Adam(schedule)
     if kind == "reader":
-        model.compile(opt, keras.losses.SparseCategoricalCrossentropy(), metrics=[plate_accuracy])
+        model.compile(opt, ctc_loss)
         monitor = "val_plate_accuracy"
     else:
         model.compile(opt, _dice_bce, metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")])
         monitor = "val_iou"
-    callbacks = [
+    # The accuracy callback runs first, so the checkpoint below sees its figure.
+    callbacks = [_PlateAccuracy(d["x"][:n_val][:2000], d["y"][:n_val][:2000])] if kind == "reader" else []
+    callbacks += [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor=monitor, mode="max",
                                         save_best_only=True, save_weights_only=True),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
         _TimeLimit(minutes),
     ]
+    if verbose == 2:
+        callbacks.append(_LogProgress(max(1, len(train_seq) // 20), len(train_seq)))
     start = time.monotonic()
     hist = model.fit(train_seq, validation_data=val_seq, epochs=epochs, callbacks=callbacks, verbose=verbose)
     wall = time.monotonic() - start
-    if (run_dir / "best.weights.h5").is_file():
-        model.load_weights(run_dir / "best.weights.h5")
+    # A time-limited run may stop mid-epoch, after the last checkpoint: keep whichever weights score better.
+    final = _score(model, val_seq, callbacks[0] if kind == "reader" else None)
+    best = run_dir / "best.weights.h5"
+    if best.is_file():
+        last = model.get_weights()
+        model.load_weights(best)
+        at_best = _score(model, val_seq, callbacks[0] if kind == "reader" else None)
+        if at_best[monitor] >= final[monitor]:
+            final = at_best
+        else:
+            model.set_weights(last)
     model.save(run_dir / "model.keras")
-    final = model.evaluate(val_seq, verbose=0, return_dict=True)
     info = {
         "kind": kind,
         "data": str(data),
@@ -161,7 +224,7 @@ def train(
         "lr": lr,
         "threads": threads,
         "wall_s_this_session": round(wall, 1),
-        "val": {k: float(v) for k, v in final.items()},
+        "val": final,
         "macs_train_input": count_macs(model),
     }
     prev = run_dir / "train.json"

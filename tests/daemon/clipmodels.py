@@ -116,8 +116,8 @@ def detector_set(rng: np.random.Generator, frames: list[np.ndarray], labels: lis
 
 
 def reader_set(rng: np.random.Generator, frames: list[np.ndarray], labels: list[list[dict]], per_frame: int):
-    from edge.plates import MAX_SLOTS, PAD, READER_CLASSES
-    from edge.recognize import crop_plate, encode_slots
+    from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
+    from edge.recognize import crop_plate, encode_label
     from trainer.data import READER_INPUT, READER_MARGIN, jitter_quad
 
     h, w = READER_INPUT
@@ -127,7 +127,7 @@ def reader_set(rng: np.random.Generator, frames: list[np.ndarray], labels: list[
             for _ in range(per_frame):
                 quad = jitter_quad(rng, np.float32(p["quad"]), 0.1)
                 xs.append(crop_plate(_camera_noise(rng, f), quad, w, h, READER_MARGIN))
-                ys.append(encode_slots(p["text"], READER_CLASSES, MAX_SLOTS, PAD))
+                ys.append(encode_label(p["text"], READER_CLASSES, MAX_CHARS, BLANK))
     order = rng.permutation(len(xs))
     return np.stack(xs)[order], np.stack(ys)[order]
 
@@ -142,6 +142,7 @@ def train_models(out: Path, frames: list[np.ndarray], labels: list[list[dict]], 
     keras.utils.set_random_seed(0)
     from trainer.export import export_model, exportable
     from trainer.nets import build_detector, build_reader
+    from trainer.train import ctc_loss
 
     def dice_bce(y_true, y_pred):
         # Per-cell cross-entropy plus a dice term, so the few plate cells are not drowned by the road.
@@ -170,7 +171,7 @@ def train_models(out: Path, frames: list[np.ndarray], labels: list[list[dict]], 
     t0 = time.monotonic()
     rx, ry = reader_set(rng, frames, labels, per_frame=16)
     rd = fast_batchnorm(build_reader())
-    rd.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy())
+    rd.compile(keras.optimizers.Adam(2e-3), ctc_loss)
     rd.fit(rx[..., None].astype(np.float32) / 255.0, ry, batch_size=32, epochs=6, verbose=0, shuffle=True)
     report["reader_train_s"] = round(time.monotonic() - t0, 1)
 
