@@ -113,10 +113,20 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"{name[-27:]:<28}{set_name:<18}{n:>6}{exact:>8.3f}{s.get('lenient', float('nan')):>9.3f}"
                   f"{s.get('char_accuracy', float('nan')):>7.3f}{det if det is None else round(det, 3)!s:>8}"
                   f"{s.get('latency_ms_median') or float('nan'):>7.1f}")
+            if s.get("confusions"):
+                print(f"{'':<28}  most confused (truth>read): "
+                      + ", ".join(f"{a}>{b} {k}" for a, b, k in s["confusions"][:8]))
     if args.out:
+        from trainer.report import write_pictures
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        pictures = write_pictures(report, args.out)
         args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}" + "".join(f"\nwrote {p}" for p in pictures))
+    else:
+        for res in report.values():
+            for r in res.values():
+                r.pop("gallery", None)
     return 0
 
 

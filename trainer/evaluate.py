@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import cv2
@@ -60,6 +62,30 @@ def _char_accuracy(truth: str, read: str) -> float:
     return max(0.0, 1.0 - prev[-1] / max(len(truth), len(read)))
 
 
+HEIGHT_BINS = (0, 15, 20, 30, 45, 70, 100, 10_000)
+
+
+def confusions(rows: list[dict], top: int = 12) -> list[tuple[str, str, int]]:
+    """Most frequent (truth char, read char) substitutions, from an edit alignment of each pair."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for r in rows:
+        for op, i1, i2, j1, j2 in SequenceMatcher(None, r["truth"], r["read"], autojunk=False).get_opcodes():
+            if op == "replace" and i2 - i1 == j2 - j1:
+                counts.update(zip(r["truth"][i1:i2], r["read"][j1:j2]))
+    return [(a, b, n) for (a, b), n in counts.most_common(top)]
+
+
+def by_height(rows: list[dict]) -> list[dict]:
+    """Exact match per plate-height bin (pixels in the original image)."""
+    out = []
+    for lo, hi in zip(HEIGHT_BINS, HEIGHT_BINS[1:]):
+        sub = [r for r in rows if r.get("height") is not None and lo <= r["height"] < hi]
+        if sub:
+            out.append({"height_px": f"{lo}-{hi}" if hi < 10_000 else f"{lo}+", "n": len(sub),
+                        "exact": sum(r["read"] == r["truth"] for r in sub) / len(sub)})
+    return out
+
+
 def _summary(rows: list[dict]) -> dict:
     n = len(rows)
     lat = sorted(r["ms"] for r in rows)
@@ -72,12 +98,20 @@ def _summary(rows: list[dict]) -> dict:
         "det_recall": sum(r["found"] for r in boxed) / len(boxed) if boxed else None,
         "latency_ms_median": statistics.median(lat) if lat else None,
         "latency_ms_p95": lat[min(n - 1, int(0.95 * n))] if lat else None,
+        "confusions": confusions(rows),
+        "by_height": by_height(rows),
     }
 
 
-def evaluate_folder(pipeline: Pipeline, folder: Path, limit: int | None = None, progress: bool = True) -> dict:
-    """Exact match of the best plate, and detection recall where boxes are given."""
-    rows = []
+def evaluate_folder(
+    pipeline: Pipeline, folder: Path, limit: int | None = None, progress: bool = True, gallery: int = 48
+) -> dict:
+    """Exact match of the best plate, and detection recall where boxes are given.
+
+    ``gallery`` failures are kept as (crop, truth, read) under ``"gallery"``
+    for a picture; the rest of the result is plain JSON.
+    """
+    rows, failures = [], []
     labels = read_labels(folder)[:limit] if limit else read_labels(folder)
     for lab in tqdm(labels, desc=folder.name, unit="img", disable=not progress):
         start = time.perf_counter()
@@ -86,11 +120,26 @@ def evaluate_folder(pipeline: Pipeline, folder: Path, limit: int | None = None, 
             raise ValueError(f"{folder / lab['file']}: cannot read image")
         reads = pipeline(image)
         ms = (time.perf_counter() - start) * 1000
-        row = {"file": lab["file"], "truth": lab["text"], "read": reads[0].text if reads else "", "ms": ms}
-        if "box" in lab:
-            row["found"] = any(box_iou(r.detection.box, lab["box"]) >= 0.5 for r in reads)
+        best = reads[0] if reads else None
+        row = {"file": lab["file"], "truth": lab["text"], "read": best.text if best else "", "ms": ms}
+        gt_box = lab.get("box")
+        ref_box = gt_box or (best.detection.box if best else None)
+        row["height"] = round(ref_box[3] - ref_box[1], 1) if ref_box else None
+        if gt_box:
+            row["found"] = any(box_iou(r.detection.box, gt_box) >= 0.5 for r in reads)
         rows.append(row)
-    return {"summary": _summary(rows), "rows": rows}
+        if row["read"] != row["truth"] and len(failures) < gallery:
+            if best is not None:
+                crop = pipeline.reader.crop(image, best.detection.quad)
+            elif gt_box:
+                x1, y1, x2, y2 = gt_box
+                quad = np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+                crop = pipeline.reader.crop(image, quad)
+            else:
+                crop = cv2.cvtColor(cv2.resize(image, (pipeline.reader.width, pipeline.reader.height)),
+                                    cv2.COLOR_BGR2GRAY)
+            failures.append((crop, row["truth"], row["read"] or ("(missed)" if gt_box else "(none)")))
+    return {"summary": _summary(rows), "rows": rows, "gallery": failures}
 
 
 def evaluate_synthetic_reader(pipeline: Pipeline, n: int, seed: int, progress: bool = True) -> dict:
