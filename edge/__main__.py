@@ -1,15 +1,18 @@
 """Command line of the edge: ``python -m edge read [--json] [--models DIR] IMAGE...``,
-``python -m edge run --config FILE`` (the daemon) and ``python -m edge check-config FILE``.
+``python -m edge run --config FILE`` (the daemon), ``python -m edge check-config FILE`` and
+``python -m edge health --config FILE``.
 
 Exit codes of ``read``: 0 when at least one image was read (plates or not), 1
 when no image could be read, 2 for a usage error, 3 when the models cannot be
 loaded. ``run`` and ``check-config``: see ``edge.daemon.ExitCode`` (2: the
-configuration is invalid, and the message names the key).
+configuration is invalid, and the message names the key). ``health``: 0 when
+every check passed, 1 when one failed, 2 for an invalid configuration.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import time
@@ -18,8 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.model import ModelError
+from edge.detect import PlateDetector
+from edge.model import ACCELERATORS, ModelError, load_model_set
 from edge.pipeline import Pipeline
+from edge.recognize import PlateReader
 
 DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
@@ -55,8 +60,11 @@ def read_images(pipeline: Pipeline, paths: list[str]):
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    # The model loader warns (Edge TPU fallback) through logging: one plain line on stderr.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        pipeline = Pipeline.from_dir(args.models, num_threads=args.threads)
+        det, rd = load_model_set(args.models, args.threads, args.accelerator)
+        pipeline = Pipeline(PlateDetector(det), PlateReader(rd))
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -115,6 +123,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(run(cfg))
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    if cfg is None:
+        return 2
+    from edge.health import run_checks
+
+    logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="%(levelname)s: %(message)s")
+    results = run_checks(cfg, timeout_s=args.timeout, camera=args.camera, emit=lambda line: print(line, flush=True))
+    failed = [r.name for r in results if not r.ok]
+    print(f"health: {len(results) - len(failed)} of {len(results)} checks passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m edge",
@@ -134,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--models", type=Path, default=DEFAULT_MODELS,
                     help="directory with detector.tflite, reader.tflite and their .json metadata (default: shipped models)")
     rd.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads (default 2)")
+    rd.add_argument("--accelerator", choices=ACCELERATORS, default="cpu",
+                    help="edgetpu: run the NAME_edgetpu.tflite variants on a Coral through libedgetpu.so.1 "
+                    "(the CPU models, after one warning, when either is missing); default cpu")
     rd.set_defaults(func=cmd_read)
     exit_codes = ("exit codes: 0 stopped (signal, or a file source ended with every event delivered), 1 unexpected "
                   "error, 2 invalid configuration, 3 models cannot be loaded, 4 source unusable at start, "
@@ -155,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cc.add_argument("config", type=Path, metavar="FILE", help="YAML configuration file")
     cc.set_defaults(func=cmd_check_config)
+    hc = sub.add_parser(
+        "health",
+        help="check that this device can run the daemon with a configuration",
+        description="Check, one line each: the model set loads and verifies on the configured accelerator, a "
+        "synthetic test frame reads through the pipeline, the spool is writable, the broker accepts the "
+        "configured credentials/TLS; with --camera also that the camera delivers a frame.",
+        epilog="exit codes: 0 every check passed, 1 a check failed, 2 invalid configuration",
+    )
+    hc.add_argument("--config", type=Path, required=True, metavar="FILE", help="YAML configuration file")
+    hc.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                    help="seconds to wait for the broker (and the camera) (default 10)")
+    hc.add_argument("--camera", action="store_true",
+                    help="also read one frame from the camera (stop the daemon first: it holds the camera)")
+    hc.set_defaults(func=cmd_health)
     return parser
 
 

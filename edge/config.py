@@ -85,6 +85,10 @@ class MotionConfig(StrictModel):
 class DetectionConfig(StrictModel):
     models: Path | None = Field(None, description="Directory with detector.tflite, reader.tflite and their .json "
                                 "metadata; default: the models shipped in edge/models.")
+    accelerator: Literal["cpu", "edgetpu"] = Field("cpu", description="cpu: the int8 models on the CPU; edgetpu: "
+                                                   "their NAME_edgetpu.tflite variants on a Coral Edge TPU through "
+                                                   "libedgetpu.so.1 (the CPU models, after one warning, when the "
+                                                   "library or a compiled variant is missing).")
     threads: int = Field(2, ge=1, le=16, description="TFLite interpreter threads.")
     frame_stride: int = Field(1, ge=1, le=100, description="Infer every Nth captured frame.")
     min_confidence: float = Field(0.0, ge=0, le=1, description="Reads below this reader confidence are ignored.")

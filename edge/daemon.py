@@ -12,6 +12,11 @@ Threads and what joins them:
   SIGINT and end of a finite source: remaining tracks end, the spool drains
   for up to ``mqtt.drain_timeout_s``, ``offline`` is published, exit.
 
+Under systemd (``Type=notify``) the daemon sends ``READY=1`` once its threads
+run, ``STOPPING=1`` when it stops, and ``WATCHDOG=1`` from the inference loop
+while the main loop is alive too: a hung detector, reader or publisher stops
+the keep-alives and systemd restarts the service.
+
 Exit codes: see ``ExitCode``.
 """
 from __future__ import annotations
@@ -32,9 +37,12 @@ import cv2
 import numpy as np
 
 from edge.config import AppConfig, LoggingConfig, MotionConfig
-from edge.model import ModelError
+from edge.detect import PlateDetector
+from edge.model import ModelError, load_model_set
 from edge.pipeline import Pipeline
 from edge.publish import Publisher
+from edge.recognize import PlateReader
+from edge.sdnotify import Watchdog, notify
 from edge.sources import Frame, Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
 from edge.tracker import Event, Observation, Tracker
@@ -217,6 +225,13 @@ class Daemon:
         self.tracker = Tracker(cfg.tracking, cfg.camera.id, crop)
         self.error: BaseException | None = None
         self._last_inferred_ts = 0.0
+        self.watchdog = Watchdog()
+        self._main_beat = time.monotonic()  # the main loop's last turn, so the inference loop feeds for both
+
+    def _feed_watchdog(self) -> None:
+        """Keep systemd's watchdog fed while both the inference loop (the caller) and the main loop turn."""
+        if time.monotonic() - self._main_beat < 2 * self.watchdog.period:
+            self.watchdog.feed()
 
     # capture thread
     def _capture(self) -> None:
@@ -235,6 +250,7 @@ class Daemon:
         try:
             n = 0
             while not self.stop.is_set():
+                self._feed_watchdog()
                 item = self.queue.get(timeout=0.2)
                 if item is _END:
                     break
@@ -329,10 +345,12 @@ class Daemon:
         infer.start()
         log.info("running: camera %s (%s %s), %d events spooled from before", self.cfg.camera.id,
                  self.cfg.camera.type, self.source.__class__.__name__, len(self.spool))
+        notify("READY=1")
         interval = self.cfg.mqtt.stats_interval_s
         next_stats = time.monotonic() + min(interval, 5.0)
         try:
             while not self.stop.is_set() and infer.is_alive():
+                self._main_beat = time.monotonic()
                 self.publisher.pump()
                 if time.monotonic() >= next_stats:
                     self.publisher.publish_stats(self.stats_payload())
@@ -340,10 +358,16 @@ class Daemon:
                 self.stop.wait(0.05)
             reason = "signal" if self.stop.is_set() else "end of source"
             log.info("stopping (%s)", reason)
+            notify("STOPPING=1")
             self.stop.set()
             infer.join(timeout=30)  # ends the remaining tracks into the spool
             capture.join(timeout=self.cfg.camera.read_timeout_s + 5)
-            delivered = self.publisher.drain(self.cfg.mqtt.drain_timeout_s, time.sleep)
+
+            def wait(seconds: float) -> None:  # a long drain is progress, not a hang
+                self.watchdog.feed()
+                time.sleep(seconds)
+
+            delivered = self.publisher.drain(self.cfg.mqtt.drain_timeout_s, wait)
             self.publisher.publish_stats(self.stats_payload())
         finally:
             self.publisher.stop()
@@ -373,7 +397,8 @@ def run(cfg: AppConfig) -> int:
     log.info("edge-anpr %s starting", package_version())
     models = cfg.detection.models or DEFAULT_MODELS
     try:
-        pipeline = Pipeline.from_dir(models, num_threads=cfg.detection.threads)
+        det, rd = load_model_set(models, cfg.detection.threads, cfg.detection.accelerator)
+        pipeline = Pipeline(PlateDetector(det), PlateReader(rd))
     except ModelError as exc:
         log.error("detection.models: %s", exc)
         return ExitCode.MODELS

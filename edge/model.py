@@ -5,11 +5,19 @@ holds everything the edge needs to feed the model and read its output (input
 size and colour, quantization, alphabet, decoding) and the sha256 of the
 .tflite file. The edge hard-codes none of it; a mismatch is a clear error
 naming the file.
+
+Coral: ``edgetpu_compiler`` turns ``NAME.tflite`` into ``NAME_edgetpu.tflite``
+with the same input and output tensors, so that variant shares ``NAME.json``;
+its own hash is the ``edgetpu_sha256`` key there (``deploy/edgetpu_hash.py``
+records it after compiling). With ``accelerator="edgetpu"`` a model set runs
+the variants through ``libedgetpu.so.1``; when the library or a variant is
+missing it runs the CPU models after one warning.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +25,10 @@ from typing import Any
 import numpy as np
 
 METADATA_SCHEMA = 1
+ACCELERATORS = ("cpu", "edgetpu")
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(RuntimeError):
@@ -44,6 +56,42 @@ def interpreter_class() -> Any:
                 "no TFLite runtime found: install ai-edge-litert (pip install ai-edge-litert)"
             ) from exc
     return Interpreter
+
+
+def edgetpu_path(tflite_path: Path) -> Path:
+    """Where ``edgetpu_compiler`` writes the variant of a model: ``NAME_edgetpu.tflite`` beside it."""
+    return tflite_path.with_name(f"{tflite_path.stem}_edgetpu.tflite")
+
+
+def verify_edgetpu(tflite_path: Path, meta: dict[str, Any]) -> Path:
+    """The Edge TPU variant of ``tflite_path``, checked against ``edgetpu_sha256`` in its metadata."""
+    tpu, meta_path = edgetpu_path(tflite_path), tflite_path.with_suffix(".json")
+    if not tpu.is_file():
+        raise ModelError(f"{tpu}: Edge TPU model not found (compile {tflite_path.name} with edgetpu_compiler)")
+    want = meta.get("edgetpu_sha256")
+    if not want:
+        raise ModelError(f"{meta_path}: no 'edgetpu_sha256' for {tpu.name}; record it with "
+                         f"deploy/edgetpu_hash.py {tflite_path.parent}")
+    digest = file_sha256(tpu)
+    if digest != want:
+        raise ModelError(f"{tpu}: sha256 {digest[:12]}… does not match 'edgetpu_sha256' in {meta_path} "
+                         f"({str(want)[:12]}…); the file is corrupt or was recompiled without recording it")
+    return tpu
+
+
+def load_edgetpu_delegate() -> tuple[Any | None, str]:
+    """``(delegate, "")`` for the Edge TPU, or ``(None, why not)``; never raises."""
+    try:
+        from ai_edge_litert.interpreter import load_delegate
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import load_delegate  # type: ignore[no-redef]
+        except ImportError:
+            return None, "no TFLite runtime with load_delegate is installed"
+    try:
+        return load_delegate(EDGETPU_LIBRARY), ""
+    except (ValueError, OSError, RuntimeError) as exc:  # library absent, or no Edge TPU plugged in
+        return None, f"{EDGETPU_LIBRARY} cannot be loaded ({str(exc).strip() or type(exc).__name__})"
 
 
 @dataclass(frozen=True)
@@ -90,21 +138,30 @@ def read_metadata(tflite_path: Path) -> dict[str, Any]:
 
 
 class Model:
-    """One TFLite model with its metadata; ``run`` takes and returns float arrays."""
+    """One TFLite model with its metadata; ``run`` takes and returns float arrays.
 
-    def __init__(self, tflite_path: str | Path, kind: str, num_threads: int = 2) -> None:
+    With an Edge TPU ``delegate``, the verified ``NAME_edgetpu.tflite`` variant
+    runs instead of ``NAME.tflite`` (``run_path``), checked against the same metadata.
+    """
+
+    def __init__(self, tflite_path: str | Path, kind: str, num_threads: int = 2,
+                 delegate: Any | None = None) -> None:
         self.path = Path(tflite_path)
         self.meta = read_metadata(self.path)
         if self.meta["kind"] != kind:
             raise ModelError(f"{self.path}: metadata says kind '{self.meta['kind']}', expected '{kind}'")
+        self.run_path = verify_edgetpu(self.path, self.meta) if delegate is not None else self.path
+        self.accelerator = "edgetpu" if delegate is not None else "cpu"
         try:
-            self._interp = interpreter_class()(model_path=str(self.path), num_threads=num_threads)
+            self._interp = interpreter_class()(model_path=str(self.run_path), num_threads=num_threads,
+                                               experimental_delegates=[delegate] if delegate is not None else None)
             self._interp.allocate_tensors()
-        except ValueError as exc:
-            raise ModelError(f"{self.path}: the TFLite runtime cannot load it: {exc}") from exc
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{self.run_path}: the TFLite runtime cannot load it: {exc}") from exc
         inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+            raise ModelError(f"{self.run_path}: expected one input and one output, found {len(inputs)} and "
+                             f"{len(outputs)}")
         self._in_index, self._out_index = inputs[0]["index"], outputs[0]["index"]
         self.input = TensorSpec.from_detail(inputs[0])
         self.output = TensorSpec.from_detail(outputs[0])
@@ -131,7 +188,7 @@ class Model:
             if actual.zero_point != int(want.get("zero_point", 10**9)):
                 problems.append(f"zero point {actual.zero_point} != {want.get('zero_point')}")
         if problems:
-            raise ModelError(f"{self.path}: {which} does not match its metadata: " + "; ".join(problems))
+            raise ModelError(f"{self.run_path}: {which} does not match its metadata: " + "; ".join(problems))
 
     @property
     def precision(self) -> str:
@@ -171,3 +228,31 @@ def model_paths(models_dir: str | Path) -> tuple[Path, Path]:
     if not d.is_dir():
         raise ModelError(f"{d}: model directory not found")
     return d / "detector.tflite", d / "reader.tflite"
+
+
+def load_model_set(models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu") -> tuple[Model, Model]:
+    """Detector and reader of a model set on ``accelerator`` (``cpu`` or ``edgetpu``).
+
+    ``edgetpu`` without ``libedgetpu.so.1`` or without the compiled variants
+    falls back to the CPU models with one warning that says why; a variant that
+    is present but fails its hash check is an error, as for any model file.
+    """
+    if accelerator not in ACCELERATORS:
+        raise ModelError(f"accelerator '{accelerator}' is not one of {', '.join(ACCELERATORS)}")
+    det_path, rd_path = model_paths(models_dir)
+    delegates: list[Any | None] = [None, None]
+    if accelerator == "edgetpu":
+        missing = [str(edgetpu_path(p)) for p in (det_path, rd_path) if not edgetpu_path(p).is_file()]
+        reason = f"{' and '.join(missing)} not found" if missing else ""
+        if not reason:
+            # One delegate per interpreter, as pycoral does: the Edge TPU context is not shared between them.
+            for i in range(2):
+                delegates[i], reason = load_edgetpu_delegate()
+                if reason:
+                    delegates = [None, None]
+                    break
+        if reason:
+            log.warning("Edge TPU asked for (accelerator: edgetpu) but %s: running the CPU models in %s instead",
+                        reason, Path(models_dir))
+    return (Model(det_path, "detector", num_threads, delegates[0]),
+            Model(rd_path, "reader", num_threads, delegates[1]))
