@@ -15,6 +15,7 @@ missing it runs the CPU models after one warning.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -89,8 +90,14 @@ def load_edgetpu_delegate() -> tuple[Any | None, str]:
         except ImportError:
             return None, "no TFLite runtime with load_delegate is installed"
     try:
+        # Probe the library first: the runtime's Delegate, failing to load it, leaves an object whose
+        # finalizer prints a traceback (AttributeError '_library') at exit.
+        ctypes.CDLL(EDGETPU_LIBRARY)
+    except OSError as exc:
+        return None, f"{EDGETPU_LIBRARY} cannot be loaded ({exc})"
+    try:
         return load_delegate(EDGETPU_LIBRARY), ""
-    except (ValueError, OSError, RuntimeError) as exc:  # library absent, or no Edge TPU plugged in
+    except (ValueError, OSError, RuntimeError) as exc:  # no Edge TPU plugged in, or a mismatched library
         return None, f"{EDGETPU_LIBRARY} cannot be loaded ({str(exc).strip() or type(exc).__name__})"
 
 
