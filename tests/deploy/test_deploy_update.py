@@ -125,3 +125,28 @@ def test_health_with_an_invalid_config_exits_2(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "edge", "health", "--config", str(config)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "mqtt.port" in proc.stderr
+
+
+def test_update_release_installs_beside_and_switches(untrained_models: Path, broker: Broker, tmp_path: Path) -> None:
+    """An installation from an older checkout (a copy with one change) is switched to this checkout's release."""
+    old_checkout = tmp_path / "old"
+    for part in ("edge", "deploy", "pyproject.toml", "README.md"):
+        src = ROOT / part
+        (shutil.copytree(src, old_checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, old_checkout / part))
+    with open(old_checkout / "edge/__init__.py", "a") as f:
+        f.write("# an older release\n")
+    root = tmp_path / "root"
+    proc = subprocess.run(["bash", str(old_checkout / "deploy/install.sh"), "--root", str(root), "--models",
+                           str(untrained_models), "--venv-from", sys.prefix, "--no-apt"], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.returncode == 0, proc.stdout
+    write_config(root, broker.port)
+    old = link(root / "opt/edge-anpr/current")
+    proc = script("update.sh", root, "--release", "--venv-from", sys.prefix)
+    assert proc.returncode == 0, proc.stdout
+    new = link(root / "opt/edge-anpr/current")
+    assert new != old and (root / "opt/edge-anpr/releases" / old).is_dir()
+    assert (root / "opt/edge-anpr/releases" / new / "src/edge/__init__.py").read_text() == \
+        (ROOT / "edge/__init__.py").read_text()
+    assert "health: 4 of 4 checks passed" in proc.stdout
