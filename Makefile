@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 APT_DEMO := mosquitto
-APT_TEST := mosquitto mosquitto-clients ffmpeg rtsp-server-perl openssl
+APT_TEST := mosquitto mosquitto-clients ffmpeg rtsp-server-perl openssl shellcheck systemd
 
 .PHONY: help demo read-demo test bench soak clean
 help:

@@ -21,10 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.detect import PlateDetector
-from edge.model import ACCELERATORS, ModelError, load_model_set
+from edge.model import ACCELERATORS, ModelError
 from edge.pipeline import Pipeline
-from edge.recognize import PlateReader
 
 DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
@@ -63,8 +61,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     # The model loader warns (Edge TPU fallback) through logging: one plain line on stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        det, rd = load_model_set(args.models, args.threads, args.accelerator)
-        pipeline = Pipeline(PlateDetector(det), PlateReader(rd))
+        pipeline = Pipeline.from_dir(args.models, args.threads, args.accelerator)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3

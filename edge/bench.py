@@ -1,9 +1,13 @@
 """Benchmark the shipped (or given) model set on this machine: ``python -m edge.bench``.
 
-Prints a table and writes JSON: detector and reader latency (median, p95)
-with 1 and 2 interpreter threads, end-to-end milliseconds per 1280x720
-frame, peak RSS of this process, model sizes and MACs. Runs on the device
-too (no trainer needed), so a Pi can be measured the same way.
+Prints a table and writes JSON (and a PNG chart beside it): detector and
+reader latency (median, p95) with 1 and 2 interpreter threads, end-to-end
+milliseconds and fps per 1280x720 frame, peak RSS of this process, model
+sizes and MACs, a Raspberry Pi estimate from the MACs (assumptions stated),
+and, when the labelled real sets and their scorer are present beside the
+checkout (../shared), accuracy and ms per image of ``edge read`` on them
+next to OpenALPR 2.3's reference figures. Runs on the device too (no
+trainer needed), so a Pi can be measured the same way.
 """
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ import itertools
 import json
 import platform
 import resource
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +31,20 @@ from edge.__main__ import DEFAULT_MODELS
 from edge.model import model_paths, read_metadata
 from edge.pipeline import Pipeline
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = ROOT / "demo"
+SHARED = ROOT.parent / "shared"
+
+#: OpenALPR 2.3 on the same sets, same kind of machine (2 cores, one long-running process, model load
+#: excluded, told the right country): reference figures, not measured by this benchmark.
+OPENALPR_REFERENCE = {
+    "openalpr-us": {"exact": 0.495, "det_recall": 0.878, "ms_per_image": 309.0, "p95_ms": 531.0, "country": "us"},
+    "seed480": {"exact": 0.390, "lenient": 0.498, "det_recall": None, "ms_per_image": 108.0, "p95_ms": 198.0,
+                "country": "eu"},
+}
+#: Effective int8 throughput assumed for the estimates (XNNPACK, all cores, GMAC/s). Stated, not measured:
+#: Pi 4 = 4x Cortex-A72 @ 1.5 GHz, Pi 5 = 4x Cortex-A76 @ 2.4 GHz (about 2.5x a Pi 4 on int8 convolution).
+PI_GMACS = {"pi4": 4.0, "pi5": 10.0}
 
 
 def _frames(n: int) -> list[np.ndarray]:
@@ -73,7 +93,32 @@ def run(models: Path, repeat: int) -> dict:
             "end_to_end_720p": _stats(_time(lambda: pipe(next(cycle)), repeat)),
         }
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    macs = sum(m.get("macs") or 0 for m in result["models"].values())
+    result["pi_estimate"] = {
+        board: {"assumed_gmacs": g, "ms_per_frame_one_plate": round(macs / (g * 1e9) * 1000, 1),
+                "fps_one_plate": round(g * 1e9 / macs, 1)}
+        for board, g in PI_GMACS.items()
+    } if macs else {}
     return result
+
+
+def real_sets(models: Path, sets: list[Path], scorer: Path) -> dict:
+    """``edge read --json`` on labelled real sets, scored by the official scorer, beside OpenALPR's figures."""
+    out = {}
+    for folder in sets:
+        with tempfile.TemporaryDirectory() as tmp:
+            res_path = Path(tmp) / "res.json"
+            cmd = f"{shlex.quote(sys.executable)} -m edge read --json --models {shlex.quote(str(models))}"
+            proc = subprocess.run([sys.executable, str(scorer), "--cmd", cmd, "--set", str(folder), "--out",
+                                   str(res_path)], cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0 or not res_path.is_file():
+                out[folder.name] = {"error": proc.stderr.strip()[-300:]}
+                continue
+            r = json.loads(res_path.read_text())[folder.name]
+        ours = {"images": r["images"], "exact": r["exact"], "lenient": r["lenient"], "det_recall": r["det_recall"],
+                "ms_per_image": r["latency_ms_mean"], "p95_ms": r["latency_ms_p95"], "errors": r["errors"]}
+        out[folder.name] = {"ours": ours, "openalpr_2_3_reference": OPENALPR_REFERENCE.get(folder.name)}
+    return out
 
 
 def print_table(r: dict) -> None:
@@ -87,6 +132,22 @@ def print_table(r: dict) -> None:
             fps = f"{1000 / s['median_ms']:.1f}" if stage == "end_to_end_720p" else ""
             print(f"{stage:<20}{threads:>8}{s['median_ms']:>11.2f}{s['p95_ms']:>9.2f}{fps:>8}")
     print(f"peak RSS: {r['peak_rss_mb']} MB")
+    for board, e in r.get("pi_estimate", {}).items():
+        print(f"estimate {board}: {e['ms_per_frame_one_plate']} ms per frame with one plate, "
+              f"{e['fps_one_plate']} fps (assuming {e['assumed_gmacs']} GMAC/s int8; not measured)")
+    if r.get("real"):
+        print(f"{'set':<14}{'':<26}{'exact':>7}{'lenient':>9}{'det@.5':>8}{'ms/img':>8}{'p95':>8}")
+        for name, res in r["real"].items():
+            if "error" in res:
+                print(f"{name:<14}error: {res['error']}")
+                continue
+            for who, f in (("this model set", res["ours"]), ("OpenALPR 2.3 (reference)", res["openalpr_2_3_reference"])):
+                if not f:
+                    continue
+                def fmt(v, p=3):
+                    return "-" if v is None else f"{v:.{p}f}"
+                print(f"{name:<14}{who:<26}{fmt(f.get('exact')):>7}{fmt(f.get('lenient')):>9}{fmt(f.get('det_recall')):>8}"
+                      f"{fmt(f.get('ms_per_image'), 1):>8}{fmt(f.get('p95_ms'), 1):>8}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,13 +156,56 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model set directory (default: shipped)")
     ap.add_argument("--repeat", type=int, default=50, help="timed runs per measurement")
     ap.add_argument("--out", type=Path, default=Path("bench/results.json"), help="JSON results file")
+    ap.add_argument("--real", type=Path, action="append", default=None,
+                    help="labelled real set (folder with labels.tsv; repeatable). Default: ../shared/data/real/* if present")
+    ap.add_argument("--scorer", type=Path, default=SHARED / "eval" / "run_eval.py", help="the real-set scorer")
+    ap.add_argument("--no-real", action="store_true", help="skip the real sets")
     args = ap.parse_args(argv)
     result = run(args.models, args.repeat)
+    sets = args.real if args.real is not None else sorted((SHARED / "data" / "real").glob("*/"))
+    if not args.no_real and sets and args.scorer.is_file():
+        result["real"] = real_sets(args.models, sets, args.scorer)
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    chart = _chart(result, args.out.with_suffix(".png"))
+    print(f"wrote {args.out}" + (f" and {chart}" if chart else ""))
     return 0
+
+
+def _chart(r: dict, path: Path) -> Path | None:
+    """Bars: end-to-end ms per 720p frame per thread count; ms per image and exact match vs OpenALPR."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the device has no matplotlib: the JSON is the result
+        return None
+    real = {k: v for k, v in r.get("real", {}).items() if "ours" in v}
+    fig, axes = plt.subplots(1, 3 if real else 1, figsize=(14 if real else 5, 4), squeeze=False)
+    ax = axes[0][0]
+    threads = list(r["threads"])
+    ax.bar([f"{t} thread(s)" for t in threads], [r["threads"][t]["end_to_end_720p"]["median_ms"] for t in threads])
+    ax.set_title("end to end, ms per 1280x720 frame (median)")
+    if real:
+        names = list(real)
+        x = np.arange(len(names))
+        for ax, key, title in ((axes[0][1], "ms_per_image", "ms per image (mean)"),
+                               (axes[0][2], "exact", "exact match")):
+            ours = [real[n]["ours"][key] or 0 for n in names]
+            ref = [(real[n]["openalpr_2_3_reference"] or {}).get(key) or 0 for n in names]
+            b1 = ax.bar(x - 0.2, ours, 0.4, label="this model set")
+            b2 = ax.bar(x + 0.2, ref, 0.4, label="OpenALPR 2.3 (reference)")
+            ax.bar_label(b1, fmt="%.2f" if key == "exact" else "%.0f", fontsize=8)
+            ax.bar_label(b2, fmt="%.2f" if key == "exact" else "%.0f", fontsize=8)
+            ax.set_xticks(x, names)
+            ax.set_title(title)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

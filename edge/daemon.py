@@ -37,11 +37,9 @@ import cv2
 import numpy as np
 
 from edge.config import AppConfig, LoggingConfig, MotionConfig
-from edge.detect import PlateDetector
-from edge.model import ModelError, load_model_set
+from edge.model import ModelError
 from edge.pipeline import Pipeline
 from edge.publish import Publisher
-from edge.recognize import PlateReader
 from edge.sdnotify import Watchdog, notify
 from edge.sources import Frame, Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
@@ -397,8 +395,7 @@ def run(cfg: AppConfig) -> int:
     log.info("edge-anpr %s starting", package_version())
     models = cfg.detection.models or DEFAULT_MODELS
     try:
-        det, rd = load_model_set(models, cfg.detection.threads, cfg.detection.accelerator)
-        pipeline = Pipeline(PlateDetector(det), PlateReader(rd))
+        pipeline = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator)
     except ModelError as exc:
         log.error("detection.models: %s", exc)
         return ExitCode.MODELS

@@ -27,10 +27,7 @@ import cv2
 import numpy as np
 
 from edge.config import AppConfig
-from edge.detect import PlateDetector
-from edge.model import load_model_set
 from edge.pipeline import Pipeline
-from edge.recognize import PlateReader
 
 DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
@@ -55,8 +52,7 @@ def synthetic_frame() -> np.ndarray:
 
 def check_models(cfg: AppConfig, holder: dict) -> str:
     models = cfg.detection.models or DEFAULT_MODELS
-    det, rd = load_model_set(models, cfg.detection.threads, cfg.detection.accelerator)
-    holder["pipeline"] = Pipeline(PlateDetector(det), PlateReader(rd))
+    holder["pipeline"] = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator)
     versions = f"detector {det.meta.get('version', '?')}, reader {rd.meta.get('version', '?')}"
     return f"{models} ({versions}) verified and loaded on {det.accelerator}"
 

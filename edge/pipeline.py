@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.detect import Detection, PlateDetector
-from edge.model import Model, model_paths
+from edge.model import load_model_set
 from edge.plates import apply_format_rules, display_text
 from edge.recognize import PlateReader
 
@@ -53,13 +53,10 @@ class Pipeline:
         self.max_plates = max_plates
 
     @classmethod
-    def from_dir(cls, models_dir: str | Path, num_threads: int = 2) -> "Pipeline":
-        """Load ``detector.tflite`` and ``reader.tflite`` (with their metadata) from a directory."""
-        det_path, rd_path = model_paths(models_dir)
-        return cls(
-            PlateDetector(Model(det_path, "detector", num_threads)),
-            PlateReader(Model(rd_path, "reader", num_threads)),
-        )
+    def from_dir(cls, models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu") -> "Pipeline":
+        """Load the detector and reader of a model set directory (see ``edge.model.load_model_set``)."""
+        det, rd = load_model_set(models_dir, num_threads, accelerator)
+        return cls(PlateDetector(det), PlateReader(rd))
 
     def read_detections(self, image: np.ndarray, detections: list[Detection]) -> list[PlateRead]:
         """Read the text of given detections; drop empty or too-short reads; best first."""

@@ -20,7 +20,8 @@ def untrained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     JSON contract and the quantized I/O without depending on a trained model.
     """
     from trainer.export import export_model
-    from trainer.nets import DETECTOR_INPUT, build_detector, build_reader
+    from trainer.data import DETECTOR_INPUT
+    from trainer.nets import build_detector, build_reader
 
     out = tmp_path_factory.mktemp("untrained")
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import keras
 from keras import layers
 
 from edge.plates import READER_CLASSES
-from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_INPUT
+from trainer.data import READER_INPUT
 
 
 def _conv(x, filters: int, kernel=3, strides=1, padding: str = "same"):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from .camera import apply_camera, inside
-from .fonts import fonts_for, font_table, text_mask
+from .fonts import font_table, text_mask
 from .render import blend, render_plate, rounded_rect
 from .text import LETTERS, random_text
 
