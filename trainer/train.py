@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edge.plates import BLANK, READER_CLASSES
+from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
 from trainer.data import DETECTOR_STRIDE, load_set
 from trainer.nets import build_detector, build_reader, count_macs
@@ -78,14 +78,28 @@ def _dice_bce(y_true, y_pred):
     return tf.reduce_mean(bce, axis=[1, 2]) * 4.0 + dice
 
 
-def ctc_loss(y_true, y_pred):
-    """CTC loss of the reader: labels padded with the blank (the last class), per-column softmax output."""
+def _ctc(labels, probs):
     blank = len(READER_CLASSES) - 1
-    labels = tf.cast(y_true, tf.int32)
     label_len = tf.reduce_sum(tf.cast(tf.not_equal(labels, blank), tf.int32), axis=1)
-    steps = tf.fill([tf.shape(y_pred)[0]], tf.shape(y_pred)[1])
-    return tf.nn.ctc_loss(labels, tf.math.log(y_pred + 1e-7), label_len, steps, logits_time_major=False,
+    steps = tf.fill([tf.shape(probs)[0]], tf.shape(probs)[1])
+    return tf.nn.ctc_loss(labels, tf.math.log(probs + 1e-7), label_len, steps, logits_time_major=False,
                           blank_index=blank)
+
+
+def ctc_loss(y_true, y_pred):
+    """CTC loss of the reader over its per-column softmax; labels are padded with the blank (last class).
+
+    Labels of ``MAX_CHARS`` read the whole text over the joined column
+    sequence (either head may read a one-row plate). Labels of twice that
+    length give each row its own text (an empty bottom row for one-row
+    plates), and each head is trained on its row alone: no ambiguity about
+    which head reads what, so the reader learns faster.
+    """
+    labels = tf.cast(y_true, tf.int32)
+    if y_true.shape[-1] == 2 * MAX_CHARS:
+        half = y_pred.shape[1] // 2
+        return _ctc(labels[:, :MAX_CHARS], y_pred[:, :half]) + _ctc(labels[:, MAX_CHARS:], y_pred[:, half:])
+    return _ctc(labels, y_pred)
 
 
 class _PlateAccuracy(keras.callbacks.Callback):
