@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from trainer.evaluate import HEIGHT_BINS
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[-40:]
@@ -55,12 +57,14 @@ def charts(report: dict, path: Path) -> Path | None:
     axes[0].set_ylim(0, 1)
     axes[0].set_title("exact match of the best plate")
     axes[0].legend()
+    order = [f"{lo}-{hi}" if hi < 10_000 else f"{lo}+" for lo, hi in zip(HEIGHT_BINS, HEIGHT_BINS[1:])]
     for m in models:
         for s in sets:
             bins = report[m][s]["summary"]["by_height"]
             if bins:
-                axes[1].plot([b["height_px"] for b in bins], [b["exact"] for b in bins], marker="o",
+                axes[1].plot([order.index(b["height_px"]) for b in bins], [b["exact"] for b in bins], marker="o",
                              label=f"{Path(m).name or m} / {s}")
+    axes[1].set_xticks(range(len(order)), order)
     axes[1].set_ylim(0, 1)
     axes[1].set_xlabel("plate height in the image (px)")
     axes[1].set_title("exact match by plate height")
