@@ -172,3 +172,16 @@ def display_text(text: str, format_name: str | None) -> str:
         if shown:
             return shown
     return text
+
+
+def similarity(a: str, b: str) -> float:
+    """1 - Levenshtein distance / longer length (1.0: equal, 0.0: nothing in common or one is empty)."""
+    if not a or not b:
+        return 0.0
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return 1.0 - prev[-1] / max(len(a), len(b))

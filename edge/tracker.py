@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from edge.config import TrackingConfig
-from edge.plates import display_text, match_format
+from edge.plates import display_text, match_format, similarity
 
 Box = tuple[float, float, float, float]
 
@@ -94,19 +94,6 @@ def iou(a: Box, b: Box) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def similarity(a: str, b: str) -> float:
-    """1 - Levenshtein distance / longer length (1.0: equal, 0.0: nothing in common)."""
-    if not a or not b:
-        return 0.0
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1.0 - prev[-1] / max(len(a), len(b))
 
 
 @dataclass

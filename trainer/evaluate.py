@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from edge.detect import Detection
 from edge.pipeline import Pipeline
-from edge.plates import normalize
+from edge.plates import normalize, similarity
 from trainer.data import jitter_quad
 from trainer.synth import make_plate_patch, make_scene
 
@@ -50,16 +50,8 @@ def read_labels(folder: Path) -> list[dict]:
 
 
 def _char_accuracy(truth: str, read: str) -> float:
-    """1 - normalised edit distance between two texts."""
-    if not truth:
-        return float(not read)
-    prev = list(range(len(read) + 1))
-    for i, a in enumerate(truth, 1):
-        cur = [i]
-        for j, b in enumerate(read, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b)))
-        prev = cur
-    return max(0.0, 1.0 - prev[-1] / max(len(truth), len(read)))
+    """1 - normalised edit distance between the true and the read text."""
+    return similarity(truth, read) if truth else float(not read)
 
 
 HEIGHT_BINS = (0, 15, 20, 30, 45, 70, 100, 10_000)
