@@ -39,8 +39,8 @@ def _synth(args: argparse.Namespace) -> int:
         return 0
     from trainer.data import generate, save_set
 
-    data = generate(args.kind, args.n, args.seed, workers=args.workers)
-    save_set(args.out, data, {"kind": args.kind, "seed": args.seed, "generator": "trainer.synth"})
+    data = generate(args.kind, args.n, args.seed, workers=args.workers, texts=args.texts)
+    save_set(args.out, data, {"kind": args.kind, "seed": args.seed, "texts": args.texts, "generator": "trainer.synth"})
     print(f"wrote {len(data['x'])} {args.kind} samples to {args.out}")
     return 0
 
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--n", type=int, required=True, help="number of samples")
     data.add_argument("--seed", type=int, default=0, help="sample i uses seed (SEED, i): held-out sets take another SEED")
     data.add_argument("--workers", type=int, default=2, help="worker processes")
+    data.add_argument("--texts", type=int, default=0,
+                      help="reader: draw plates from a fixed pool of N texts (a quick learnability check); 0: all random")
     data.add_argument("--out", type=Path, required=True)
     prev = sy_sub.add_parser("preview", help="write a PNG grid of synthetic samples to look at")
     prev.add_argument("--kind", choices=["plates", "scenes"], default="plates")

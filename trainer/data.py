@@ -20,7 +20,8 @@ from tqdm import tqdm
 from edge.detect import letterbox, rect_quad
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import crop_plate, encode_label
-from trainer.synth import make_plate_patch, make_scene
+from trainer.synth import make_plate_patch, make_scene, random_text
+from trainer.synth.render import row_texts
 
 # What the networks see (kept here, free of TensorFlow, so worker processes start fast).
 DETECTOR_STRIDE = 4
@@ -64,20 +65,25 @@ class _Job:
     seed: int
     start: int
     count: int
+    texts: tuple[tuple[str, str], ...] = ()  # a fixed pool of (text, format) to draw from, when given
 
 
 def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
     h, w = READER_INPUT
     x = np.zeros((job.count, h, w), np.uint8)
-    y = np.zeros((job.count, MAX_CHARS), np.int32)
+    y = np.zeros((job.count, 2 * MAX_CHARS), np.int32)
     texts = []
     for k in range(job.count):
         rng = np.random.default_rng((job.seed, job.start + k))
-        scene = make_plate_patch(rng)
+        fixed = job.texts[int(rng.integers(len(job.texts)))] if job.texts else None
+        scene = make_plate_patch(rng, plate=fixed)
         plate = scene.plates[0]
         quad = jitter_quad(rng, plate.quad, 0.06)
         x[k] = crop_plate(scene.image, quad, w, h, READER_MARGIN)
-        y[k] = encode_label(plate.text, READER_CLASSES, MAX_CHARS, BLANK)
+        # Per-row labels: each reader head learns its own row (one-row plates: empty bottom row).
+        top, bottom = row_texts(plate.text, plate.format) if plate.rows == 2 else (plate.text, "")
+        y[k] = np.concatenate([encode_label(top, READER_CLASSES, MAX_CHARS, BLANK),
+                               encode_label(bottom, READER_CLASSES, MAX_CHARS, BLANK)])
         texts.append(plate.text)
     return x, y, texts
 
@@ -103,11 +109,19 @@ def _detector_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
 _MAKERS = {"reader": _reader_samples, "detector": _detector_samples}
 
 
-def generate(kind: str, n: int, seed: int, workers: int = 2, chunk: int = 64, progress: bool = True) -> dict[str, np.ndarray]:
-    """Make ``n`` samples of ``kind`` ('reader' or 'detector') in worker processes."""
+def generate(
+    kind: str, n: int, seed: int, workers: int = 2, chunk: int = 64, progress: bool = True, texts: int = 0
+) -> dict[str, np.ndarray]:
+    """Make ``n`` samples of ``kind`` ('reader' or 'detector') in worker processes.
+
+    ``texts`` > 0 draws reader plates from a fixed pool of that many texts: a
+    set a small network can learn in minutes, to check a training pipeline.
+    """
     if kind not in _MAKERS:
         raise ValueError(f"unknown kind '{kind}', expected one of {sorted(_MAKERS)}")
-    jobs = [_Job(kind, seed, s, min(chunk, n - s)) for s in range(0, n, chunk)]
+    pool_rng = np.random.default_rng((seed, 1 << 31))  # apart from the per-sample seeds (seed, i)
+    pool = tuple(random_text(pool_rng) for _ in range(texts))
+    jobs = [_Job(kind, seed, s, min(chunk, n - s), pool) for s in range(0, n, chunk)]
     xs, ys, texts = [], [], []
     with mp.get_context("spawn").Pool(workers) if workers > 1 else _Inline() as pool:
         bar = tqdm(total=n, desc=f"synth {kind}", unit="img", disable=not progress)

@@ -63,6 +63,26 @@ def _char(spec: FontSpec, ch: str) -> str:
     return ch if ch.isascii() or ch in spec.diacritics else ch.translate(str.maketrans("ČŠŽ", "CSZ"))
 
 
+def row_texts(text: str, fmt: str) -> tuple[str, str]:
+    """What the top and the bottom row of a two-row plate read (the reader's per-row labels).
+
+    Follows the split that ``_rows`` draws.
+    """
+    g = split_groups(text, fmt)
+    if fmt == "hr":
+        return g[0], g[1] + g[2]
+    if fmt == "gr":
+        return g[0], g[1]
+    if fmt == "de":
+        return g[0] + g[1], g[2]
+    if fmt == "uk_prefix":
+        g = [g[0] + g[1], g[2]]
+    elif fmt == "uk_suffix":
+        g = [g[0], g[1] + g[2]]
+    cut = 1 if len(g) < 3 else 2
+    return "".join(g[:cut]), "".join(g[cut:])
+
+
 def _rows(text: str, fmt: str, two_rows: bool, spec: FontSpec) -> list[list]:
     """Token rows: characters, 'gap', 'dash', 'crest' (HR) or 'seals' (DE)."""
     g = split_groups(text, fmt)

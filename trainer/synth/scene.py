@@ -259,9 +259,13 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
     return Scene(out, plates)
 
 
-def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 128) -> Scene:
-    """One plate filling 40-90 % of the patch width on car-like context, seen by a low-resolution camera."""
-    text, fmt = random_text(rng)
+def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 128,
+                     plate: tuple[str, str] | None = None) -> Scene:
+    """One plate filling 40-90 % of the patch width on car-like context, seen by a low-resolution camera.
+
+    ``plate`` (text, format) fixes the text; by default it is drawn at random.
+    """
+    text, fmt = plate if plate is not None else random_text(rng)
     pw = out_w * rng.uniform(0.4, 0.9)
     plate, rows = render_plate(rng, text, fmt, width_px=int(np.clip(pw * 1.25, 64, 320)))
     ph = pw * plate.shape[0] / plate.shape[1]
