@@ -42,10 +42,7 @@ while [ $# -gt 0 ]; do
         *) usage >&2; die "unknown option: $1" 2 ;;
     esac
 done
-if [ -n "$root" ]; then
-    mkdir -p "$root"
-    root=$(cd "$root" && pwd)
-fi
+if [ -n "$root" ]; then mkdir -p "$root"; fi
 set_root "$root"
 require_root
 if [ ! -f "$SRC/pyproject.toml" ] || [ ! -d "$SRC/edge" ]; then

@@ -10,8 +10,8 @@ ROOT=${ROOT:-}
 TEST_MODE=0
 
 set_root() {
-    # Fixes every path under the root prefix $1 ("" for the real system).
-    ROOT=${1%/}
+    # Fixes every path under the root prefix $1 ("" for the real system), made absolute.
+    if [ -n "$1" ]; then ROOT=$(cd "$1" && pwd); else ROOT=""; fi
     if [ -n "$ROOT" ]; then TEST_MODE=1; fi
     OPT=$ROOT/opt/$APP
     RELEASES=$OPT/releases

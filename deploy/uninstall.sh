@@ -28,7 +28,6 @@ while [ $# -gt 0 ]; do
         *) usage >&2; die "unknown option: $1" 2 ;;
     esac
 done
-if [ -n "$root" ]; then root=$(cd "$root" && pwd); fi
 set_root "$root"
 require_root
 

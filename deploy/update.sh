@@ -44,7 +44,6 @@ while [ $# -gt 0 ]; do
         *) usage >&2; die "unknown option: $1" 2 ;;
     esac
 done
-if [ -n "$root" ]; then root=$(cd "$root" && pwd); fi
 set_root "$root"
 require_root
 if [ "$do_release" = 0 ] && [ -z "$models_src" ] && [ "$check" = 0 ]; then
