@@ -41,6 +41,38 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, amp: flo
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
+def fractal(rng: np.random.Generator, h: int, w: int, octaves: int = 5, roughness: float = 0.6) -> np.ndarray:
+    """Zero-mean 1/f-like noise (float32, unit-ish std): the texture statistics of photographed surfaces."""
+    out = np.zeros((h, w), np.float32)
+    amp, cells = 1.0, int(rng.integers(2, 5))
+    for _ in range(octaves):
+        if cells > w:
+            break
+        out += _smooth_noise(rng, h, w, cells, amp)
+        amp, cells = amp * roughness, cells * 3
+    return out / max(float(out.std()), 1e-6)
+
+
+def _glow(img: np.ndarray, mask: np.ndarray, colour, strength: float) -> None:
+    """Add light: ``mask`` blurred into a halo, as bright lamps bloom on a camera sensor."""
+    r = max(1.0, 0.15 * float(np.sqrt(mask.sum() + 1)))
+    halo = cv2.GaussianBlur(mask, (0, 0), r) * strength + mask
+    img += halo[..., None] * np.float32(colour)
+
+
+def _tree(rng: np.random.Generator, img: np.ndarray, x: int, y: int, r: int) -> None:
+    """A tree crown of leafy texture with a trunk below it."""
+    h, w = img.shape[:2]
+    cv2.line(img, (x, y), (x + int(rng.integers(-r // 4, r // 4 + 1)), min(h, y + 3 * r)), _col(rng, 30, 80), max(2, r // 6))
+    crown = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(3, 8))):
+        cv2.circle(crown, (x + int(rng.normal(0, r * 0.5)), y + int(rng.normal(0, r * 0.4))), int(r * rng.uniform(0.4, 0.8)), 1.0, -1)
+    leaves = np.clip(0.5 + 0.35 * fractal(rng, h, w, 5, 0.8), 0, 1)
+    green = np.float32([rng.uniform(20, 70), rng.uniform(70, 150), rng.uniform(40, 100)])
+    a = crown[..., None]
+    img[:] = img * (1 - a) + (green * (0.4 + leaves[..., None])) * a
+
+
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Street-like float32 BGR background: sky/buildings/fences above, asphalt with markings below."""
     img = np.empty((h, w, 3), np.float32)
@@ -78,6 +110,21 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         for x in range(int(rng.integers(0, step)), w, step):
             cv2.line(img, (x, y0), (x, y1), col, max(1, step // 6))
         cv2.line(img, (0, y0 + 4), (w, y0 + 4), col, 3)
+    if rng.random() < 0.25 and h - ground > 8:  # paving stones / bricks on the ground
+        step = int(rng.integers(5, 24))
+        col = tuple(float(v) for v in img[min(h - 1, ground + 2), 0] * rng.uniform(0.6, 0.85))
+        for y in range(ground, h, step):
+            cv2.line(img, (0, y), (w, y), col, 1)
+            off = (y // step % 2) * step
+            for x in range(off, w, 2 * step):
+                cv2.line(img, (x, y), (x, min(h, y + step)), col, 1)
+    for _ in range(int(rng.integers(0, 4)) if rng.random() < 0.5 else 0):
+        _tree(rng, img, int(rng.integers(0, w)), int(rng.integers(0, max(1, horizon + 1))), int(rng.integers(h // 12, h // 3) + 2))
+    # Photographed surfaces are never flat: multi-scale texture and uneven light over everything.
+    img += fractal(rng, h, w)[..., None] * rng.uniform(3, 18) * (1 + rng.normal(0, 0.1, 3)).astype(np.float32)
+    img *= (1 + 0.15 * fractal(rng, h, w, 2))[..., None]
+    grey = img.mean(axis=2, keepdims=True)  # streets are mostly muted colours
+    img[:] = grey + (img - grey) * rng.uniform(0.25, 0.9)
     return img
 
 
@@ -120,12 +167,37 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
         cv2.fillPoly(img, [np.round(pts).astype(np.int32)], _col(rng, 15, 70), cv2.LINE_AA)
     crease = round(y0 + ch * rng.uniform(0.4, 0.5))
     cv2.line(img, (round(x0 + cw * 0.03), crease), (round(x0 + cw * 0.97), crease), tuple(float(v) for v in body * 0.6), 1, cv2.LINE_AA)
-    light = (30, 30, 190) if rng.random() < 0.7 else (200, 210, 215)
-    ly, lh, lw = y0 + ch * rng.uniform(0.4, 0.55), ch * rng.uniform(0.05, 0.1), cw * rng.uniform(0.08, 0.17)
-    for lx in (x0 + cw * 0.02, x0 + cw * 0.98 - lw):  # tail / head lights
-        cv2.rectangle(img, (round(lx), round(ly)), (round(lx + lw), round(ly + lh)), light, -1, cv2.LINE_AA)
-        cv2.rectangle(img, (round(lx + lw * 0.3), round(ly + lh * 0.2)), (round(lx + lw * 0.7), round(ly + lh * 0.8)),
-                      (40, 130, 235) if rng.random() < 0.6 else (230, 230, 230), -1)
+    front = rng.random() < 0.4
+    ly, lh, lw = y0 + ch * rng.uniform(0.38, 0.55), ch * rng.uniform(0.05, 0.12), cw * rng.uniform(0.1, 0.2)
+    lamps = np.zeros((H, W), np.float32)
+    for side in (0, 1):  # head lamps (white, often lit) or tail lamps (red, sometimes braking)
+        lx = x0 + cw * 0.02 if side == 0 else x0 + cw * 0.98 - lw
+        tilt = lh * rng.uniform(-0.5, 0.5) * (1 if side == 0 else -1)
+        pts = np.float32([[lx, ly + tilt], [lx + lw, ly - tilt], [lx + lw, ly + lh - tilt], [lx, ly + lh + tilt]])
+        shell = (220, 225, 230) if front else (25, 25, rng.uniform(120, 200))
+        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], shell, cv2.LINE_AA)
+        core = pts.mean(0)
+        cv2.ellipse(lamps, (round(core[0]), round(core[1])), (max(1, round(lw * 0.3)), max(1, round(lh * 0.3))), 0, 0, 360, 1.0, -1)
+    lit = rng.random() < (0.6 if front else 0.3)
+    if lit:
+        _glow(img, lamps, (200, 220, 235) if front else (30, 30, 230), rng.uniform(0.5, 2.5))
+    if front:  # grille between the lamps, above the plate
+        gx0, gx1 = round(x0 + cw * 0.25), round(x0 + cw * 0.75)
+        gy0, gy1 = round(ly), round(min(cy - ph * 0.8, ly + ch * 0.15))
+        if gy1 > gy0 + 2 and not _overlaps((gx0, gy0, gx1, gy1), keep_clear):
+            cv2.rectangle(img, (gx0, gy0), (gx1, gy1), _col(rng, 10, 50), -1)
+            bar = _col(rng, 90, 200)
+            for gy in range(gy0 + 2, gy1, max(2, round(ph * rng.uniform(0.15, 0.4)))):
+                cv2.line(img, (gx0, gy), (gx1, gy), bar, 1, cv2.LINE_AA)
+    for wx in (x0 + cw * 0.13, x0 + cw * 0.87):  # tyres and rims peeking out below the body
+        r = cw * rng.uniform(0.09, 0.12)
+        cv2.ellipse(img, (round(wx), round(ground - r * 0.8)), (max(1, round(r * 0.7)), max(1, round(r))), 0, 0, 360, (20, 20, 22), -1)
+    # Paint is glossy: a soft highlight band and sensor-like mottling on the body.
+    hy = round(y0 + ch * rng.uniform(0.1, 0.5))
+    band = np.zeros((H, W), np.float32)
+    cv2.rectangle(band, (round(x0), hy), (round(x0 + cw), hy + max(1, round(ch * 0.05))), rng.uniform(10, 50), -1)
+    band = cv2.GaussianBlur(band, (0, 0), max(1.0, ch * 0.03))
+    img += band[..., None]
     bumper = tuple(float(v) for v in (body * rng.uniform(0.2, 0.8) if rng.random() < 0.6 else body * 1.05))
     top = round(cy + ph * rng.uniform(0.6, 1.4))
     cv2.rectangle(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), round(y0 + ch * 0.93)), bumper, -1)
@@ -184,7 +256,8 @@ def paste_plate(img: np.ndarray, plate: np.ndarray, quad: np.ndarray) -> None:
 
 
 def _plate_width(rng: np.random.Generator, w: int) -> float:
-    lo, hi = (0.08, 0.25) if rng.random() < 0.75 else (0.05, 0.45)
+    # Roadside and parking cameras frame whole cars: most plates are 4-15 % of the frame width.
+    lo, hi = (0.04, 0.15) if rng.random() < 0.7 else (0.03, 0.4)
     return w * float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
@@ -246,6 +319,12 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
         placed.append((PlateInstance(text, fmt, quad, rows), plate, ph, cw))
     placed.sort(key=lambda p: p[2])  # far (small) cars first so near cars overlap them
     keep = [(*p[0].quad.min(0), *p[0].quad.max(0)) for p in placed]
+    for _ in range(int(rng.integers(0, 3))):  # cars whose plate is hidden or absent: lamps and grilles are not plates
+        pw = _plate_width(rng, width)
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        ph = pw / 3
+        if not _overlaps((cx - pw * 2.5, cy - pw * 2.5, cx + pw * 2.5, cy + pw * 1.5), keep + boxes):
+            draw_car(rng, img, cx, cy, pw, ph, pw * rng.uniform(3.5, 6.5), keep)
     for inst, plate, ph, cw in placed:
         if cw:
             cx, cy = inst.quad.mean(0)
