@@ -64,13 +64,18 @@ def _tree(rng: np.random.Generator, img: np.ndarray, x: int, y: int, r: int) -> 
     """A tree crown of leafy texture with a trunk below it."""
     h, w = img.shape[:2]
     cv2.line(img, (x, y), (x + int(rng.integers(-r // 4, r // 4 + 1)), min(h, y + 3 * r)), _col(rng, 30, 80), max(2, r // 6))
-    crown = np.zeros((h, w), np.float32)
+    x0, y0, x1, y1 = max(0, x - 2 * r), max(0, y - 2 * r), min(w, x + 2 * r), min(h, y + 2 * r)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    crown = np.zeros((y1 - y0, x1 - x0), np.float32)  # drawn in the tree's own box: full-frame noise is slow
     for _ in range(int(rng.integers(3, 8))):
-        cv2.circle(crown, (x + int(rng.normal(0, r * 0.5)), y + int(rng.normal(0, r * 0.4))), int(r * rng.uniform(0.4, 0.8)), 1.0, -1)
-    leaves = np.clip(0.5 + 0.35 * fractal(rng, h, w, 5, 0.8), 0, 1)
+        centre = (x - x0 + int(rng.normal(0, r * 0.5)), y - y0 + int(rng.normal(0, r * 0.4)))
+        cv2.circle(crown, centre, int(r * rng.uniform(0.4, 0.8)), 1.0, -1)
+    leaves = np.clip(0.5 + 0.35 * fractal(rng, y1 - y0, x1 - x0, 5, 0.8), 0, 1)
     green = np.float32([rng.uniform(20, 70), rng.uniform(70, 150), rng.uniform(40, 100)])
     a = crown[..., None]
-    img[:] = img * (1 - a) + (green * (0.4 + leaves[..., None])) * a
+    region = img[y0:y1, x0:x1]
+    region[:] = region * (1 - a) + (green * (0.4 + leaves[..., None])) * a
 
 
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -169,6 +174,9 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
     cv2.line(img, (round(x0 + cw * 0.03), crease), (round(x0 + cw * 0.97), crease), tuple(float(v) for v in body * 0.6), 1, cv2.LINE_AA)
     front = rng.random() < 0.4
     ly, lh, lw = y0 + ch * rng.uniform(0.38, 0.55), ch * rng.uniform(0.05, 0.12), cw * rng.uniform(0.1, 0.2)
+    # Light and gloss are drawn in the car's own box: full-frame float layers per car are slow.
+    rx0, ry0 = max(0, int(x0 - cw * 0.1)), max(0, int(y0 - ch * 0.1))
+    rx1, ry1 = min(W, int(x0 + cw * 1.1) + 1), min(H, int(y0 + ch * 1.1) + 1)
     lamps = np.zeros((H, W), np.float32)
     for side in (0, 1):  # head lamps (white, often lit) or tail lamps (red, sometimes braking)
         lx = x0 + cw * 0.02 if side == 0 else x0 + cw * 0.98 - lw
@@ -179,8 +187,8 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
         core = pts.mean(0)
         cv2.ellipse(lamps, (round(core[0]), round(core[1])), (max(1, round(lw * 0.3)), max(1, round(lh * 0.3))), 0, 0, 360, 1.0, -1)
     lit = rng.random() < (0.6 if front else 0.3)
-    if lit:
-        _glow(img, lamps, (200, 220, 235) if front else (30, 30, 230), rng.uniform(0.5, 2.5))
+    if lit and rx1 > rx0 and ry1 > ry0:
+        _glow(img[ry0:ry1, rx0:rx1], lamps[ry0:ry1, rx0:rx1], (200, 220, 235) if front else (30, 30, 230), rng.uniform(0.5, 2.5))
     if front:  # grille between the lamps, above the plate
         gx0, gx1 = round(x0 + cw * 0.25), round(x0 + cw * 0.75)
         gy0, gy1 = round(ly), round(min(cy - ph * 0.8, ly + ch * 0.15))
@@ -194,10 +202,11 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
         cv2.ellipse(img, (round(wx), round(ground - r * 0.8)), (max(1, round(r * 0.7)), max(1, round(r))), 0, 0, 360, (20, 20, 22), -1)
     # Paint is glossy: a soft highlight band and sensor-like mottling on the body.
     hy = round(y0 + ch * rng.uniform(0.1, 0.5))
-    band = np.zeros((H, W), np.float32)
-    cv2.rectangle(band, (round(x0), hy), (round(x0 + cw), hy + max(1, round(ch * 0.05))), rng.uniform(10, 50), -1)
-    band = cv2.GaussianBlur(band, (0, 0), max(1.0, ch * 0.03))
-    img += band[..., None]
+    if rx1 > rx0 and ry1 > ry0:
+        band = np.zeros((ry1 - ry0, rx1 - rx0), np.float32)
+        cv2.rectangle(band, (round(x0) - rx0, hy - ry0), (round(x0 + cw) - rx0, hy - ry0 + max(1, round(ch * 0.05))),
+                      rng.uniform(10, 50), -1)
+        img[ry0:ry1, rx0:rx1] += cv2.GaussianBlur(band, (0, 0), max(1.0, ch * 0.03))[..., None]
     bumper = tuple(float(v) for v in (body * rng.uniform(0.2, 0.8) if rng.random() < 0.6 else body * 1.05))
     top = round(cy + ph * rng.uniform(0.6, 1.4))
     cv2.rectangle(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), round(y0 + ch * 0.93)), bumper, -1)
