@@ -374,6 +374,7 @@ def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 12
     paste_plate(img, plate, quad)
     out = np.clip(img, 0, 255).astype(np.uint8)
     plate_h = float(np.linalg.norm(quad[3] - quad[0]))
-    target = rng.uniform(15, 40) * (1.6 if fmt == "us" else 1.0) * (1.7 if rows == 2 else 1.0)
+    # Plate heights from barely legible (12 px) to close-up and sharp: close-ups must not look foreign.
+    target = float(np.exp(rng.uniform(np.log(12), np.log(80)))) * (1.6 if fmt == "us" else 1.0) * (1.7 if rows == 2 else 1.0)
     out, quads = apply_camera(rng, out, [quad], warp=False, res_factor=min(1.0, target / max(plate_h, 1.0)))
     return Scene(out, [PlateInstance(text, fmt, quads[0], rows)])
