@@ -92,3 +92,30 @@ def test_preview_writes_png(tmp_path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cli_main(["preview", "--kind", "plates", "--n", "3", "--out", str(tmp_path / "p.png")])
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_user_background_photos_are_used(tmp_path) -> None:
+    import cv2
+
+    from trainer.synth.scene import background, list_backgrounds
+
+    (tmp_path / "sub").mkdir()
+    cv2.imwrite(str(tmp_path / "sub" / "street.png"), np.full((60, 90, 3), (10, 200, 30), np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    photos = list_backgrounds(tmp_path)
+    assert photos == (str(tmp_path / "sub" / "street.png"),)
+    rng = np.random.default_rng(0)
+    greens = [np.allclose(background(rng, 48, 64, photos).mean((0, 1)), (10, 200, 30)) for _ in range(40)]
+    assert 15 < sum(greens) < 40  # most backgrounds are the photo, some stay procedural
+    assert make_scene(rng, 128, 96, photos=photos).image.shape == (96, 128, 3)
+
+
+def test_background_folder_errors_name_the_folder(tmp_path, capsys) -> None:
+    from trainer.cli import main as trainer_main
+
+    code = trainer_main(["synth", "data", "--kind", "detector", "--n", "2", "--backgrounds", str(tmp_path),
+                         "--out", str(tmp_path / "d.npz")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "no background images" in err
+    assert not (tmp_path / "d.npz").exists()

@@ -39,8 +39,16 @@ def _synth(args: argparse.Namespace) -> int:
         return 0
     from trainer.data import generate, save_set
 
-    data = generate(args.kind, args.n, args.seed, workers=args.workers, texts=args.texts)
-    save_set(args.out, data, {"kind": args.kind, "seed": args.seed, "texts": args.texts, "generator": "trainer.synth"})
+    photos: tuple[str, ...] = ()
+    if args.backgrounds is not None:
+        from trainer.synth.scene import list_backgrounds
+
+        photos = list_backgrounds(args.backgrounds)
+        print(f"{len(photos)} background pictures from {args.backgrounds}")
+    data = generate(args.kind, args.n, args.seed, workers=args.workers, texts=args.texts, photos=photos)
+    save_set(args.out, data, {"kind": args.kind, "seed": args.seed, "texts": args.texts, "generator": "trainer.synth",
+                              "backgrounds": str(args.backgrounds) if args.backgrounds else None,
+                              "background_count": len(photos)})
     print(f"wrote {len(data['x'])} {args.kind} samples to {args.out}")
     return 0
 
@@ -144,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, default=2, help="worker processes")
     data.add_argument("--texts", type=int, default=0,
                       help="reader: draw plates from a fixed pool of N texts (a quick learnability check); 0: all random")
+    data.add_argument("--backgrounds", type=Path, default=None, metavar="DIR",
+                      help="optional folder of your own background pictures (streets, car parks; no readable plates "
+                           "in them): used for 70 %% of backgrounds instead of procedural ones")
     data.add_argument("--out", type=Path, required=True)
     prev = sy_sub.add_parser("preview", help="write a PNG grid of synthetic samples to look at")
     prev.add_argument("--kind", choices=["plates", "scenes"], default="plates")
@@ -201,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one line naming it, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ class _Job:
     start: int
     count: int
     texts: tuple[tuple[str, str], ...] = ()  # a fixed pool of (text, format) to draw from, when given
+    photos: tuple[str, ...] = ()  # the user's background pictures, when given
 
 
 def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -76,7 +77,7 @@ def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
     for k in range(job.count):
         rng = np.random.default_rng((job.seed, job.start + k))
         fixed = job.texts[int(rng.integers(len(job.texts)))] if job.texts else None
-        scene = make_plate_patch(rng, plate=fixed)
+        scene = make_plate_patch(rng, plate=fixed, photos=job.photos)
         plate = scene.plates[0]
         quad = jitter_quad(rng, plate.quad, 0.06)
         x[k] = crop_plate(scene.image, quad, w, h, READER_MARGIN)
@@ -98,7 +99,7 @@ def _detector_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
         # Camera-like frame sizes: 4:3 and 16:9 from VGA to 720p, letterboxed like on the device.
         # Rendered at most 800 wide: the letterbox shrinks it to 512 anyway, and pixels cost generation time.
         fw = int(rng.integers(480, 801))
-        scene = make_scene(rng, width=fw, height=int(fw * (0.75 if rng.random() < 0.5 else 0.5625)))
+        scene = make_scene(rng, width=fw, height=int(fw * (0.75 if rng.random() < 0.5 else 0.5625)), photos=job.photos)
         pixels, lb = letterbox(scene.image, w, h)
         x[k] = pixels
         quads = [p.quad * lb.scale for p in scene.plates]
@@ -111,9 +112,12 @@ _MAKERS = {"reader": _reader_samples, "detector": _detector_samples}
 
 
 def generate(
-    kind: str, n: int, seed: int, workers: int = 2, chunk: int = 64, progress: bool = True, texts: int = 0
+    kind: str, n: int, seed: int, workers: int = 2, chunk: int = 64, progress: bool = True, texts: int = 0,
+    photos: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Make ``n`` samples of ``kind`` ('reader' or 'detector') in worker processes.
+
+    ``photos``: image files to use as most backgrounds (``trainer.synth.scene.list_backgrounds``).
 
     ``texts`` > 0 draws reader plates from a fixed pool of that many texts: a
     set a small network can learn in minutes, to check a training pipeline.
@@ -122,7 +126,7 @@ def generate(
         raise ValueError(f"unknown kind '{kind}', expected one of {sorted(_MAKERS)}")
     pool_rng = np.random.default_rng((seed, 1 << 31))  # apart from the per-sample seeds (seed, i)
     pool = tuple(random_text(pool_rng) for _ in range(texts))
-    jobs = [_Job(kind, seed, s, min(chunk, n - s), pool) for s in range(0, n, chunk)]
+    jobs = [_Job(kind, seed, s, min(chunk, n - s), pool, tuple(photos)) for s in range(0, n, chunk)]
     xs, ys, texts = [], [], []
     with mp.get_context("spawn").Pool(workers) if workers > 1 else _Inline() as pool:
         bar = tqdm(total=n, desc=f"synth {kind}", unit="img", disable=not progress)

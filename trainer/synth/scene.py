@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -78,8 +79,42 @@ def _tree(rng: np.random.Generator, img: np.ndarray, x: int, y: int, r: int) -> 
     region[:] = region * (1 - a) + (green * (0.4 + leaves[..., None])) * a
 
 
-def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Street-like float32 BGR background: sky/buildings/fences above, asphalt with markings below."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_backgrounds(folder: Path) -> tuple[str, ...]:
+    """Image files under ``folder`` (recursive) to use as scene backgrounds; errors name the folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: background folder not found")
+    files = tuple(sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+    if not files:
+        raise ValueError(f"{folder}: no background images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return files
+
+
+def photo_background(rng: np.random.Generator, h: int, w: int, path: str) -> np.ndarray | None:
+    """A random crop of the user's photo at ``path`` as a float32 BGR background (None if unreadable)."""
+    photo = cv2.imread(path, cv2.IMREAD_COLOR)
+    if photo is None or min(photo.shape[:2]) < 16:
+        return None
+    ph, pw = photo.shape[:2]
+    scale = max(h / ph, w / pw) * rng.uniform(1.0, 1.8)
+    photo = cv2.resize(photo, (max(w, round(pw * scale)), max(h, round(ph * scale))), interpolation=cv2.INTER_AREA)
+    y, x = int(rng.integers(0, photo.shape[0] - h + 1)), int(rng.integers(0, photo.shape[1] - w + 1))
+    out = photo[y:y + h, x:x + w].astype(np.float32)
+    return out[:, ::-1].copy() if rng.random() < 0.5 else out
+
+
+def background(rng: np.random.Generator, h: int, w: int, photos: tuple[str, ...] = ()) -> np.ndarray:
+    """Street-like float32 BGR background: sky/buildings/fences above, asphalt with markings below.
+
+    With ``photos`` (the user's own background pictures, e.g. streets without
+    plates), most backgrounds are a random crop of one of them instead.
+    """
+    if photos and rng.random() < 0.7:
+        img = photo_background(rng, h, w, photos[int(rng.integers(len(photos)))])
+        if img is not None:
+            return img
     img = np.empty((h, w, 3), np.float32)
     horizon = int(h * rng.uniform(-0.1, 0.6))
     top = np.float32(_col(rng, 60, 230))
@@ -295,9 +330,13 @@ def _distractors(rng: np.random.Generator, img: np.ndarray, keep_clear: list) ->
         keep_clear.append(box)
 
 
-def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, max_plates: int = 3) -> Scene:
-    """A street/parking frame with 0..max_plates labelled plates (mostly on cars) and unlabelled text."""
-    img = background(rng, height, width)
+def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, max_plates: int = 3,
+               photos: tuple[str, ...] = ()) -> Scene:
+    """A street/parking frame with 0..max_plates labelled plates (mostly on cars) and unlabelled text.
+
+    ``photos``: optional background pictures (see ``background``).
+    """
+    img = background(rng, height, width, photos)
     n = 0 if max_plates == 0 or rng.random() < 0.12 else int(min(max_plates, rng.choice([1, 2, 3, 4], p=[.55, .28, .12, .05])))
     placed: list[tuple[PlateInstance, np.ndarray, float, float]] = []  # plate, image, height, car width
     boxes: list = []
@@ -348,7 +387,7 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
 
 
 def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 128,
-                     plate: tuple[str, str] | None = None) -> Scene:
+                     plate: tuple[str, str] | None = None, photos: tuple[str, ...] = ()) -> Scene:
     """One plate filling 40-90 % of the patch width on car-like context, seen by a low-resolution camera.
 
     ``plate`` (text, format) fixes the text; by default it is drawn at random.
@@ -367,7 +406,7 @@ def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 12
             break
     else:
         quad = _plate_quad(rng, out_w / 2, out_h / 2, pw * 0.8, ph * 0.8, 0.0)
-    img = background(rng, out_h, out_w)
+    img = background(rng, out_h, out_w, photos)
     if rng.random() < 0.85:
         cw = pw * (rng.uniform(5.2, 6.5) if fmt == "us" else rng.uniform(3.3, 4.3))
         draw_car(rng, img, cx, cy, pw, ph, cw, [(*quad.min(0), *quad.max(0))])
