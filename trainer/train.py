@@ -14,7 +14,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
@@ -72,18 +72,18 @@ class _Batches(keras.utils.PyDataset):
 
 def _dice_bce(y_true, y_pred):
     bce = keras.losses.binary_crossentropy(y_true, y_pred)
-    inter = tf.reduce_sum(y_true * y_pred, axis=[1, 2, 3])
-    denom = tf.reduce_sum(y_true + y_pred, axis=[1, 2, 3])
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    denom = ops.sum(y_true + y_pred, axis=(1, 2, 3))
     dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
-    return tf.reduce_mean(bce, axis=[1, 2]) * 4.0 + dice
+    return ops.mean(bce, axis=(1, 2)) * 4.0 + dice
 
 
 def _ctc(labels, probs):
     blank = len(READER_CLASSES) - 1
-    label_len = tf.reduce_sum(tf.cast(tf.not_equal(labels, blank), tf.int32), axis=1)
-    steps = tf.fill([tf.shape(probs)[0]], tf.shape(probs)[1])
-    return tf.nn.ctc_loss(labels, tf.math.log(probs + 1e-7), label_len, steps, logits_time_major=False,
-                          blank_index=blank)
+    label_len = ops.sum(ops.cast(ops.not_equal(labels, blank), "int32"), axis=1)
+    steps = ops.full_like(label_len, ops.shape(probs)[1])
+    # keras.ops.ctc_loss takes logits and log-softmaxes them: log-probabilities are their own log-softmax.
+    return ops.ctc_loss(labels, ops.log(probs + 1e-7), label_len, steps, mask_index=blank)
 
 
 def ctc_loss(y_true, y_pred):
@@ -95,7 +95,7 @@ def ctc_loss(y_true, y_pred):
     plates), and each head is trained on its row alone: no ambiguity about
     which head reads what, so the reader learns faster.
     """
-    labels = tf.cast(y_true, tf.int32)
+    labels = ops.cast(y_true, "int32")
     if y_true.shape[-1] == 2 * MAX_CHARS:
         half = y_pred.shape[1] // 2
         return _ctc(labels[:, :MAX_CHARS], y_pred[:, :half]) + _ctc(labels[:, MAX_CHARS:], y_pred[:, half:])
@@ -160,6 +160,21 @@ def _score(model: keras.Model, val_seq: "_Batches", accuracy: "_PlateAccuracy | 
     return logs
 
 
+def _set_threads(threads: int) -> None:
+    """CPU threads for training, on whichever backend Keras runs (a GPU run leaves them alone under torch)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif backend == "torch":
+        import torch
+
+        if ops.zeros(()).device.type == "cpu":
+            torch.set_num_threads(threads)
+
+
 def build_for(kind: str) -> keras.Model:
     """A fresh model of ``kind`` at its training input size."""
     if kind == "detector":
@@ -183,8 +198,7 @@ def train(
     verbose: int = 2,
 ) -> dict:
     """Train ``kind`` on the set at ``data``; resumes if ``run_dir`` holds a backup."""
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    _set_threads(threads)
     keras.utils.set_random_seed(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     d = load_set(data)
