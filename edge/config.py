@@ -92,6 +92,8 @@ class DetectionConfig(StrictModel):
     threads: int = Field(2, ge=1, le=16, description="TFLite interpreter threads.")
     frame_stride: int = Field(1, ge=1, le=100, description="Infer every Nth captured frame.")
     min_confidence: float = Field(0.0, ge=0, le=1, description="Reads below this reader confidence are ignored.")
+    refine: int = Field(4, ge=0, le=16, description="The best N small detections of a frame get a zoomed second "
+                        "detector pass that fits their box to the plate (one detector run each; 0: off).")
     motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
 
 

@@ -21,13 +21,14 @@ from edge.model import Model
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How a frame was fitted into the model input (top-left aligned): x_in = x * scale."""
+    """How a frame (or a window of it) was fitted into the model input: x_in = (x - offset) * scale."""
 
     scale: float
+    offset: tuple[float, float] = (0.0, 0.0)
 
     def to_frame(self, pts: np.ndarray) -> np.ndarray:
         """Map (N,2) points from model-input pixels back to frame pixels."""
-        return pts / self.scale
+        return pts / self.scale + np.asarray(self.offset, np.float32)
 
 
 def letterbox(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, Letterbox]:
@@ -151,8 +152,41 @@ class PlateDetector:
         """Plate probability per output cell for a prepared input."""
         return self.model.run_pixels(pixels)[..., 0]
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Plates in a BGR frame, best first."""
+    def detect(self, image: np.ndarray, refine: int = 0) -> list[Detection]:
+        """Plates in a BGR frame, best first; the ``refine`` best small ones get a zoomed second look."""
         pixels, lb = self.prepare(image)
         prob = self.probabilities(pixels)
-        return mask_to_detections(prob, self.stride, self.threshold, self.min_cells, lb, (image.shape[1], image.shape[0]))
+        dets = mask_to_detections(prob, self.stride, self.threshold, self.min_cells, lb, (image.shape[1], image.shape[0]))
+        return [self.refine(image, d) if k < refine else d for k, d in enumerate(dets)]
+
+    def window(self, image: np.ndarray, centre: tuple[float, float], width: float) -> tuple[np.ndarray, Letterbox]:
+        """The model input showing ``width`` frame pixels around ``centre`` (outside the frame: black)."""
+        scale = self.width / width
+        ox, oy = centre[0] - width / 2, centre[1] - self.height / scale / 2
+        m = np.float32([[scale, 0, -ox * scale], [0, scale, -oy * scale]])
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        out = cv2.warpAffine(image, m, (self.width, self.height), flags=interp, borderMode=cv2.BORDER_CONSTANT)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), Letterbox(scale, (ox, oy))
+
+    def refine(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> Detection:
+        """Look again at a small detection with the plate ``zoom`` times narrower than the window.
+
+        At frame scale a small plate spans a few output cells and its mask
+        bleeds into the bumper around it; zoomed in, the mask fits the plate.
+        The region nearest the first box's centre replaces it; if the second
+        look finds nothing there, the first detection stands.
+        """
+        x1, y1, x2, y2 = det.box
+        w = max(x2 - x1, (y2 - y1) * 2.0)
+        first = min(self.width / image.shape[1], self.height / image.shape[0])  # the first pass's scale
+        if self.width / zoom < 1.3 * w * first:
+            return det  # already about as large in the first pass: nothing to gain
+        centre = ((x1 + x2) / 2, (y1 + y2) / 2)
+        pixels, lb = self.window(image, centre, w * zoom)
+        found = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells, lb,
+                                   (image.shape[1], image.shape[0]))
+        inside = [d for d in found if x1 <= (d.box[0] + d.box[2]) / 2 <= x2 and y1 <= (d.box[1] + d.box[3]) / 2 <= y2]
+        if not inside:
+            return det
+        best = min(inside, key=lambda d: np.hypot((d.box[0] + d.box[2]) / 2 - centre[0], (d.box[1] + d.box[3]) / 2 - centre[1]))
+        return Detection(best.quad, best.box, det.score)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.detect import Letterbox, letterbox, mask_to_detections, order_quad, rect_quad
+from edge.detect import Letterbox, PlateDetector, letterbox, mask_to_detections, order_quad, rect_quad
 
 
 def test_letterbox_keeps_aspect_and_converts_to_rgb() -> None:
@@ -48,3 +48,57 @@ def test_moment_quad_places_edges_between_cell_borders() -> None:
     dets = mask_to_detections(prob, stride=4, threshold=0.5, min_cells=3, lb=Letterbox(1.0), frame_wh=(160, 96))
     assert len(dets) == 1
     np.testing.assert_allclose(dets[0].box, [41, 30, 113, 47], atol=1.5)
+
+
+class _Oracle(PlateDetector):
+    """A detector that sees one known frame rectangle perfectly at any zoom (its coverage map)."""
+
+    def __init__(self, quad: np.ndarray | None) -> None:  # no model: only the geometry is under test
+        self.width, self.height, self.stride, self.threshold, self.min_cells = 512, 384, 4, 0.5, 3
+        self.quad, self.lb, self.runs = quad, None, 0
+
+    def prepare(self, image):
+        pixels, self.lb = super().prepare(image)
+        return pixels, self.lb
+
+    def window(self, image, centre, width):
+        pixels, self.lb = super().window(image, centre, width)
+        return pixels, self.lb
+
+    def probabilities(self, pixels):
+        from trainer.data import plate_mask
+
+        self.runs += 1
+        if self.quad is None or self.runs > 1 and self.quad is _HIDDEN:
+            return np.zeros((self.height // 4, self.width // 4), np.float32)
+        q = (self.quad - np.float32(self.lb.offset)) * self.lb.scale
+        return plate_mask([q], self.height, self.width, self.stride)
+
+
+_HIDDEN = np.float32([[601, 403], [667, 403], [667, 436], [601, 436]])
+
+
+def test_refine_zooms_in_and_maps_back_to_the_frame() -> None:
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    quad = np.float32([[601, 403], [667, 403], [667, 436], [601, 436]])  # a 66x33 plate: 26 px wide at 512
+    det = _Oracle(quad)
+    first = det.detect(frame)
+    refined = det.detect(frame, refine=1)
+    assert len(first) == len(refined) == 1 and det.runs == 3  # one pass, then a pass plus a zoomed look
+    err_first = np.abs(np.subtract(first[0].box, [601, 403, 667, 436])).max()
+    err_refined = np.abs(np.subtract(refined[0].box, [601, 403, 667, 436])).max()
+    assert err_refined <= 1.0 and err_refined <= err_first
+    assert refined[0].score == first[0].score
+
+
+def test_refine_keeps_the_first_detection_when_the_zoom_finds_nothing() -> None:
+    det = _Oracle(_HIDDEN)  # found at frame scale, gone in the zoomed window
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    refined = det.detect(frame, refine=1)
+    assert len(refined) == 1 and det.runs == 2
+    np.testing.assert_allclose(refined[0].box, [601, 403, 667, 436], atol=4.0)
+
+
+def test_letterbox_with_offset_maps_window_pixels_to_frame() -> None:
+    lb = Letterbox(2.0, (100.0, 50.0))
+    np.testing.assert_allclose(lb.to_frame(np.float32([[0, 0], [20, 10]])), [[100, 50], [110, 55]])
