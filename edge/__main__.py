@@ -61,7 +61,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     # The model loader warns (Edge TPU fallback) through logging: one plain line on stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        pipeline = Pipeline.from_dir(args.models, args.threads, args.accelerator, refine=args.refine)
+        pipeline = Pipeline.from_dir(args.models, args.threads, args.accelerator, refine=args.refine, tiles=args.tiles)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--refine", type=int, default=4, metavar="N",
                     help="zoomed second detector pass for the best N small plates of an image: tighter boxes, "
                          "better reads, one detector run each (default 4; 0: off)")
+    rd.add_argument("--tiles", type=int, default=2, metavar="N",
+                    help="also look at the image in N overlapping columns of full-resolution tiles, for plates too "
+                         "small at whole-frame scale (default 2: four more detector runs on a 16:9 frame; 0: off)")
     rd.add_argument("--accelerator", choices=ACCELERATORS, default="cpu",
                     help="edgetpu: run the NAME_edgetpu.tflite variants on a Coral through libedgetpu.so.1 "
                     "(the CPU models, after one warning, when either is missing); default cpu")

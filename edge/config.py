@@ -94,6 +94,9 @@ class DetectionConfig(StrictModel):
     min_confidence: float = Field(0.0, ge=0, le=1, description="Reads below this reader confidence are ignored.")
     refine: int = Field(4, ge=0, le=16, description="The best N small detections of a frame get a zoomed second "
                         "detector pass that fits their box to the plate (one detector run each; 0: off).")
+    tiles: int = Field(2, ge=0, le=8, description="Besides the whole frame, look at it in this many overlapping "
+                       "columns of full-resolution tiles (and the rows their aspect needs): finds plates too small "
+                       "at whole-frame scale, at one detector run per tile (2 on 16:9: 4 more runs; 0: off).")
     motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
 
 

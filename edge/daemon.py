@@ -279,7 +279,7 @@ class Daemon:
                 return
         t0 = time.perf_counter()
         try:
-            detections = self.pipeline.detector.detect(frame.image, refine=det_cfg.refine)
+            detections = self.pipeline.detector.detect(frame.image, refine=det_cfg.refine, tiles=det_cfg.tiles)
             t1 = time.perf_counter()
             reads = self.pipeline.read_detections(frame.image, detections)
         except Exception:  # one bad frame must not stop the camera

@@ -133,6 +133,37 @@ def mask_to_detections(
     return out
 
 
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over the smaller box's area: 1 when one box holds the other."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / small if small > 0 else 0.0
+
+
+def merge_tiles(whole: list[Detection], tiled: list[Detection], max_overlap: float = 0.3) -> list[Detection]:
+    """The whole-frame detections, plus each tile detection (best first) that overlaps none kept so far.
+
+    Tiles only add plates the whole frame missed: where both see a plate, a
+    tile often sees a part of it (a group split off by a crest or a dash),
+    and the whole-frame box, refined later, is the better start.
+    """
+    kept = list(whole)
+    for d in sorted(tiled, key=lambda d: d.score, reverse=True):
+        if all(_overlap(d.box, k.box) < max_overlap for k in kept):
+            kept.append(d)
+    return sorted(kept, key=lambda d: d.score, reverse=True)
+
+
 class PlateDetector:
     """Runs the detector model on BGR frames."""
 
@@ -152,12 +183,44 @@ class PlateDetector:
         """Plate probability per output cell for a prepared input."""
         return self.model.run_pixels(pixels)[..., 0]
 
-    def detect(self, image: np.ndarray, refine: int = 0) -> list[Detection]:
-        """Plates in a BGR frame, best first; the ``refine`` best small ones get a zoomed second look."""
+    def detect(self, image: np.ndarray, refine: int = 0, tiles: int = 0) -> list[Detection]:
+        """Plates in a BGR frame, best first.
+
+        ``tiles`` >= 2 also looks at the frame in that many overlapping columns
+        (and as many rows as their aspect needs), each at the detector's full
+        input size: plates a few pixels tall at frame scale become visible.
+        The ``refine`` best small detections then get a zoomed second look.
+        """
+        frame_wh = (image.shape[1], image.shape[0])
         pixels, lb = self.prepare(image)
-        prob = self.probabilities(pixels)
-        dets = mask_to_detections(prob, self.stride, self.threshold, self.min_cells, lb, (image.shape[1], image.shape[0]))
+        dets = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells, lb, frame_wh)
+        if tiles >= 2:
+            tiled: list[Detection] = []
+            for centre, width in self.tile_windows(frame_wh, tiles):
+                pixels, lb = self.window(image, centre, width)
+                found = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells,
+                                           lb, frame_wh)
+                # A plate cut by the tile's edge is only part of a plate: the whole frame (or the next tile) has it.
+                height = width * self.height / self.width
+                inner = (max(0.0, centre[0] - width / 2), max(0.0, centre[1] - height / 2),
+                         min(float(frame_wh[0]), centre[0] + width / 2), min(float(frame_wh[1]), centre[1] + height / 2))
+                pad = 1.5 * self.stride / lb.scale
+                tiled += [d for d in found if d.box[0] > inner[0] + pad or inner[0] == 0.0
+                         if d.box[1] > inner[1] + pad or inner[1] == 0.0
+                         if d.box[2] < inner[2] - pad or inner[2] == frame_wh[0]
+                         if d.box[3] < inner[3] - pad or inner[3] == frame_wh[1]]
+            dets = merge_tiles(dets, tiled)
         return [self.refine(image, d) if k < refine else d for k, d in enumerate(dets)]
+
+    def tile_windows(self, frame_wh: tuple[int, int], columns: int, overlap: float = 0.15) -> list[tuple[tuple[float, float], float]]:
+        """(centre, width) of ``columns`` overlapping columns of windows with the detector's aspect."""
+        fw, fh = frame_wh
+        tw = fw / columns * (1 + overlap)
+        th = tw * self.height / self.width
+        rows = max(1, int(np.ceil(fh / (th * (1 - overlap)))))
+        xs = [tw / 2 + (fw - tw) * i / (columns - 1) for i in range(columns)]
+        ys = [fh / 2] if rows == 1 or fh <= th else [th / 2 + (fh - th) * j / (rows - 1) for j in range(rows)]
+        return [((x, y), tw) for y in ys for x in xs]
 
     def window(self, image: np.ndarray, centre: tuple[float, float], width: float) -> tuple[np.ndarray, Letterbox]:
         """The model input showing ``width`` frame pixels around ``centre`` (outside the frame: black)."""

@@ -47,18 +47,22 @@ class PlateRead:
 class Pipeline:
     """Detector and reader of one model set, applied to BGR frames."""
 
-    def __init__(self, detector: PlateDetector, reader: PlateReader, max_plates: int = 8, refine: int = 4) -> None:
+    def __init__(self, detector: PlateDetector, reader: PlateReader, max_plates: int = 8, refine: int = 4,
+                 tiles: int = 2) -> None:
         self.detector = detector
         self.reader = reader
         self.max_plates = max_plates
         #: How many of the best detections get a zoomed second detector pass (one detector run each).
         self.refine = refine
+        #: Columns of full-resolution tiles looked at besides the whole frame (0: the whole frame only).
+        self.tiles = tiles
 
     @classmethod
-    def from_dir(cls, models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu", refine: int = 4) -> "Pipeline":
+    def from_dir(cls, models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu", refine: int = 4,
+                 tiles: int = 2) -> "Pipeline":
         """Load the detector and reader of a model set directory (see ``edge.model.load_model_set``)."""
         det, rd = load_model_set(models_dir, num_threads, accelerator)
-        return cls(PlateDetector(det), PlateReader(rd), refine=refine)
+        return cls(PlateDetector(det), PlateReader(rd), refine=refine, tiles=tiles)
 
     def read_detections(self, image: np.ndarray, detections: list[Detection]) -> list[PlateRead]:
         """Read the text of given detections; drop empty or too-short reads; best first."""
@@ -75,4 +79,4 @@ class Pipeline:
 
     def __call__(self, image: np.ndarray) -> list[PlateRead]:
         """All plates read in a BGR frame, best first."""
-        return self.read_detections(image, self.detector.detect(image, refine=self.refine))
+        return self.read_detections(image, self.detector.detect(image, refine=self.refine, tiles=self.tiles))

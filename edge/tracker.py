@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from edge.config import TrackingConfig
+from edge.detect import box_iou
 from edge.plates import display_text, match_format, similarity
 
 Box = tuple[float, float, float, float]
@@ -87,13 +88,7 @@ def iso_utc(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+iou = box_iou  # one definition, in edge.detect
 
 
 @dataclass

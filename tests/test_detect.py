@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.detect import Letterbox, PlateDetector, letterbox, mask_to_detections, order_quad, rect_quad
+from edge.detect import Detection, Letterbox, PlateDetector, letterbox, mask_to_detections, merge_tiles, order_quad, rect_quad
 
 
 def test_letterbox_keeps_aspect_and_converts_to_rgb() -> None:
@@ -102,3 +102,47 @@ def test_refine_keeps_the_first_detection_when_the_zoom_finds_nothing() -> None:
 def test_letterbox_with_offset_maps_window_pixels_to_frame() -> None:
     lb = Letterbox(2.0, (100.0, 50.0))
     np.testing.assert_allclose(lb.to_frame(np.float32([[0, 0], [20, 10]])), [[100, 50], [110, 55]])
+
+
+def _det(box: tuple[float, float, float, float], score: float) -> Detection:
+    x1, y1, x2, y2 = box
+    return Detection(np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]), box, score)
+
+
+def test_merge_tiles_adds_only_plates_the_whole_frame_missed() -> None:
+    whole = [_det((100, 100, 200, 140), 0.7)]
+    part = _det((150, 102, 198, 138), 0.95)  # a tile saw the right half of the same plate, more surely
+    new = _det((400, 300, 460, 330), 0.8)  # a small plate only a tile saw
+    dup = _det((402, 301, 458, 331), 0.6)  # the same small plate from the next, overlapping tile
+    merged = merge_tiles(whole, [part, dup, new])
+    assert [d.box for d in merged] == [new.box, whole[0].box]
+
+
+def test_tile_windows_cover_the_frame_with_the_detector_aspect() -> None:
+    det = _Oracle(None)
+    wins = det.tile_windows((1280, 720), 2)
+    assert len(wins) == 4  # 2 columns, and 2 rows for a 16:9 frame
+    for (cx, cy), w in wins:
+        assert abs(w - 1280 / 2 * 1.15) < 1e-6
+    xs = sorted({c[0] for c, _ in wins})
+    ys = sorted({c[1] for c, _ in wins})
+    h = wins[0][1] * 384 / 512
+    assert xs[0] - wins[0][1] / 2 == 0 and xs[-1] + wins[0][1] / 2 == 1280
+    assert ys[0] - h / 2 == 0 and abs(ys[-1] + h / 2 - 720) < 1e-6
+
+
+def test_tiles_find_a_plate_too_small_for_the_whole_frame() -> None:
+    class _SmallBlind(_Oracle):
+        """Sees the plate only where it is at least 30 input pixels wide."""
+
+        def probabilities(self, pixels):
+            if (self.quad[1, 0] - self.quad[0, 0]) * self.lb.scale < 30:
+                return np.zeros((self.height // 4, self.width // 4), np.float32)
+            return super().probabilities(pixels)
+
+    quad = np.float32([[300, 200], [360, 200], [360, 230], [300, 230]])  # 24 px wide at whole-frame scale
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    assert _SmallBlind(quad).detect(frame) == []
+    found = _SmallBlind(quad).detect(frame, tiles=2)
+    assert len(found) == 1
+    np.testing.assert_allclose(found[0].box, [300, 200, 360, 230], atol=2.0)

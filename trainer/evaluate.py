@@ -15,21 +15,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.detect import Detection
+from edge.detect import Detection, box_iou
 from edge.pipeline import Pipeline
 from edge.plates import normalize, similarity
 from trainer.data import jitter_quad
 from trainer.synth import make_plate_patch, make_scene
 
 LENIENT = str.maketrans({"O": "0", "I": "1"})
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def read_labels(folder: Path) -> list[dict]:
