@@ -230,7 +230,8 @@ def base_config(clip: Path, port: int, workdir: Path, **sections: dict) -> dict:
     """A daemon config for the clip and a broker port; ``sections`` update the defaults per section."""
     cfg: dict[str, dict] = {
         "camera": {"id": "lane1", "type": "file", "path": str(clip / "clip.avi"), "realtime": False},
-        "detection": {"models": str(clip / "models"), "threads": 1},
+        # The clip models are trained at whole-frame scale only: tiles and zoomed refinement are off.
+        "detection": {"models": str(clip / "models"), "threads": 1, "tiles": 0, "refine": 0},
         "tracking": {"lost_after_s": 0.3, "confirm_frames": 2, "confirm_confidence": 0.5},
         "mqtt": {"host": "127.0.0.1", "port": port, "device_id": "test", "topic_prefix": PREFIX,
                  "stats_interval_s": 1, "reconnect_min_s": 1, "reconnect_max_s": 1, "drain_timeout_s": 30},
