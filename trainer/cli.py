@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from trainer.export import export, install
 
-    report = export(args.kind, args.run, args.data, args.out)
+    report = export(args.kind, args.run, args.data, args.out, n_rep=args.calibration)
     (args.out / f"{args.kind}_export.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     if args.install:
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", type=Path, required=True, help="set for int8 calibration and the agreement check")
     ex.add_argument("--out", type=Path, required=True, help="writes OUT/float and OUT/int8")
     ex.add_argument("--install", type=Path, default=None, help="also copy the int8 set into this models directory")
+    ex.add_argument("--calibration", type=int, default=1000, metavar="N",
+                    help="samples drawn from --data to calibrate the int8 ranges (default 1000)")
     ex.set_defaults(func=_export)
 
     ev = sub.add_parser("evaluate", help="score model sets through the edge pipeline")

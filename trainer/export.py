@@ -117,7 +117,7 @@ def _kind_config(kind: str) -> dict:
                        "columns": "top-row columns left to right, then bottom-row columns"}}
 
 
-def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 200, n_check: int = 200) -> dict:
+def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 1000, n_check: int = 500) -> dict:
     """Export ``run_dir/model.keras`` to ``out_dir/float`` and ``out_dir/int8``; return a check report."""
     trained = keras.models.load_model(run_dir / "model.keras", compile=False)
     d = load_set(data)
