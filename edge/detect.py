@@ -227,8 +227,8 @@ class PlateDetector:
         scale = self.width / width
         ox, oy = centre[0] - width / 2, centre[1] - self.height / scale / 2
         m = np.float32([[scale, 0, -ox * scale], [0, scale, -oy * scale]])
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        out = cv2.warpAffine(image, m, (self.width, self.height), flags=interp, borderMode=cv2.BORDER_CONSTANT)
+        # warpAffine has no area filter: tiles shrunk below the frame's size alias a little more than the letterbox.
+        out = cv2.warpAffine(image, m, (self.width, self.height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), Letterbox(scale, (ox, oy))
 
     def refine(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> Detection:
