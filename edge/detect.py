@@ -2,12 +2,11 @@
 
 The detector network outputs a per-cell plate probability at ``stride``
 pixels of its input, trained to be the fraction of the cell the plate covers.
-Plates are the connected regions above a threshold. The quad of each region
-comes from the moments of that coverage map (centre, orientation, and side
-lengths from the variances), which places the plate edges to a fraction of a
-cell: the corners of whole cells would overshoot small plates by up to a cell
-on every side. The reader rectifies that quad. Both the edge and the trainer
-use these functions.
+Plates are the connected regions above a threshold; the minimum-area rotated
+rectangle of each region's cells gives the plate quad, which the reader
+rectifies. Small plates get a zoomed second pass (``refine``), and tiles find
+plates too small for the whole frame (``tiles``). Both the edge and the
+trainer use these functions.
 """
 from __future__ import annotations
 
@@ -69,30 +68,6 @@ def rect_quad(points: np.ndarray) -> np.ndarray:
     return order_quad(cv2.boxPoints(rect))
 
 
-def moment_quad(prob: np.ndarray, region: np.ndarray, stride: int) -> np.ndarray | None:
-    """Ordered quad of the rectangle whose coverage map best matches ``prob`` over ``region``.
-
-    A filled rectangle of side L has variance L² / 12 along that side. Sampling
-    its coverage at cell centres is off by less than half a cell, depending on
-    how the edges fall within their cells.
-    Returns None when the region holds too little mass for a stable estimate.
-    """
-    ys, xs = np.nonzero(region)
-    wts = prob[ys, xs].astype(np.float64)
-    total = wts.sum()
-    if total < 1.0:
-        return None
-    pts = (np.stack([xs, ys], axis=1) + 0.5) * stride
-    mean = (pts * wts[:, None]).sum(axis=0) / total
-    d = pts - mean
-    cov = (d * wts[:, None]).T @ d / total
-    evals, evecs = np.linalg.eigh(cov)  # ascending: the last is the plate's long axis
-    long_ = np.sqrt(max(12.0 * evals[1], stride**2))
-    short = np.sqrt(max(12.0 * evals[0], stride**2))
-    u, v = evecs[:, 1] * long_ / 2, evecs[:, 0] * short / 2
-    return order_quad(np.stack([mean - u - v, mean + u - v, mean + u + v, mean - u + v]))
-
-
 @dataclass(frozen=True)
 class Detection:
     """A plate found in a frame: rotated quad and its axis-aligned box, in frame pixels."""
@@ -113,16 +88,12 @@ def mask_to_detections(
     for i in range(1, n):
         if stats[i, cv2.CC_STAT_AREA] < min_cells:
             continue
-        own = labels == i
-        ys, xs = np.nonzero(own)
+        ys, xs = np.nonzero(labels == i)
         score = float(prob[ys, xs].mean())
-        # The coverage fringe below the threshold belongs to the plate too, unless another region owns it.
-        region = (cv2.dilate(own.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0) & ((labels == 0) | own)
-        quad = moment_quad(prob, region, stride)
-        if quad is None:  # too faint to measure: the corners of the cells above the threshold
-            cells = np.stack([xs, ys], axis=1).astype(np.float32) * stride
-            quad = rect_quad(np.concatenate([cells + np.array(o, np.float32) * stride
-                                             for o in ((0, 0), (1, 0), (0, 1), (1, 1))]))
+        # Each cell covers [x*stride, (x+1)*stride); take all four corners of every cell.
+        cells = np.stack([xs, ys], axis=1).astype(np.float32) * stride
+        quad = rect_quad(np.concatenate([cells + np.array(o, np.float32) * stride
+                                         for o in ((0, 0), (1, 0), (0, 1), (1, 1))]))
         quad = lb.to_frame(quad)
         x1, y1 = np.clip(quad.min(axis=0), 0, [fw, fh])
         x2, y2 = np.clip(quad.max(axis=0), 0, [fw, fh])

@@ -35,19 +35,8 @@ def test_mask_to_detections_maps_back_to_frame_pixels() -> None:
     dets = mask_to_detections(prob, stride=4, threshold=0.5, min_cells=3, lb=Letterbox(0.4), frame_wh=(1280, 720))
     assert len(dets) == 1
     x1, y1, x2, y2 = dets[0].box
-    # Sub-cell edges from the coverage moments: within a fifth of a cell (2 frame px at this scale).
-    np.testing.assert_allclose([x1, y1, x2, y2], [200, 100, 400, 140], atol=2.0)
+    np.testing.assert_allclose([x1, y1, x2, y2], [200, 100, 400, 140], atol=1e-3)
     assert abs(dets[0].score - 0.9) < 1e-6
-
-
-def test_moment_quad_places_edges_between_cell_borders() -> None:
-    from trainer.data import plate_mask
-
-    quad = np.float32([[41, 30], [113, 30], [113, 47], [41, 47]])  # edges fall mid-cell at stride 4
-    prob = plate_mask([quad], 96, 160, 4)
-    dets = mask_to_detections(prob, stride=4, threshold=0.5, min_cells=3, lb=Letterbox(1.0), frame_wh=(160, 96))
-    assert len(dets) == 1
-    np.testing.assert_allclose(dets[0].box, [41, 30, 113, 47], atol=1.5)
 
 
 class _Oracle(PlateDetector):
@@ -87,7 +76,8 @@ def test_refine_zooms_in_and_maps_back_to_the_frame() -> None:
     assert len(first) == len(refined) == 1 and det.runs == 3  # one pass, then a pass plus a zoomed look
     err_first = np.abs(np.subtract(first[0].box, [601, 403, 667, 436])).max()
     err_refined = np.abs(np.subtract(refined[0].box, [601, 403, 667, 436])).max()
-    assert err_refined <= 1.0 and err_refined <= err_first
+    # Box edges are cell edges: 10 frame px per cell at whole-frame scale, under 2 px zoomed in.
+    assert err_refined <= 2.0 < err_first
     assert refined[0].score == first[0].score
 
 
@@ -145,4 +135,4 @@ def test_tiles_find_a_plate_too_small_for_the_whole_frame() -> None:
     assert _SmallBlind(quad).detect(frame) == []
     found = _SmallBlind(quad).detect(frame, tiles=2)
     assert len(found) == 1
-    np.testing.assert_allclose(found[0].box, [300, 200, 360, 230], atol=2.0)
+    np.testing.assert_allclose(found[0].box, [300, 200, 360, 230], atol=6.0)  # a cell of the tile: 5.75 px

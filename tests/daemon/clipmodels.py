@@ -174,7 +174,7 @@ def train_models(out: Path, frames: list[np.ndarray], labels: list[list[dict]], 
     rx, ry = reader_set(rng, frames, labels, per_frame=16)
     rd = fast_batchnorm(build_reader())
     rd.compile(keras.optimizers.Adam(2e-3), ctc_loss)
-    rd.fit(rx[..., None].astype(np.float32) / 255.0, ry, batch_size=32, epochs=20, verbose=0, shuffle=True)
+    rd.fit(rx[..., None].astype(np.float32) / 255.0, ry, batch_size=32, epochs=30, verbose=0, shuffle=True)
     report["reader_train_s"] = round(time.monotonic() - t0, 1)
 
     t0 = time.monotonic()
