@@ -279,7 +279,7 @@ class Daemon:
                 return
         t0 = time.perf_counter()
         try:
-            detections = self.pipeline.detector.detect(frame.image, refine=det_cfg.refine, tiles=det_cfg.tiles)
+            detections = self.pipeline.detect(frame.image)
             t1 = time.perf_counter()
             reads = self.pipeline.read_detections(frame.image, detections)
         except Exception:  # one bad frame must not stop the camera
@@ -395,7 +395,8 @@ def run(cfg: AppConfig) -> int:
     log.info("edge-anpr %s starting", package_version())
     models = cfg.detection.models or DEFAULT_MODELS
     try:
-        pipeline = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator)
+        pipeline = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator,
+                                     refine=cfg.detection.refine, tiles=cfg.detection.tiles)
     except ModelError as exc:
         log.error("detection.models: %s", exc)
         return ExitCode.MODELS

@@ -92,9 +92,8 @@ def mask_to_detections(
         score = float(prob[ys, xs].mean())
         # Each cell covers [x*stride, (x+1)*stride); take all four corners of every cell.
         cells = np.stack([xs, ys], axis=1).astype(np.float32) * stride
-        quad = rect_quad(np.concatenate([cells + np.array(o, np.float32) * stride
-                                         for o in ((0, 0), (1, 0), (0, 1), (1, 1))]))
-        quad = lb.to_frame(quad)
+        corners = np.concatenate([cells + np.array(o, np.float32) * stride for o in ((0, 0), (1, 0), (0, 1), (1, 1))])
+        quad = lb.to_frame(rect_quad(corners))
         x1, y1 = np.clip(quad.min(axis=0), 0, [fw, fh])
         x2, y2 = np.clip(quad.max(axis=0), 0, [fw, fh])
         if x2 - x1 < 2 or y2 - y1 < 2:
@@ -104,21 +103,32 @@ def mask_to_detections(
     return out
 
 
+def _area(a: tuple[float, ...]) -> float:
+    return (a[2] - a[0]) * (a[3] - a[1])
+
+
+def _intersection(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    inter = _intersection(a, b)
+    union = _area(a) + _area(b) - inter
     return inter / union if union > 0 else 0.0
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """Intersection over the smaller box's area: 1 when one box holds the other."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return ix * iy / small if small > 0 else 0.0
+    small = min(_area(a), _area(b))
+    return _intersection(a, b) / small if small > 0 else 0.0
+
+
+def _clear_of_cut_edges(box: tuple[float, ...], window: tuple[float, ...], frame_wh: tuple[int, int], pad: float) -> bool:
+    """Whether ``box`` stays ``pad`` inside every edge of ``window`` that cuts the frame (not a frame edge)."""
+    fw, fh = frame_wh
+    return ((window[0] == 0.0 or box[0] > window[0] + pad) and (window[1] == 0.0 or box[1] > window[1] + pad)
+            and (window[2] == fw or box[2] < window[2] - pad) and (window[3] == fh or box[3] < window[3] - pad))
 
 
 def merge_tiles(whole: list[Detection], tiled: list[Detection], max_overlap: float = 0.3) -> list[Detection]:
@@ -176,10 +186,7 @@ class PlateDetector:
                 inner = (max(0.0, centre[0] - width / 2), max(0.0, centre[1] - height / 2),
                          min(float(frame_wh[0]), centre[0] + width / 2), min(float(frame_wh[1]), centre[1] + height / 2))
                 pad = 1.5 * self.stride / lb.scale
-                tiled += [d for d in found if d.box[0] > inner[0] + pad or inner[0] == 0.0
-                         if d.box[1] > inner[1] + pad or inner[1] == 0.0
-                         if d.box[2] < inner[2] - pad or inner[2] == frame_wh[0]
-                         if d.box[3] < inner[3] - pad or inner[3] == frame_wh[1]]
+                tiled += [d for d in found if _clear_of_cut_edges(d.box, inner, frame_wh, pad)]
             dets = merge_tiles(dets, tiled)
         return [self.refine(image, d) if k < refine else d for k, d in enumerate(dets)]
 

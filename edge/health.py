@@ -52,7 +52,8 @@ def synthetic_frame() -> np.ndarray:
 
 def check_models(cfg: AppConfig, holder: dict) -> str:
     models = cfg.detection.models or DEFAULT_MODELS
-    pipeline = holder["pipeline"] = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator)
+    pipeline = holder["pipeline"] = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator,
+                                                      refine=cfg.detection.refine, tiles=cfg.detection.tiles)
     det, rd = pipeline.detector.model, pipeline.reader.model
     versions = f"detector {det.meta.get('version', '?')}, reader {rd.meta.get('version', '?')}"
     return f"{models} ({versions}) verified and loaded on {det.accelerator}"

@@ -77,6 +77,10 @@ class Pipeline:
         reads.sort(key=lambda r: r.score, reverse=True)
         return reads
 
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Plates found in a BGR frame with this pipeline's tiles and refinement, best first."""
+        return self.detector.detect(image, refine=self.refine, tiles=self.tiles)
+
     def __call__(self, image: np.ndarray) -> list[PlateRead]:
         """All plates read in a BGR frame, best first."""
-        return self.read_detections(image, self.detector.detect(image, refine=self.refine, tiles=self.tiles))
+        return self.read_detections(image, self.detect(image))

@@ -147,7 +147,7 @@ class BlockingPipeline:
         self.release = threading.Event()
         self.detector = self
 
-    def detect(self, image: np.ndarray, refine: int = 0, tiles: int = 0) -> list:
+    def detect(self, image: np.ndarray) -> list:
         if self.hang.is_set():
             self.release.wait(30)
         return []
