@@ -5,12 +5,18 @@ pixels of its input, trained to be the fraction of the cell the plate covers.
 Plates are the connected regions above a threshold; the minimum-area rotated
 rectangle of each region's cells gives the plate quad, which the reader
 rectifies. Small plates get a zoomed second pass (``refine``), and tiles find
-plates too small for the whole frame (``tiles``). Both the edge and the
-trainer use these functions.
+plates too small for the whole frame (``tiles``).
+
+Where several passes see the same plate (the whole frame, a tile, a zoomed
+look), each box is kept as a candidate of one detection: a whole-frame mask
+may bleed into the bumper where a tile's fits the plate, and a zoomed look
+may split a plate at a crest or a dash. The reader, which knows best whether
+a crop holds a whole plate, picks among them (``edge.pipeline``). Both the
+edge and the trainer use these functions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -75,6 +81,12 @@ class Detection:
     quad: np.ndarray
     box: tuple[float, float, float, float]
     score: float
+    #: Other boxes of the same plate from other detector passes (tiles, zoomed looks), best guess first.
+    alternatives: tuple["Detection", ...] = ()
+
+    def candidates(self) -> tuple["Detection", ...]:
+        """This box and its alternatives, each without alternatives of its own."""
+        return (replace(self, alternatives=()), *self.alternatives)
 
 
 def mask_to_detections(
@@ -132,16 +144,22 @@ def _clear_of_cut_edges(box: tuple[float, ...], window: tuple[float, ...], frame
 
 
 def merge_tiles(whole: list[Detection], tiled: list[Detection], max_overlap: float = 0.3) -> list[Detection]:
-    """The whole-frame detections, plus each tile detection (best first) that overlaps none kept so far.
+    """The whole-frame detections, with the tile detections (best first) that overlap one as its alternatives,
+    plus the tile detections that overlap none kept so far as plates of their own; best first.
 
-    Tiles only add plates the whole frame missed: where both see a plate, a
-    tile often sees a part of it (a group split off by a crest or a dash),
-    and the whole-frame box, refined later, is the better start.
+    Where both see a plate, neither box is always right: the whole-frame mask
+    of a small plate often takes in the bumper around it, and a tile often
+    sees only a part of a plate (a group split off by a crest or a dash). The
+    whole-frame box stays the detection (its score ranks it); the tile's box
+    is a candidate for the reader.
     """
     kept = list(whole)
     for d in sorted(tiled, key=lambda d: d.score, reverse=True):
-        if all(_overlap(d.box, k.box) < max_overlap for k in kept):
+        hit = next((i for i, k in enumerate(kept) if _overlap(d.box, k.box) >= max_overlap), None)
+        if hit is None:
             kept.append(d)
+        else:
+            kept[hit] = replace(kept[hit], alternatives=(*kept[hit].alternatives, d))
     return sorted(kept, key=lambda d: d.score, reverse=True)
 
 
@@ -170,7 +188,8 @@ class PlateDetector:
         ``tiles`` >= 2 also looks at the frame in that many overlapping columns
         (and as many rows as their aspect needs), each at the detector's full
         input size: plates a few pixels tall at frame scale become visible.
-        The ``refine`` best small detections then get a zoomed second look.
+        The ``refine`` best small detections then get a zoomed second look at
+        each of their candidate boxes (``refine_candidates``).
         """
         frame_wh = (image.shape[1], image.shape[0])
         pixels, lb = self.prepare(image)
@@ -188,7 +207,22 @@ class PlateDetector:
                 pad = 1.5 * self.stride / lb.scale
                 tiled += [d for d in found if _clear_of_cut_edges(d.box, inner, frame_wh, pad)]
             dets = merge_tiles(dets, tiled)
-        return [self.refine(image, d) if k < refine else d for k, d in enumerate(dets)]
+        return [self.refine_candidates(image, d) if k < refine else d for k, d in enumerate(dets)]
+
+    def refine_candidates(self, image: np.ndarray, det: Detection) -> Detection:
+        """``det`` with each candidate box looked at again zoomed in (``refine``).
+
+        The refined main box becomes the detection's box; every box, first
+        looks and zoomed ones, stays a candidate (duplicates dropped).
+        """
+        first = det.candidates()
+        refined = [self.refine(image, d) for d in first]
+        ordered = [refined[0], first[0], *[x for pair in zip(first[1:], refined[1:]) for x in pair]]
+        unique: list[Detection] = []
+        for d in ordered:
+            if all(not np.array_equal(d.quad, u.quad) for u in unique):
+                unique.append(d)
+        return replace(unique[0], score=det.score, alternatives=tuple(unique[1:]))
 
     def tile_windows(self, frame_wh: tuple[int, int], columns: int, overlap: float = 0.15) -> list[tuple[tuple[float, float], float]]:
         """(centre, width) of ``columns`` overlapping columns of windows with the detector's aspect."""

@@ -1,7 +1,7 @@
 """Frame -> plate reads: detector, rectified crops, reader, plate-format rules."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +9,7 @@ import numpy as np
 from edge.detect import Detection, PlateDetector
 from edge.model import load_model_set
 from edge.plates import apply_format_rules, display_text
-from edge.recognize import PlateReader
+from edge.recognize import PlateReader, TextRead
 
 #: Reads shorter than this are noise (a badge, a fragment), not plates.
 MIN_TEXT_LEN = 3
@@ -65,15 +65,32 @@ class Pipeline:
         return cls(PlateDetector(det), PlateReader(rd), refine=refine, tiles=tiles)
 
     def read_detections(self, image: np.ndarray, detections: list[Detection]) -> list[PlateRead]:
-        """Read the text of given detections; drop empty or too-short reads; best first."""
+        """Read the text of given detections; drop empty or too-short reads; best first.
+
+        A detection with several candidate boxes (see ``edge.detect``) is read
+        in each; the read whose characters the reader is surest of, on
+        average, stands for the plate, with that candidate's box.
+        """
         reads = []
         for det in detections[: self.max_plates]:
-            read = self.reader.read_crop(self.reader.crop(image, det.quad))
-            if len(read.text) < MIN_TEXT_LEN:
+            best: tuple[float, TextRead, Detection] | None = None
+            for cand in det.candidates():
+                read = self.reader.read_crop(self.reader.crop(image, cand.quad))
+                if len(read.text) < MIN_TEXT_LEN:
+                    continue
+                # The mean, not the read's confidence (its least sure character): one doubtful character at
+                # a plate's edge must not lose a crop that reads the rest of the plate well.
+                sureness = float(np.mean([max(alt.values(), default=0.0) for alt in read.alternatives]))
+                if best is None or sureness > best[0]:
+                    best = (sureness, read, cand)
+            if best is None:
                 continue
+            _, read, cand = best
             text, fmt = apply_format_rules(read.text, read.alternatives)
             chars = tuple(round(alt.get(c, 0.0), 4) for c, alt in zip(text, read.alternatives))
-            reads.append(PlateRead(text, display_text(text, fmt), fmt, read.confidence, det, chars))
+            # The plate keeps its detection's score: the ranking across plates is the detector's, not the crop's.
+            chosen = replace(cand, score=det.score, alternatives=())
+            reads.append(PlateRead(text, display_text(text, fmt), fmt, read.confidence, chosen, chars))
         reads.sort(key=lambda r: r.score, reverse=True)
         return reads
 

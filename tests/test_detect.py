@@ -79,6 +79,8 @@ def test_refine_zooms_in_and_maps_back_to_the_frame() -> None:
     # Box edges are cell edges: 10 frame px per cell at whole-frame scale, under 2 px zoomed in.
     assert err_refined <= 2.0 < err_first
     assert refined[0].score == first[0].score
+    # The first look stays a candidate for the reader, behind the zoomed box.
+    assert [c.box for c in refined[0].candidates()] == [refined[0].box, first[0].box]
 
 
 def test_refine_keeps_the_first_detection_when_the_zoom_finds_nothing() -> None:
@@ -99,13 +101,16 @@ def _det(box: tuple[float, float, float, float], score: float) -> Detection:
     return Detection(np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]), box, score)
 
 
-def test_merge_tiles_adds_only_plates_the_whole_frame_missed() -> None:
+def test_merge_tiles_adds_plates_the_whole_frame_missed_and_keeps_the_rest_as_candidates() -> None:
     whole = [_det((100, 100, 200, 140), 0.7)]
     part = _det((150, 102, 198, 138), 0.95)  # a tile saw the right half of the same plate, more surely
     new = _det((400, 300, 460, 330), 0.8)  # a small plate only a tile saw
     dup = _det((402, 301, 458, 331), 0.6)  # the same small plate from the next, overlapping tile
     merged = merge_tiles(whole, [part, dup, new])
-    assert [d.box for d in merged] == [new.box, whole[0].box]
+    assert [d.box for d in merged] == [new.box, whole[0].box]  # two plates, ranked by their own score
+    assert [c.box for c in merged[0].candidates()] == [new.box, dup.box]
+    assert [c.box for c in merged[1].candidates()] == [whole[0].box, part.box]
+    assert all(not c.alternatives for d in merged for c in d.candidates())
 
 
 def test_tile_windows_cover_the_frame_with_the_detector_aspect() -> None:

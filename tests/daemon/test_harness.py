@@ -263,8 +263,10 @@ def test_rtsp_drop_and_return(clip: Path, truth: dict, broker: Broker, subscribe
                                    "--source_listen_address", "127.0.0.1", "--rtp_start_port",
                                    str(20000 + client_port % 20000)], stdout=log, stderr=log)
         wait_for(lambda: _accepting(source_port), 10, "the RTSP server")
+        # Every frame a key frame: a client that joins (or rejoins) mid-stream decodes whole frames at
+        # once, instead of a few smeared ones that the tiny harness reader would misread as a plate.
         camera = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i",
-                                   str(clip / "clip.avi"), "-c:v", "mpeg4", "-q:v", "2", "-f", "rtsp",
+                                   str(clip / "clip.avi"), "-c:v", "mpeg4", "-q:v", "2", "-g", "1", "-f", "rtsp",
                                    f"rtsp://127.0.0.1:{source_port}/cam"], stdout=log, stderr=log)
         return server, camera
 

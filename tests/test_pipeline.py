@@ -1,0 +1,55 @@
+"""Pipeline: the reader picks among a detection's candidate boxes."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge.detect import Detection
+from edge.pipeline import Pipeline
+from edge.recognize import TextRead
+
+
+def _det(box: tuple[float, float, float, float], score: float, alternatives: tuple = ()) -> Detection:
+    x1, y1, x2, y2 = box
+    return Detection(np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]), box, score, alternatives)
+
+
+class _BoxReader:
+    """Stand-in reader whose read depends on which box was cropped (the crop is the box itself)."""
+
+    def __init__(self, reads: dict[tuple, TextRead]) -> None:
+        self.reads = reads
+        self.seen: list[tuple] = []
+
+    def crop(self, image: np.ndarray, quad: np.ndarray) -> tuple:
+        box = tuple(float(v) for v in (*quad.min(axis=0), *quad.max(axis=0)))
+        self.seen.append(box)
+        return box
+
+    def read_crop(self, crop: tuple) -> TextRead:
+        return self.reads[crop]
+
+
+def _read(text: str, probs: list[float]) -> TextRead:
+    return TextRead(text, min(probs), [{c: p} for c, p in zip(text, probs)])
+
+
+def test_the_candidate_read_most_surely_stands_for_the_plate() -> None:
+    bumper, plate, part = (90.0, 90.0, 230.0, 160.0), (100.0, 100.0, 200.0, 140.0), (150.0, 100.0, 200.0, 140.0)
+    reader = _BoxReader({
+        bumper: _read("X7ABC123", [0.3, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.4]),  # bumper edges read as characters
+        plate: _read("ABC123", [0.95, 0.9, 0.9, 0.9, 0.85, 0.3]),  # one doubtful character
+        part: _read("12", [0.99, 0.99]),  # too short to be a plate
+    })
+    det = _det(bumper, 0.8, (_det(plate, 0.6), _det(part, 0.9)))
+    reads = Pipeline(None, reader).read_detections(np.zeros((300, 300, 3), np.uint8), [det])
+    assert len(reader.seen) == 3  # every candidate was read
+    assert len(reads) == 1 and reads[0].text == "ABC123"
+    assert reads[0].detection.box == plate and not reads[0].detection.alternatives
+    assert reads[0].detection.score == 0.8  # the plate ranks by its detection's score
+    assert reads[0].confidence == 0.3
+
+
+def test_a_detection_without_a_readable_candidate_is_dropped() -> None:
+    box = (10.0, 10.0, 60.0, 30.0)
+    reader = _BoxReader({box: _read("7", [0.9])})
+    assert Pipeline(None, reader).read_detections(np.zeros((100, 100, 3), np.uint8), [_det(box, 0.9)]) == []
