@@ -98,10 +98,12 @@ def run(models: Path, repeat: int) -> dict:
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     det_macs = result["models"].get("detector", {}).get("macs") or 0
     rd_macs = result["models"].get("reader", {}).get("macs") or 0
-    # Detector passes for a 720p frame with one plate: whole frame, tiles, one zoomed refinement.
-    tiles = len(pipe.detector.tile_windows((1280, 720), 2))
-    modes = {"default": 1 + tiles + 1, "device_config": 1 + 1}
-    result["macs_per_frame_one_plate"] = {m: p * det_macs + rd_macs for m, p in modes.items()}
+    # Detector passes and reader runs as counted on the benchmark frames (each holds one plate).
+    runs = {"default": _count_runs(models, frames, tiles=2, refine=4),
+            "device_config": _count_runs(models, frames, tiles=0, refine=2)}
+    result["runs_per_frame"] = runs
+    result["macs_per_frame_one_plate"] = {m: round(r["detector_passes"] * det_macs + r["reader_runs"] * rd_macs)
+                                          for m, r in runs.items()}
     result["pi_estimate"] = {
         board: {"assumed_gmacs": g} | {
             f"ms_per_frame_one_plate_{m}": round(macs / (g * 1e9) * 1000, 1)
@@ -109,6 +111,24 @@ def run(models: Path, repeat: int) -> dict:
         for board, g in PI_GMACS.items()
     } if det_macs else {}
     return result
+
+
+def _count_runs(models: Path, frames: list[np.ndarray], tiles: int, refine: int) -> dict:
+    """Mean detector passes and reader runs per frame with these options."""
+    pipe = Pipeline.from_dir(models, num_threads=1, tiles=tiles, refine=refine)
+    counts = {"detector_passes": 0, "reader_runs": 0}
+
+    def counted(fn, key):
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    pipe.detector.probabilities = counted(pipe.detector.probabilities, "detector_passes")
+    pipe.reader.read_crop = counted(pipe.reader.read_crop, "reader_runs")
+    for f in frames:
+        pipe(f)
+    return {k: round(v / len(frames), 2) for k, v in counts.items()}
 
 
 def real_sets(models: Path, sets: list[Path], scorer: Path) -> dict:
@@ -142,7 +162,9 @@ def print_table(r: dict) -> None:
             print(f"{stage:<32}{threads:>8}{s['median_ms']:>11.2f}{s['p95_ms']:>9.2f}{fps:>8}")
     print(f"peak RSS: {r['peak_rss_mb']} MB")
     for mode, macs in r.get("macs_per_frame_one_plate", {}).items():
-        print(f"MACs per 720p frame with one plate, {mode}: {macs / 1e9:.2f} G")
+        n = r.get("runs_per_frame", {}).get(mode, {})
+        print(f"MACs per 720p frame with one plate, {mode}: {macs / 1e9:.2f} G "
+              f"({n.get('detector_passes')} detector passes, {n.get('reader_runs')} reader runs)")
     for board, e in r.get("pi_estimate", {}).items():
         print(f"estimate {board}: {e['ms_per_frame_one_plate_default']} ms per frame with one plate by default "
               f"(tiles 2, refine 4), {e['ms_per_frame_one_plate_device_config']} ms with deploy/config.device.yaml "

@@ -106,3 +106,30 @@ def test_edge_read_on_trained_int8_models(trained: Path, tmp_path: Path) -> None
         assert "error" not in o
         for p in o["plates"]:
             assert 0 <= p["confidence"] <= 1 and len(p["box"]) == 4
+
+
+def test_keras_networks_start_from_exported_int8_models(trained: Path) -> None:
+    """`train --init`: the dequantized int8 weights in the Keras network compute what the int8 model computes."""
+    import keras
+
+    from trainer.data import load_set
+    from trainer.from_tflite import check, load_int8_weights
+    from trainer.nets import build_detector, build_reader
+
+    int8 = trained / "export" / "int8"
+    reader = build_reader()
+    assert load_int8_weights(reader, int8 / "reader.tflite") == 20
+    crops = load_set(trained / "reader.npz")["x"][:64]
+    agree = check(reader, int8 / "reader.tflite", "reader", crops)
+    assert agree["argmax_agree"] > 0.97 and agree["mean_abs_diff"] < 0.01, agree
+    assert all(not layer.trainable for layer in reader.layers if isinstance(layer, keras.layers.BatchNormalization))
+    frames = load_set(trained / "detector.npz")["x"][:8]
+    detector = build_detector(*frames.shape[1:3])
+    load_int8_weights(detector, int8 / "detector.tflite")
+    # As close to the int8 model as the trained Keras network was at export (int8 rounding is the difference).
+    exported = json.loads((trained / "export" / "detector_export.json").read_text())["int8"]["agreement"]
+    got = check(detector, int8 / "detector.tflite", "detector", frames)["mean_abs_diff"]
+    assert got < 2 * exported["mean_abs_diff"] + 0.005, (got, exported)
+    # Another architecture is refused, naming the file.
+    with pytest.raises(ValueError, match="reader.tflite"):
+        load_int8_weights(build_detector(*frames.shape[1:3]), int8 / "reader.tflite")

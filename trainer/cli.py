@@ -79,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.train import train
 
     info = train(args.kind, args.data, args.run, epochs=args.epochs, batch=args.batch, minutes=args.minutes,
-                 lr=args.lr, threads=args.threads, seed=args.seed, verbose=args.verbose)
+                 lr=args.lr, threads=args.threads, seed=args.seed, verbose=args.verbose, init=args.init)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--init", type=Path, default=None, metavar="MODELS",
+                    help="start from an exported int8 model instead of random weights: a model set directory "
+                         "(e.g. edge/models, the shipped models) or a .tflite file. Fine-tunes it on --data; "
+                         "its BatchNorm stays frozen (folded at export)")
     tr.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                     help="1: progress bar (default), 2: one line per epoch (for logs), 0: quiet")
     tr.set_defaults(func=_train)

@@ -196,8 +196,13 @@ def train(
     seed: int = 0,
     val_fraction: float = 0.05,
     verbose: int = 2,
+    init: Path | None = None,
 ) -> dict:
-    """Train ``kind`` on the set at ``data``; resumes if ``run_dir`` holds a backup."""
+    """Train ``kind`` on the set at ``data``; resumes if ``run_dir`` holds a backup.
+
+    ``init``: an exported int8 model (a model set directory or a .tflite file) to start from
+    (see ``trainer.from_tflite``); a resumed run continues from its own backup instead.
+    """
     _set_threads(threads)
     keras.utils.set_random_seed(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +212,13 @@ def train(
     val_seq = _Batches(kind, d["x"][:n_val], d["y"][:n_val], batch, seed, train=False)
 
     model = build_for(kind)
+    if init is not None:
+        from trainer.from_tflite import load_int8_weights
+
+        source = init / f"{kind}.tflite" if init.is_dir() else init
+        if not source.is_file():
+            raise FileNotFoundError(f"--init {init}: no {source.name} there")
+        load_int8_weights(model, source)
     steps = epochs * len(train_seq)
     # BatchNorm's moving statistics are what the exported model uses: make them settle within the run,
     # also in a short one (the default momentum 0.99 needs a few thousand steps).
@@ -257,6 +269,7 @@ def train(
         "batch": batch,
         "lr": lr,
         "threads": threads,
+        "init": str(init) if init is not None else None,
         "wall_s_this_session": round(wall, 1),
         "val": final,
         "macs_train_input": count_macs(model),
