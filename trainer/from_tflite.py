@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.model import Model, interpreter_class
 
-_CONV_OPS = {"CONV_2D": keras.layers.Conv2D, "DEPTHWISE_CONV_2D": keras.layers.DepthwiseConv2D}
+_CONV_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 
 
 def _dequantized(interp, details: dict, index: int) -> np.ndarray:
