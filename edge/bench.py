@@ -99,8 +99,7 @@ def run(models: Path, repeat: int) -> dict:
     det_macs = result["models"].get("detector", {}).get("macs") or 0
     rd_macs = result["models"].get("reader", {}).get("macs") or 0
     # Detector passes and reader runs as counted on the benchmark frames (each holds one plate).
-    runs = {"default": _count_runs(models, frames, tiles=2, refine=4),
-            "device_config": _count_runs(models, frames, tiles=0, refine=2)}
+    runs = _count_runs(models, frames, {"default": (2, 4), "device_config": (0, 2)})
     result["runs_per_frame"] = runs
     result["macs_per_frame_one_plate"] = {m: round(r["detector_passes"] * det_macs + r["reader_runs"] * rd_macs)
                                           for m, r in runs.items()}
@@ -113,9 +112,9 @@ def run(models: Path, repeat: int) -> dict:
     return result
 
 
-def _count_runs(models: Path, frames: list[np.ndarray], tiles: int, refine: int) -> dict:
-    """Mean detector passes and reader runs per frame with these options."""
-    pipe = Pipeline.from_dir(models, num_threads=1, tiles=tiles, refine=refine)
+def _count_runs(models: Path, frames: list[np.ndarray], modes: dict[str, tuple[int, int]]) -> dict:
+    """Mean detector passes and reader runs per frame for each mode's (tiles, refine), on one counting pipeline."""
+    pipe = Pipeline.from_dir(models, num_threads=1)
     counts = {"detector_passes": 0, "reader_runs": 0}
 
     def counted(fn, key):
@@ -126,9 +125,14 @@ def _count_runs(models: Path, frames: list[np.ndarray], tiles: int, refine: int)
 
     pipe.detector.probabilities = counted(pipe.detector.probabilities, "detector_passes")
     pipe.reader.read_crop = counted(pipe.reader.read_crop, "reader_runs")
-    for f in frames:
-        pipe(f)
-    return {k: round(v / len(frames), 2) for k, v in counts.items()}
+    out = {}
+    for mode, (tiles, refine) in modes.items():
+        pipe.tiles, pipe.refine = tiles, refine
+        counts.update(detector_passes=0, reader_runs=0)
+        for f in frames:
+            pipe(f)
+        out[mode] = {k: round(v / len(frames), 2) for k, v in counts.items()}
+    return out
 
 
 def real_sets(models: Path, sets: list[Path], scorer: Path) -> dict:
