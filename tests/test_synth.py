@@ -34,6 +34,18 @@ def test_uk_current_rules() -> None:
         assert "Z" not in text[:2] and not set(text[4:]) & set("IQ")
 
 
+def test_us_and_croatian_letter_sets() -> None:
+    """US serials have no O and seldom I or Q; Croatian suffixes have no O, Q, W, X, Y."""
+    rng = np.random.default_rng(7)
+    us = "".join(random_text(rng, "us")[0] for _ in range(2000))
+    letters = [c for c in us if c.isalpha()]
+    assert "O" not in us and 0 < sum(c in "IQ" for c in letters) < 0.03 * len(letters)
+    assert set(letters) >= set("ABCDEFGHJKLMNPRSTUVWXYZ")
+    hr_tails = "".join(random_text(rng, "hr")[0].lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ").lstrip("0123456789")
+                       for _ in range(2000))
+    assert hr_tails and not set(hr_tails) & set("OQWXY0123456789")
+
+
 @pytest.mark.parametrize("fmt", ["hr", "gr", "de", "uk_current", "us"])
 def test_render_plate(fmt: str) -> None:
     rng = np.random.default_rng(1)

@@ -75,6 +75,9 @@ def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     else:
         f = f * rng.uniform(0.75, 1.25) + rng.uniform(-25, 25)
     f = np.clip(f, 0, 255)
+    if rng.random() < 0.2:  # haze, veiling glare, a dirty lens: everything washes towards a light grey
+        a = rng.uniform(0.15, 0.55)
+        f = f * (1 - a) + a * rng.uniform(140, 230)
     gamma = rng.uniform(0.7, 1.4)
     if abs(gamma - 1) > 0.05:
         f = 255 * (f / 255) ** gamma

@@ -158,7 +158,10 @@ def _finish(rng: np.random.Generator, img: np.ndarray, ink: np.ndarray, fg, scre
     if rng.random() < 0.2:
         ink = cv2.dilate(ink, np.ones((2, 2), np.uint8))
     m = ink[..., None]
-    img = img * (1 - m) + np.asarray(fg, np.float32) * m
+    fg = np.asarray(fg, np.float32)
+    if rng.random() < 0.12:  # an old, sun-faded plate: the ink moves towards the sheet
+        fg = fg + rng.uniform(0.25, 0.55) * (img.mean((0, 1)) - fg)
+    img = img * (1 - m) + fg * m
     if rng.random() < 0.75:  # raised characters: shadow one side, highlight the other
         strength = rng.uniform(0.2, 0.5)
         img *= 1 - strength * np.clip(_shift(ink, d, d) - ink, 0, 1)[..., None]
@@ -172,6 +175,8 @@ def _finish(rng: np.random.Generator, img: np.ndarray, ink: np.ndarray, fg, scre
         field = cv2.resize(rng.random((4, 8)).astype(np.float32), (W, H), interpolation=cv2.INTER_CUBIC)
         amount = np.clip(field - rng.uniform(0.4, 0.8), 0, 1)[..., None] * rng.uniform(0.4, 1.2)
         img = img * (1 - amount) + np.float32((50, 70, 85)) * amount
+    if rng.random() < 0.12:  # sheet in shade or lost its reflective coat: darker than the paint around it
+        img *= rng.uniform(0.45, 0.8)
     if rng.random() < 0.25:  # reflective glare band
         ang, pos, width = rng.uniform(0, np.pi), rng.uniform(-0.3, 0.3), rng.uniform(0.1, 0.4)
         yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)

@@ -8,6 +8,14 @@ from edge.plates import FORMATS_BY_NAME
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 DIGITS = "0123456789"
 GREEK = "ABEHIKMNOPTXYZ"
+# Most US states leave I, O and Q out of their serials, because they read as 1 and 0
+# (the openalpr-us labels: no O, one Q, eight I in 1,431 characters). A rare I or Q stays
+# so the reader still knows them; O never appears, and a plate's round glyph is a 0.
+US_LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
+US_RARE = "IQ"
+# Croatian serial letters: the Latin letters of the Croatian alphabet without diacritics,
+# less O (seed480's Croatian suffixes hold no O, Q, W or Y in about 400 letters).
+HR_LETTERS = "ABCDEFGHIJKLMNPRSTUVZ"
 UK_RANDOM = "ABCDEFGHJKLMNOPRSTUVWXY"  # no I, Q (and no Z in practice)
 UK_AREA = "ABCDEFGHKLMNOPRSVWY"  # first letter of the memory tag
 UK_YEAR = "ABCDEFGHJKLMNPRSTVWXY"  # prefix/suffix age letters (no I, O, Q, U, Z)
@@ -41,13 +49,17 @@ def _number(rng: np.random.Generator, lo_len: int, hi_len: int) -> str:
     return str(int(rng.integers(1, 10))) + _pick(rng, DIGITS, n - 1)
 
 
+def _us_letter(rng: np.random.Generator) -> str:
+    return _pick(rng, US_RARE if rng.random() < 0.02 else US_LETTERS, 1)
+
+
 def _us(rng: np.random.Generator) -> str:
-    pattern = rng.choice(["DLLLDDD", "LLLDDDD", "DDDLLL", "LLLDDD", "LLDDDDD", "DLLDDD",
-                          "LLLDLL", "DDDDLL", "LLDDLLL", "DLDDD", "random"],
-                         p=[.16, .16, .1, .12, .06, .06, .05, .05, .06, .04, .14])
-    if pattern == "random":
-        return _pick(rng, LETTERS + DIGITS, int(rng.integers(5, 8)))
-    return "".join(_pick(rng, LETTERS if c == "L" else DIGITS, 1) for c in pattern)
+    pattern = str(rng.choice(["DLLLDDD", "LLLDDDD", "DDDLLL", "LLLDDD", "LLDDDDD", "DLLDDD",
+                              "LLLDLL", "DDDDLL", "LLDDLLL", "DLDDD", "random"],
+                             p=[.16, .16, .1, .12, .06, .06, .05, .05, .06, .04, .14]))
+    if pattern == "random":  # vanity and special series: any mix
+        pattern = "".join("L" if rng.random() < 0.5 else "D" for _ in range(int(rng.integers(5, 8))))
+    return "".join(_us_letter(rng) if c == "L" else _pick(rng, DIGITS, 1) for c in pattern)
 
 
 def _uk_ni(rng: np.random.Generator) -> str:
@@ -73,7 +85,7 @@ _GENERATORS = {
     "uk_dateless": lambda r: _number(r, 1, 4) + _pick(r, UK_RANDOM, int(r.integers(1, 4))),
     "uk_dateless_rev": lambda r: _pick(r, UK_RANDOM, int(r.integers(1, 4))) + _number(r, 1, 4),
     "hr": lambda r: str(r.choice(list(HR_CITIES))) + _pick(r, DIGITS, int(r.integers(3, 5)))
-    + _pick(r, LETTERS, int(r.integers(1, 3))),
+    + _pick(r, HR_LETTERS, int(r.integers(1, 3))),
     "gr": lambda r: _pick(r, GREEK, 3) + _number(r, 4, 4),
     "de": _de,
     "us": _us,
