@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,54 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+HARNESS_TESTS = ROOT / "tests" / "daemon" / "test_harness.py"
+
+#: The harness clip build started at collection: ``{"out": clip dir, "proc": Popen, "tmp": dir to remove}``.
+_harness_build: dict = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the emulated-device harness last and start building its clip models now.
+
+    The clip's tiny models take minutes of training in ``clipmodels.py``, a
+    process of its own; started here, that training runs on the second core
+    while the rest of the suite runs, instead of before the harness tests.
+    """
+    harness = [it for it in items if Path(it.path) == HARNESS_TESTS]
+    if not harness:
+        return
+    items[:] = [it for it in items if Path(it.path) != HARNESS_TESTS] + harness
+    if config.option.collectonly:
+        return
+    cached = os.environ.get("EDGE_HARNESS_CACHE")
+    tmp = None if cached else Path(tempfile.mkdtemp(prefix="edge-harness-"))
+    out = Path(cached) if cached else tmp / "clip"
+    if (out / "truth.json").is_file():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out.parent / f"{out.name}-build.log", "w")  # noqa: SIM115  (closed with the process)
+    proc = subprocess.Popen([sys.executable, str(HARNESS_TESTS.parent / "clipmodels.py"), str(out)], cwd=ROOT,
+                            env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=log, stderr=subprocess.STDOUT)
+    _harness_build.update(out=out, proc=proc, log=log, tmp=tmp)
+
+
+def harness_build() -> tuple[Path, "subprocess.Popen[bytes]", Path] | None:
+    """The clip build started at collection (clip dir, process, its log), if any."""
+    if not _harness_build:
+        return None
+    return _harness_build["out"], _harness_build["proc"], Path(_harness_build["log"].name)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _harness_build:
+        return
+    proc = _harness_build["proc"]
+    if proc.poll() is None:  # the harness was deselected or the run stopped early
+        proc.kill()
+        proc.wait()
+    _harness_build["log"].close()
+    if _harness_build["tmp"] is not None:
+        shutil.rmtree(_harness_build["tmp"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@
 The fixtures are defined here and imported by the test modules that use them
 (no conftest.py here: the suite's top-level tests import ``conftest`` by
 name). The clip and its tiny trained models are made once per session by
-``clipmodels.py`` in a subprocess (set ``EDGE_HARNESS_CACHE=DIR`` to keep
-them between sessions).
+``clipmodels.py`` in a subprocess, which ``tests/conftest.py`` starts at
+collection so that its training overlaps the rest of the suite (the harness
+tests run last); set ``EDGE_HARNESS_CACHE=DIR`` to keep them between sessions.
 """
 from __future__ import annotations
 
@@ -246,9 +247,20 @@ def base_config(clip: Path, port: int, workdir: Path, **sections: dict) -> dict:
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with clip.avi, frames/, truth.json and models/ (see clipmodels.py)."""
+    from conftest import harness_build
+
+    started = harness_build()
     cached = os.environ.get("EDGE_HARNESS_CACHE")
-    out = Path(cached) if cached else tmp_path_factory.mktemp("clip")
-    if not (out / "truth.json").is_file():
+    out = started[0] if started else Path(cached) if cached else tmp_path_factory.mktemp("clip")
+    if started:  # building since collection (tests/conftest.py)
+        _, proc, log = started
+        try:
+            proc.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        assert proc.returncode == 0, f"clip/model build failed:\n{log.read_text()[-6000:]}"
+    elif not (out / "truth.json").is_file():
         env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}
         proc = subprocess.run([sys.executable, str(HERE / "clipmodels.py"), str(out)], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=900)

@@ -152,14 +152,17 @@ def _seals(img: np.ndarray, rng: np.random.Generator, x: float, top: float, w: f
 
 
 def _finish(rng: np.random.Generator, img: np.ndarray, ink: np.ndarray, fg, screws: list[tuple[float, float]],
-            screw_r: float) -> np.ndarray:
-    """Ink with embossing, screws, dirt and glare; returns uint8 BGR."""
+            screw_r: float, wear: bool = True) -> np.ndarray:
+    """Ink with embossing, screws, dirt and glare; returns uint8 BGR.
+
+    ``wear`` False: no faded ink and no shaded sheet (neither is drawn from ``rng``).
+    """
     d = 1 if img.shape[0] < 120 or rng.random() < 0.5 else 2
     if rng.random() < 0.2:
         ink = cv2.dilate(ink, np.ones((2, 2), np.uint8))
     m = ink[..., None]
     fg = np.asarray(fg, np.float32)
-    if rng.random() < 0.12:  # an old, sun-faded plate: the ink moves towards the sheet
+    if wear and rng.random() < 0.12:  # an old, sun-faded plate: the ink moves towards the sheet
         fg = fg + rng.uniform(0.25, 0.55) * (img.mean((0, 1)) - fg)
     img = img * (1 - m) + fg * m
     if rng.random() < 0.75:  # raised characters: shadow one side, highlight the other
@@ -175,7 +178,7 @@ def _finish(rng: np.random.Generator, img: np.ndarray, ink: np.ndarray, fg, scre
         field = cv2.resize(rng.random((4, 8)).astype(np.float32), (W, H), interpolation=cv2.INTER_CUBIC)
         amount = np.clip(field - rng.uniform(0.4, 0.8), 0, 1)[..., None] * rng.uniform(0.4, 1.2)
         img = img * (1 - amount) + np.float32((50, 70, 85)) * amount
-    if rng.random() < 0.12:  # sheet in shade or lost its reflective coat: darker than the paint around it
+    if wear and rng.random() < 0.12:  # sheet in shade or lost its reflective coat: darker than the paint around it
         img *= rng.uniform(0.45, 0.8)
     if rng.random() < 0.25:  # reflective glare band
         ang, pos, width = rng.uniform(0, np.pi), rng.uniform(-0.3, 0.3), rng.uniform(0.1, 0.4)
@@ -194,7 +197,8 @@ def _base(rng: np.random.Generator, H: int, W: int, colour) -> np.ndarray:
     return img + grain[..., None]
 
 
-def _render_eu(rng: np.random.Generator, text: str, fmt: str, country: str, two_rows: bool, W: int) -> np.ndarray:
+def _render_eu(rng: np.random.Generator, text: str, fmt: str, country: str, two_rows: bool, W: int,
+               wear: bool = True) -> np.ndarray:
     Wmm, Hmm = (rng.uniform(280, 340), rng.uniform(200, 210)) if two_rows else (520.0, rng.uniform(110, 116))
     ppm = W / Wmm
     H = round(Hmm * ppm)
@@ -232,12 +236,12 @@ def _render_eu(rng: np.random.Generator, text: str, fmt: str, country: str, two_
     for kind, x, top, w, h in deco:
         (_crest(img, x, top, w, h) if kind == "crest" else _seals(img, rng, x, top, w, h))
     screws = [(W * 0.2, H * 0.5), (W * 0.8, H * 0.5)] if rng.random() < 0.25 and not two_rows else []
-    out = _finish(rng, img, ink, (rng.integers(5, 40),) * 3, screws, 4 * ppm)
+    out = _finish(rng, img, ink, (rng.integers(5, 40),) * 3, screws, 4 * ppm, wear)
     alpha = rounded_rect((H, W), 0, 0, W, H, rng.uniform(3, 10) * ppm)
     return np.dstack([out, (alpha * 255).astype(np.uint8)])
 
 
-def _render_us(rng: np.random.Generator, text: str, W: int) -> np.ndarray:
+def _render_us(rng: np.random.Generator, text: str, W: int, wear: bool = True) -> np.ndarray:
     H = round(W / rng.uniform(1.9, 2.05))
     img = _base(rng, H, W, US_BASES[int(rng.integers(0, len(US_BASES)))])
     if rng.random() < 0.5:  # scenic graphic: a few soft colour shapes
@@ -286,7 +290,7 @@ def _render_us(rng: np.random.Generator, text: str, W: int) -> np.ndarray:
                              W - inset - 0.008 * W - 0.7, H - inset - 0.008 * W - 0.7, 0.035 * W)
         ink = np.maximum(ink, np.clip(ring, 0, 1))
     bolts = [(0.15 * W, 0.1 * H), (0.85 * W, 0.1 * H)] + ([(0.15 * W, 0.9 * H), (0.85 * W, 0.9 * H)] if rng.random() < 0.4 else [])
-    out = _finish(rng, img, ink, fg, bolts if rng.random() < 0.7 else [], 0.013 * W)
+    out = _finish(rng, img, ink, fg, bolts if rng.random() < 0.7 else [], 0.013 * W, wear)
     if rng.random() < 0.35:  # licence plate frame: dark rim with the dealer's name at the bottom
         frame_col = (rng.integers(10, 60),) * 3 if rng.random() < 0.7 else (rng.integers(150, 220),) * 3
         rim = 1 - rounded_rect((H, W), 0.03 * W, rng.uniform(0.04, 0.1) * H, 0.97 * W, rng.uniform(0.8, 0.88) * H, 0.03 * W)
@@ -300,11 +304,14 @@ def _render_us(rng: np.random.Generator, text: str, W: int) -> np.ndarray:
 
 
 def render_plate(rng: np.random.Generator, text: str, format_name: str, two_rows: bool | None = None,
-                 width_px: int = 320) -> tuple[np.ndarray, int]:
-    """Render a plate as BGRA uint8 (alpha = plate outline); returns ``(image, rows)``. US plates are one row."""
+                 width_px: int = 320, wear: bool = True) -> tuple[np.ndarray, int]:
+    """Render a plate as BGRA uint8 (alpha = plate outline); returns ``(image, rows)``. US plates are one row.
+
+    ``wear`` False leaves out faded ink and shaded sheets, for test clips that need plates in good repair.
+    """
     country = FORMATS_BY_NAME[format_name].country
     if country == "US":
-        return _render_us(rng, text, width_px), 1
+        return _render_us(rng, text, width_px, wear), 1
     if two_rows is None:
         two_rows = bool(rng.random() < 0.1)
-    return _render_eu(rng, text, format_name, country, two_rows, width_px), 2 if two_rows else 1
+    return _render_eu(rng, text, format_name, country, two_rows, width_px, wear), 2 if two_rows else 1
