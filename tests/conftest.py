@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HARNESS_TESTS = ROOT / "tests" / "daemon" / "test_harness.py"
 
-#: The harness clip build started at collection: ``{"out": clip dir, "proc": Popen, "tmp": dir to remove}``.
+#: The harness clip build started at collection: clip dir ("out"), its process ("proc") and log file ("log"),
+#: and the temporary folder to remove at the end ("tmp", None with EDGE_HARNESS_CACHE).
 _harness_build: dict = {}
 
 
