@@ -13,7 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-HARNESS_TESTS = ROOT / "tests" / "daemon" / "test_harness.py"
 
 #: The harness clip build started at collection: clip dir ("out"), its process ("proc") and log file ("log"),
 #: and the temporary folder to remove at the end ("tmp", None with EDGE_HARNESS_CACHE).
@@ -21,16 +20,16 @@ _harness_build: dict = {}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the emulated-device harness last and start building its clip models now.
+    """Run the tests that use the harness clip last and start building the clip and its models now.
 
     The clip's tiny models take minutes of training in ``clipmodels.py``, a
     process of its own; started here, that training runs on the second core
     while the rest of the suite runs, instead of before the harness tests.
     """
-    harness = [it for it in items if Path(it.path) == HARNESS_TESTS]
+    harness = [it for it in items if "clip" in getattr(it, "fixturenames", ())]
     if not harness:
         return
-    items[:] = [it for it in items if Path(it.path) != HARNESS_TESTS] + harness
+    items[:] = [it for it in items if it not in harness] + harness
     if config.option.collectonly:
         return
     cached = os.environ.get("EDGE_HARNESS_CACHE")
@@ -39,8 +38,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if (out / "truth.json").is_file():
         return
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out.parent / f"{out.name}-build.log", "w")  # noqa: SIM115  (closed with the process)
-    proc = subprocess.Popen([sys.executable, str(HARNESS_TESTS.parent / "clipmodels.py"), str(out)], cwd=ROOT,
+    log = open(out / "build.log", "w")  # noqa: SIM115  (closed with the process)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "daemon" / "clipmodels.py"), str(out)], cwd=ROOT,
                             env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=log, stderr=subprocess.STDOUT)
     _harness_build.update(out=out, proc=proc, log=log, tmp=tmp)
 
