@@ -98,6 +98,23 @@ def test_patch_shape_and_quad() -> None:
         assert 0.3 * size[0] < q[:, 0].max() - q[:, 0].min() < size[0]
 
 
+def test_frames_of_hd_cameras_keep_their_detail() -> None:
+    """Blur, noise and JPEG happen at the camera's resolution: a frame standing for a larger one stays sharper."""
+    import cv2
+
+    from trainer.synth.camera import apply_camera
+
+    text = np.full((120, 160, 3), 200, np.uint8)
+    for y in range(10, 110, 12):  # rows of thin dark strokes, like small characters
+        cv2.putText(text, "AB12 CDE", (4, y), cv2.FONT_HERSHEY_PLAIN, 0.8, (20, 20, 20), 1)
+
+    def detail(camera_scale: float) -> float:
+        out = [apply_camera(np.random.default_rng(i), text, [], warp=False, camera_scale=camera_scale)[0] for i in range(30)]
+        return float(np.mean([np.abs(cv2.Laplacian(cv2.cvtColor(o, cv2.COLOR_BGR2GRAY), cv2.CV_32F)).mean() for o in out]))
+
+    assert detail(0.3) > 1.2 * detail(1.0)
+
+
 def test_preview_writes_png(tmp_path) -> None:
     out = tmp_path / "grid.png"
     preview_grid(np.random.default_rng(0), out, "scenes", 2)

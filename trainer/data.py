@@ -41,6 +41,72 @@ def plate_mask(quads: list[np.ndarray], height: int, width: int, stride: int) ->
     return cv2.resize(hi, (width // stride, height // stride), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
+#: Plate area, in output cells, at which a plate's cells weigh 1 in the detector loss; smaller plates weigh more.
+PLATE_REF_CELLS = 48.0
+#: The most a small plate's cells (and the ring of cells around it) weigh.
+PLATE_MAX_WEIGHT = 4.0
+
+
+def plate_weights(target: np.ndarray) -> np.ndarray:
+    """Per-cell loss weights for a plate-coverage target (h, w) in [0, 1].
+
+    A plate's share of the loss grows with its area, so a plate of a few
+    cells would barely count beside one of hundreds, and the detector would
+    learn large plates first and small ones last; yet far plates are most of
+    what a roadside camera sees. Each plate's cells, and a one-cell ring
+    around them where a small plate's mask must stop, weigh
+    sqrt(PLATE_REF_CELLS / area), between 1 and PLATE_MAX_WEIGHT.
+    """
+    weights = np.ones(target.shape, np.float32)
+    n, labels = cv2.connectedComponents((target > 0).astype(np.uint8), connectivity=8)
+    ring = np.ones((3, 3), np.uint8)
+    for i in range(1, n):
+        region = labels == i
+        area = float(target[region].sum())
+        w = float(np.clip(np.sqrt(PLATE_REF_CELLS / max(area, 1e-3)), 1.0, PLATE_MAX_WEIGHT))
+        if w > 1.0:
+            grown = cv2.dilate(region.astype(np.uint8), ring).astype(bool)
+            weights[grown] = np.maximum(weights[grown], w)
+    return weights
+
+
+def transplant_plate(rng: np.random.Generator, image: np.ndarray, target: np.ndarray, donor: np.ndarray,
+                     donor_target: np.ndarray, stride: int) -> bool:
+    """Paste one of ``donor``'s plates, with a cell of its surroundings, at a random place of ``image``.
+
+    ``image`` (H, W, 3) and ``target`` (H/stride, W/stride, coverage 0-255)
+    change in place; the surroundings fade out over that cell, so no hard
+    seam frames the plate. A synthetic plate always sits on a synthetic car,
+    and a detector trained on that alone learns the car as much as the plate:
+    on real cars, whose bumpers, grilles and badges it has never seen, it
+    then misses far plates that it finds once their surroundings are blurred
+    away. Plates seen among other scenes' clutter teach it the plate itself.
+    Returns False (nothing changed) when the donor has no plate or it does
+    not fit clear of the image's own plates.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((donor_target >= 128).astype(np.uint8), connectivity=8)
+    if n < 2:
+        return False
+    i = int(rng.integers(1, n))
+    x, y, w, h = (int(v) for v in stats[i, :4])
+    x0, y0, x1, y1 = max(0, x - 1), max(0, y - 1), min(donor_target.shape[1], x + w + 1), min(donor_target.shape[0], y + h + 1)
+    th, tw = target.shape[:2]
+    if x1 - x0 >= tw or y1 - y0 >= th:
+        return False
+    dx, dy = int(rng.integers(0, tw - (x1 - x0) + 1)), int(rng.integers(0, th - (y1 - y0) + 1))
+    if target[dy : dy + y1 - y0, dx : dx + x1 - x0].any():
+        return False
+    cells = (labels[y0:y1, x0:x1] == i).astype(np.float32)
+    up = {"fx": stride, "fy": stride, "interpolation": cv2.INTER_NEAREST}
+    ring = cv2.resize(cv2.dilate(cells, np.ones((3, 3), np.uint8)), None, **up)
+    alpha = np.maximum(cv2.resize(cells, None, **up), cv2.GaussianBlur(ring, (0, 0), stride / 2))[..., None]
+    src = donor[y0 * stride : y1 * stride, x0 * stride : x1 * stride].astype(np.float32)
+    dst = image[dy * stride : (dy + y1 - y0) * stride, dx * stride : (dx + x1 - x0) * stride]
+    dst[:] = np.round(dst * (1 - alpha) + src * alpha).astype(image.dtype)
+    target[dy : dy + y1 - y0, dx : dx + x1 - x0] = np.where(labels[y0:y1, x0:x1] == i, donor_target[y0:y1, x0:x1], 0)
+    return True
+
+
 def jitter_quad(rng: np.random.Generator, quad: np.ndarray, amount: float) -> np.ndarray:
     """The rotated rectangle a detector would give for ``quad``, randomly shifted and scaled.
 

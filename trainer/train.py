@@ -18,10 +18,12 @@ from keras import ops
 
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
-from trainer.data import DETECTOR_STRIDE, load_set
+from trainer.data import DETECTOR_STRIDE, load_set, plate_weights, transplant_plate
 from trainer.nets import build_detector, build_reader, count_macs
 
 DETECTOR_CROP = 256  # the detector is fully convolutional: train on crops, export at full size
+#: Share of detector training crops that get a plate from another scene pasted in (``transplant_plate``).
+TRANSPLANT_P = 0.5
 
 
 class _Batches(keras.utils.PyDataset):
@@ -53,7 +55,8 @@ class _Batches(keras.utils.PyDataset):
         s = DETECTOR_STRIDE
         c = DETECTOR_CROP
         xs = np.empty((len(x), c, c, 3), np.float32)
-        ys = np.empty((len(x), c // s, c // s, 1), np.float32)
+        # Channel 0: the coverage target; channel 1: its per-cell loss weights (``plate_weights``).
+        ys = np.empty((len(x), c // s, c // s, 2), np.float32)
         for k in range(len(x)):
             if self.train:
                 # Crop origins on the stride grid, so image and mask stay aligned.
@@ -63,19 +66,36 @@ class _Batches(keras.utils.PyDataset):
                 oy = ox = 0
             xi = x[k, oy : oy + c, ox : ox + c]
             yi = y[k, oy // s : (oy + c) // s, ox // s : (ox + c) // s]
+            if self.train and self.rng.random() < TRANSPLANT_P:
+                xi, yi = xi.copy(), yi.copy()
+                j = int(self.rng.integers(len(x)))
+                transplant_plate(self.rng, xi, yi, x[j], y[j], s)
             if self.train and self.rng.random() < 0.5:
                 xi, yi = xi[:, ::-1], yi[:, ::-1]
             xs[k] = xi / 255.0
             ys[k, ..., 0] = yi / 255.0
+            ys[k, ..., 1] = plate_weights(ys[k, ..., 0])
         return xs, ys
 
 
-def _dice_bce(y_true, y_pred):
-    bce = keras.losses.binary_crossentropy(y_true, y_pred)
-    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
-    denom = ops.sum(y_true + y_pred, axis=(1, 2, 3))
+def detector_loss(y_true, y_pred):
+    """Weighted BCE plus weighted soft dice; ``y_true`` holds the target and its weights (``plate_weights``)."""
+    target, weight = y_true[..., :1], y_true[..., 1:]
+    p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+    bce = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
+    inter = ops.sum(weight * target * y_pred, axis=(1, 2, 3))
+    denom = ops.sum(weight * (target + y_pred), axis=(1, 2, 3))
     dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
-    return ops.mean(bce, axis=(1, 2)) * 4.0 + dice
+    return ops.sum(bce * weight, axis=(1, 2, 3)) / ops.sum(weight, axis=(1, 2, 3)) * 4.0 + dice
+
+
+def plate_iou(y_true, y_pred):
+    """IoU of the thresholded mask (0.5) with the target's plate cells, per image (1 where both are empty)."""
+    truth = ops.cast(y_true[..., :1] >= 0.5, "float32")
+    pred = ops.cast(y_pred >= 0.5, "float32")
+    inter = ops.sum(truth * pred, axis=(1, 2, 3))
+    union = ops.sum(ops.maximum(truth, pred), axis=(1, 2, 3))
+    return (inter + 1.0) / (union + 1.0)
 
 
 def _ctc(labels, probs):
@@ -231,7 +251,7 @@ def train(
         model.compile(opt, ctc_loss)
         monitor = "val_plate_accuracy"
     else:
-        model.compile(opt, _dice_bce, metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou")])
+        model.compile(opt, detector_loss, metrics=[keras.metrics.MeanMetricWrapper(plate_iou, name="iou")])
         monitor = "val_iou"
     # The accuracy callback runs first, so the checkpoint below sees its figure.
     callbacks = [_PlateAccuracy(d["x"][:n_val][:2000], d["y"][:n_val][:2000])] if kind == "reader" else []

@@ -63,8 +63,8 @@ def blur(rng: np.random.Generator, img: np.ndarray, scale: float = 1.0) -> np.nd
     return img
 
 
-def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Light level, gamma, contrast, colour cast, IR monochrome, sensor noise (uint8 in, uint8 out)."""
+def photometric(rng: np.random.Generator, img: np.ndarray, noise: float = 1.0) -> np.ndarray:
+    """Light level, gamma, contrast, colour cast, IR monochrome, sensor noise times ``noise`` (uint8 in, uint8 out)."""
     f = img.astype(np.float32)
     if rng.random() < 0.1:  # IR camera: monochrome, plates bright
         f[:] = (f @ np.float32([0.2, 0.5, 0.3]))[..., None]
@@ -81,7 +81,7 @@ def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     gamma = rng.uniform(0.7, 1.4)
     if abs(gamma - 1) > 0.05:
         f = 255 * (f / 255) ** gamma
-    sigma = rng.uniform(0, 9) if rng.random() < 0.7 else 0.0
+    sigma = (rng.uniform(0, 9) if rng.random() < 0.7 else 0.0) * noise
     if sigma > 0.5:
         f += rng.standard_normal(f.shape[:2], dtype=np.float32)[..., None] * sigma
         f += rng.standard_normal(f.shape, dtype=np.float32) * (sigma * 0.4)
@@ -94,16 +94,23 @@ def jpeg(rng: np.random.Generator, img: np.ndarray, lo: int = 20, hi: int = 95) 
 
 
 def apply_camera(rng: np.random.Generator, img: np.ndarray, quads: list[np.ndarray], warp: bool = True,
-                 res_factor: float = 1.0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Full camera chain. With ``res_factor`` < 1 the sensor effects happen at the reduced resolution."""
+                 res_factor: float = 1.0, camera_scale: float = 1.0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Full camera chain. With ``res_factor`` < 1 the sensor effects happen at the reduced resolution.
+
+    ``camera_scale`` < 1: this image stands for a camera frame that many times
+    smaller across (a 1080p frame letterboxed for the detector). Blur, noise
+    and JPEG blocks happened at the camera's resolution and shrank with the
+    frame, so they are scaled down with it: a far plate in a sharp HD frame
+    stays crisp, a few pixels tall.
+    """
     if warp and rng.random() < 0.7:
         img, quads = geometric(rng, img, quads)
     h, w = img.shape[:2]
     if res_factor < 0.95:
         img = cv2.resize(img, (max(2, round(w * res_factor)), max(2, round(h * res_factor))), interpolation=cv2.INTER_AREA)
-    img = blur(rng, img, scale=min(1.0, max(res_factor, 0.5)))
-    img = photometric(rng, img)
-    img = jpeg(rng, img)
+    img = blur(rng, img, scale=min(1.0, max(res_factor, 0.5)) * camera_scale)
+    img = photometric(rng, img, noise=camera_scale)
+    img = jpeg(rng, img, lo=round(20 + 60 * (1.0 - camera_scale)))
     if img.shape[:2] != (h, w):
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
     return img, quads

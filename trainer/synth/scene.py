@@ -382,7 +382,11 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
     for inst, plate, _, _ in placed:  # plates last: a nearer car's body never hides a labelled plate
         paste_plate(img, plate, inst.quad)
     out = np.clip(img, 0, 255).astype(np.uint8)
-    out, quads = apply_camera(rng, out, [p[0].quad for p in placed], res_factor=rng.uniform(0.5, 1.0) if rng.random() < 0.3 else 1.0)
+    res_factor = rng.uniform(0.5, 1.0) if rng.random() < 0.15 else 1.0
+    # Most frames stand for a larger camera frame that the detector sees shrunk (1280-1920 px wide): its blur,
+    # noise and JPEG shrink with it. Real far plates in HD frames stay sharp at the detector's scale.
+    camera_scale = float(np.clip(width / rng.uniform(640, 1920), 0.25, 1.0)) if res_factor == 1.0 and rng.random() < 0.85 else 1.0
+    out, quads = apply_camera(rng, out, [p[0].quad for p in placed], res_factor=res_factor, camera_scale=camera_scale)
     plates = [PlateInstance(p[0].text, p[0].format, q.astype(np.float32), p[0].rows) for p, q in zip(placed, quads)]
     return Scene(out, plates)
 
