@@ -79,7 +79,8 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.train import train
 
     info = train(args.kind, args.data, args.run, epochs=args.epochs, batch=args.batch, minutes=args.minutes,
-                 lr=args.lr, threads=args.threads, seed=args.seed, verbose=args.verbose, init=args.init)
+                 lr=args.lr, threads=args.threads, seed=args.seed, verbose=args.verbose, init=args.init,
+                 transplant=args.transplant)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from an exported int8 model instead of random weights: a model set directory "
                          "(e.g. edge/models, the shipped models) or a .tflite file. Fine-tunes it on --data; "
                          "its BatchNorm stays frozen (folded at export)")
+    tr.add_argument("--transplant", type=float, default=0.0, metavar="P",
+                    help="detector: share of training crops that get a plate from another scene pasted in, "
+                         "away from its car (default 0: off; see the model card for what 0.5 measured)")
     tr.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                     help="1: progress bar (default), 2: one line per epoch (for logs), 0: quiet")
     tr.set_defaults(func=_train)

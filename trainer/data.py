@@ -77,10 +77,10 @@ def transplant_plate(rng: np.random.Generator, image: np.ndarray, target: np.nda
     ``image`` (H, W, 3) and ``target`` (H/stride, W/stride, coverage 0-255)
     change in place; the surroundings fade out over that cell, so no hard
     seam frames the plate. A synthetic plate always sits on a synthetic car,
-    and a detector trained on that alone learns the car as much as the plate:
-    on real cars, whose bumpers, grilles and badges it has never seen, it
-    then misses far plates that it finds once their surroundings are blurred
-    away. Plates seen among other scenes' clutter teach it the plate itself.
+    and the detector learns the car as much as the plate: on real cars it
+    misses far plates that it finds once their surroundings are blurred
+    away. Plates among other scenes' clutter are meant to teach it the plate
+    itself (``train --transplant``; what it measured is in the model card).
     Returns False (nothing changed) when the donor has no plate or it does
     not fit clear of the image's own plates.
     """

@@ -22,16 +22,17 @@ from trainer.data import DETECTOR_STRIDE, load_set, plate_weights, transplant_pl
 from trainer.nets import build_detector, build_reader, count_macs
 
 DETECTOR_CROP = 256  # the detector is fully convolutional: train on crops, export at full size
-#: Share of detector training crops that get a plate from another scene pasted in (``transplant_plate``).
-TRANSPLANT_P = 0.5
 
 
 class _Batches(keras.utils.PyDataset):
     """Shuffled mini-batches from in-memory uint8 arrays, with the kind's augmentation."""
 
-    def __init__(self, kind: str, x: np.ndarray, y: np.ndarray, batch: int, seed: int, train: bool) -> None:
+    def __init__(self, kind: str, x: np.ndarray, y: np.ndarray, batch: int, seed: int, train: bool,
+                 transplant: float = 0.0) -> None:
         super().__init__()
         self.kind, self.x, self.y, self.batch, self.train = kind, x, y, batch, train
+        #: Detector: share of crops that get a plate from another scene pasted in (``transplant_plate``).
+        self.transplant = transplant
         self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(x))
         if train:
@@ -66,7 +67,7 @@ class _Batches(keras.utils.PyDataset):
                 oy = ox = 0
             xi = x[k, oy : oy + c, ox : ox + c]
             yi = y[k, oy // s : (oy + c) // s, ox // s : (ox + c) // s]
-            if self.train and self.rng.random() < TRANSPLANT_P:
+            if self.train and self.transplant > 0 and self.rng.random() < self.transplant:
                 xi, yi = xi.copy(), yi.copy()
                 j = int(self.rng.integers(len(x)))
                 transplant_plate(self.rng, xi, yi, x[j], y[j], s)
@@ -217,18 +218,20 @@ def train(
     val_fraction: float = 0.05,
     verbose: int = 2,
     init: Path | None = None,
+    transplant: float = 0.0,
 ) -> dict:
     """Train ``kind`` on the set at ``data``; resumes if ``run_dir`` holds a backup.
 
     ``init``: an exported int8 model (a model set directory or a .tflite file) to start from
     (see ``trainer.from_tflite``); a resumed run continues from its own backup instead.
+    ``transplant``: detector only, the share of training crops given a plate from another scene.
     """
     _set_threads(threads)
     keras.utils.set_random_seed(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     d = load_set(data)
     n_val = max(1, int(len(d["x"]) * val_fraction))
-    train_seq = _Batches(kind, d["x"][n_val:], d["y"][n_val:], batch, seed, train=True)
+    train_seq = _Batches(kind, d["x"][n_val:], d["y"][n_val:], batch, seed, train=True, transplant=transplant)
     val_seq = _Batches(kind, d["x"][:n_val], d["y"][:n_val], batch, seed, train=False)
 
     model = build_for(kind)
@@ -290,6 +293,7 @@ def train(
         "lr": lr,
         "threads": threads,
         "init": str(init) if init is not None else None,
+        "transplant": transplant,
         "wall_s_this_session": round(wall, 1),
         "val": final,
         "macs_train_input": count_macs(model),
