@@ -97,11 +97,11 @@ def apply_camera(rng: np.random.Generator, img: np.ndarray, quads: list[np.ndarr
                  res_factor: float = 1.0, camera_scale: float = 1.0) -> tuple[np.ndarray, list[np.ndarray]]:
     """Full camera chain. With ``res_factor`` < 1 the sensor effects happen at the reduced resolution.
 
-    ``camera_scale`` < 1: this image stands for a camera frame that many times
-    smaller across (a 1080p frame letterboxed for the detector). Blur, noise
-    and JPEG blocks happened at the camera's resolution and shrank with the
-    frame, so they are scaled down with it: a far plate in a sharp HD frame
-    stays crisp, a few pixels tall.
+    ``camera_scale`` < 1: this image stands for a camera frame 1/camera_scale
+    times as wide, shrunk (a 1080p frame letterboxed for the detector). Blur,
+    noise and JPEG blocks happened at the camera's resolution and shrank with
+    the frame, so they are scaled down with it: a far plate in a sharp HD
+    frame stays crisp, a few pixels tall.
     """
     if warp and rng.random() < 0.7:
         img, quads = geometric(rng, img, quads)
