@@ -103,7 +103,7 @@ def transplant_plate(rng: np.random.Generator, image: np.ndarray, target: np.nda
     src = donor[y0 * stride : y1 * stride, x0 * stride : x1 * stride].astype(np.float32)
     dst = image[dy * stride : (dy + y1 - y0) * stride, dx * stride : (dx + x1 - x0) * stride]
     dst[:] = np.round(dst * (1 - alpha) + src * alpha).astype(image.dtype)
-    target[dy : dy + y1 - y0, dx : dx + x1 - x0] = np.where(labels[y0:y1, x0:x1] == i, donor_target[y0:y1, x0:x1], 0)
+    target[dy : dy + y1 - y0, dx : dx + x1 - x0] = np.where(cells > 0, donor_target[y0:y1, x0:x1], 0)
     return True
 
 

@@ -82,12 +82,11 @@ class _Batches(keras.utils.PyDataset):
 def detector_loss(y_true, y_pred):
     """Weighted BCE plus weighted soft dice; ``y_true`` holds the target and its weights (``plate_weights``)."""
     target, weight = y_true[..., :1], y_true[..., 1:]
-    p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
-    bce = -(target * ops.log(p) + (1.0 - target) * ops.log(1.0 - p))
+    bce = keras.losses.binary_crossentropy(target, y_pred)  # per cell: the channel axis has one entry
     inter = ops.sum(weight * target * y_pred, axis=(1, 2, 3))
     denom = ops.sum(weight * (target + y_pred), axis=(1, 2, 3))
     dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
-    return ops.sum(bce * weight, axis=(1, 2, 3)) / ops.sum(weight, axis=(1, 2, 3)) * 4.0 + dice
+    return ops.sum(bce * weight[..., 0], axis=(1, 2)) / ops.sum(weight, axis=(1, 2, 3)) * 4.0 + dice
 
 
 def plate_iou(y_true, y_pred):
