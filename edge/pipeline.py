@@ -11,8 +11,13 @@ from edge.model import load_model_set
 from edge.plates import apply_format_rules, display_text
 from edge.recognize import PlateReader, TextRead
 
-#: Reads shorter than this are noise (a badge, a fragment), not plates.
+#: Reads shorter than this are noise (a badge, a fragment), not plates...
 MIN_TEXT_LEN = 3
+#: ...except a two-character read of a plate format (UK cherished numbers such as "5 B") that the reader is this
+#: sure of. Such a read stands for its plate only when no candidate box read longer, and ranks after every longer
+#: read of the frame, so that a badge never displaces a plate.
+SHORT_TEXT_LEN = 2
+SHORT_MIN_CONFIDENCE = 0.9
 
 
 @dataclass(frozen=True)
@@ -74,15 +79,21 @@ class Pipeline:
         reads = []
         for det in detections[: self.max_plates]:
             best: tuple[float, TextRead, Detection] | None = None
+            short: tuple[float, TextRead, Detection] | None = None
             for cand in det.candidates():
                 read = self.reader.read_crop(self.reader.crop(image, cand.quad))
                 if len(read.text) < MIN_TEXT_LEN:
+                    if (len(read.text) == SHORT_TEXT_LEN and read.confidence >= SHORT_MIN_CONFIDENCE
+                            and apply_format_rules(read.text, read.alternatives)[1] is not None
+                            and (short is None or read.confidence > short[0])):
+                        short = (read.confidence, read, cand)
                     continue
                 # The mean, not the read's confidence (its least sure character): one doubtful character at
                 # a plate's edge must not lose a crop that reads the rest of the plate well.
                 sureness = float(np.mean([max(alt.values(), default=0.0) for alt in read.alternatives]))
                 if best is None or sureness > best[0]:
                     best = (sureness, read, cand)
+            best = best or short
             if best is None:
                 continue
             _, read, cand = best
@@ -91,7 +102,7 @@ class Pipeline:
             # The plate keeps its detection's score: the ranking across plates is the detector's, not the crop's.
             chosen = replace(cand, score=det.score, alternatives=())
             reads.append(PlateRead(text, display_text(text, fmt), fmt, read.confidence, chosen, chars))
-        reads.sort(key=lambda r: r.score, reverse=True)
+        reads.sort(key=lambda r: (len(r.text) >= MIN_TEXT_LEN, r.score), reverse=True)
         return reads
 
     def detect(self, image: np.ndarray) -> list[Detection]:

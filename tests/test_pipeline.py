@@ -53,3 +53,25 @@ def test_a_detection_without_a_readable_candidate_is_dropped() -> None:
     box = (10.0, 10.0, 60.0, 30.0)
     reader = _BoxReader({box: _read("7", [0.9])})
     assert Pipeline(None, reader).read_detections(np.zeros((100, 100, 3), np.uint8), [_det(box, 0.9)]) == []
+
+
+def test_a_sure_two_character_plate_is_read_when_nothing_longer_is() -> None:
+    """UK cherished numbers ("5 B") are plates; a sure two-character read of a plate format stands for its plate."""
+    plate, doubtful, digits = (10.0, 10.0, 60.0, 30.0), (100.0, 10.0, 150.0, 30.0), (200.0, 10.0, 250.0, 30.0)
+    reader = _BoxReader({plate: _read("5B", [0.99, 0.98]),
+                         doubtful: _read("7K", [0.99, 0.6]),  # not sure enough
+                         digits: _read("12", [0.99, 0.99])})  # no plate format is two digits
+    dets = [_det(plate, 0.7), _det(doubtful, 0.9), _det(digits, 0.9)]
+    reads = Pipeline(None, reader).read_detections(np.zeros((100, 300, 3), np.uint8), dets)
+    assert [r.text for r in reads] == ["5B"]
+    assert reads[0].format == "uk_dateless" and reads[0].display == "5 B"
+
+
+def test_a_two_character_read_loses_to_a_longer_read_of_the_same_plate_and_ranks_last() -> None:
+    whole, part, badge, other = ((100.0, 100.0, 200.0, 140.0), (150.0, 100.0, 200.0, 140.0),
+                                 (10.0, 10.0, 40.0, 30.0), (300.0, 100.0, 400.0, 140.0))
+    reader = _BoxReader({whole: _read("AB12CDE", [0.9] * 7), part: _read("DE", [0.99, 0.99]),
+                         badge: _read("V6", [0.99, 0.99]), other: _read("XY51ABC", [0.5] * 7)})
+    dets = [_det(badge, 0.99), _det(whole, 0.8, (_det(part, 0.9),)), _det(other, 0.3)]
+    reads = Pipeline(None, reader).read_detections(np.zeros((300, 500, 3), np.uint8), dets)
+    assert [r.text for r in reads] == ["AB12CDE", "XY51ABC", "V6"]
