@@ -148,3 +148,20 @@ def test_background_folder_errors_name_the_folder(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "no background images" in err
     assert not (tmp_path / "d.npz").exists()
+
+
+def test_plate_surroundings_stay_within_two_plate_widths_of_the_plate() -> None:
+    """Recess, frame, trim, handle and creases belong to the car rear around the plate, not across the frame."""
+    from trainer.synth.scene import _plate_surround
+
+    cx, cy, pw, ph = 300.0, 150.0, 60.0, 30.0
+    near = 0
+    for seed in range(40):
+        img = np.full((300, 600, 3), 128.0, np.float32)
+        _plate_surround(np.random.default_rng(seed), img, np.float32([200, 200, 200]), cx, cy, pw, ph, [])
+        ys, xs = np.nonzero(np.abs(img - 128.0).sum(axis=-1) > 1.0)
+        if len(xs):
+            assert xs.min() >= cx - 2.1 * pw and xs.max() <= cx + 2.1 * pw, seed
+            assert ys.min() >= cy - 2.1 * ph and ys.max() <= cy + 2.1 * ph, seed
+            near += 1
+    assert near >= 30  # most car rears have something around the plate

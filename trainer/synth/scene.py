@@ -14,6 +14,7 @@ from .text import LETTERS, random_text
 
 CAR_COLOURS = ((235, 235, 235), (190, 190, 195), (120, 120, 125), (30, 30, 32), (110, 40, 20), (40, 40, 170),
                (50, 30, 90), (50, 80, 40), (150, 180, 200), (180, 130, 90), (200, 200, 210), (60, 60, 60))
+LIGHT_CAR_COLOURS = ((240, 240, 238), (225, 228, 230), (200, 200, 205), (175, 178, 182), (150, 150, 155))
 WORDS = ("NOTICE", "PARKING", "EXIT", "STOP", "ZAGREB", "CROATIA", "TEL. 01 6578 733", "AUTO", "SERVICE",
          "NO PARKING", "VIDEO SURVEILLANCE", "Golf", "YARIS", "ML 320", "CHEVROLET", "RENAULT 4 GTL",
          "TAXI", "BUS", "SALE", "HOTEL", "www.auto.hr", "OPEN 24H", "Z28", "4x4", "DIESEL", "ONE WAY")
@@ -185,7 +186,9 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
     ch = cw * rng.uniform(0.7, 0.95)
     x0 = cx - cw / 2 + rng.normal(0, 0.03) * cw
     y0 = cy - ch * rng.uniform(0.6, 0.72)
-    body = np.float32(CAR_COLOURS[int(rng.integers(0, len(CAR_COLOURS)))]) + rng.uniform(-15, 15, 3).astype(np.float32)
+    # About half of real cars are white, silver or grey: light plates on light paint must be found by their text.
+    palette = LIGHT_CAR_COLOURS if rng.random() < 0.45 else CAR_COLOURS
+    body = np.float32(palette[int(rng.integers(0, len(palette)))]) + rng.uniform(-15, 15, 3).astype(np.float32)
     H, W = img.shape[:2]
     ground = y0 + ch * 1.02
     shadow = np.zeros((H, W), np.float32)
@@ -242,13 +245,12 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
         cv2.rectangle(band, (round(x0) - rx0, hy - ry0), (round(x0 + cw) - rx0, hy - ry0 + max(1, round(ch * 0.05))),
                       rng.uniform(10, 50), -1)
         img[ry0:ry1, rx0:rx1] += cv2.GaussianBlur(band, (0, 0), max(1.0, ch * 0.03))[..., None]
-    bumper = tuple(float(v) for v in (body * rng.uniform(0.2, 0.8) if rng.random() < 0.6 else body * 1.05))
+    # Modern bumpers are mostly painted like the body; older and utility ones are black or grey plastic.
+    bumper = tuple(float(v) for v in (body * rng.uniform(0.2, 0.8) if rng.random() < 0.35 else body * rng.uniform(0.9, 1.05)))
     top = round(cy + ph * rng.uniform(0.6, 1.4))
     cv2.rectangle(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), round(y0 + ch * 0.93)), bumper, -1)
     cv2.line(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), top), tuple(min(255.0, v * 1.4 + 20) for v in bumper), 1)
-    if rng.random() < 0.5:  # plate recess / holder
-        cv2.rectangle(img, (round(cx - pw * 0.58), round(cy - ph * 0.65)), (round(cx + pw * 0.58), round(cy + ph * 0.7)),
-                      tuple(float(v) for v in body * 0.55), -1)
+    _plate_surround(rng, img, body, cx, cy, pw, ph, keep_clear)
     if rng.random() < 0.7:  # badge
         r = max(2, round(ph * rng.uniform(0.2, 0.4)))
         centre = (round(cx), round(cy - ph * rng.uniform(1.1, 2.0)))
@@ -268,6 +270,55 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
         x, y = round(cx - pw * 0.45), round(cy + ph * 0.58)
         if not _overlaps((x, y, x + pw * 0.9, y + cap * 1.7), keep_clear, pad=0):
             _text_patch(rng, img, s, x, y, cap, (230, 230, 230))
+
+
+def _plate_surround(rng: np.random.Generator, img: np.ndarray, body: np.ndarray, cx: float, cy: float, pw: float,
+                    ph: float, keep_clear: list) -> None:
+    """What sits within a plate width of a real plate: recess, plate frame, trim, lid edge, camera, screws' shadow.
+
+    Real plates are found among these edges (the plate is drawn over them
+    afterwards); a detector that has only seen plates on plain paint rejects
+    plates on real car rears.
+    """
+    def box(x0, y0, x1, y1):
+        return round(cx + x0 * pw), round(cy + y0 * ph), round(cx + x1 * pw), round(cy + y1 * ph)
+
+    def tone(k):
+        return tuple(float(np.clip(v, 0, 255)) for v in body * k)
+
+    if rng.random() < 0.65:  # recess or holder: a little darker or lighter than the paint, shadowed at the top
+        gx, gy = rng.uniform(0.52, 0.75), rng.uniform(0.6, 1.1)
+        x0, y0, x1, y1 = box(-gx, -gy, gx, gy)
+        cv2.rectangle(img, (x0, y0), (x1, y1), tone(rng.uniform(0.5, 1.05)), -1)
+        cv2.line(img, (x0, y0), (x1, y0), tone(rng.uniform(0.25, 0.6)), max(1, round(ph * rng.uniform(0.04, 0.15))), cv2.LINE_AA)
+        cv2.line(img, (x0, y1), (x1, y1), tone(rng.uniform(1.1, 1.3)), 1, cv2.LINE_AA)
+        for x in (x0, x1):
+            cv2.line(img, (x, y0), (x, y1), tone(rng.uniform(0.4, 0.8)), 1, cv2.LINE_AA)
+    if rng.random() < 0.4:  # plate frame, chrome or black, often with a dealer's name on its bars
+        frame = _col(rng, 170, 235) if rng.random() < 0.5 else _col(rng, 10, 45)
+        x0, y0, x1, y1 = box(-0.54, -0.5 - rng.uniform(0.08, 0.25), 0.54, 0.5 + rng.uniform(0.1, 0.35))
+        cv2.rectangle(img, (x0, y0), (x1, y1), frame, -1)
+        if rng.random() < 0.6 and y1 - (cy + ph * 0.5) > 4:
+            s = WORDS[int(rng.integers(0, len(WORDS)))].upper()
+            cap = (y1 - (cy + ph * 0.5)) * 0.55
+            ink = (235, 235, 235) if np.mean(frame) < 128 else (30, 30, 30)
+            _text_patch(rng, img, s, round(cx - pw * 0.3), round(cy + ph * 0.52), cap, ink)
+    if rng.random() < 0.5:  # trunk lid edge or chrome strip above the plate
+        y = round(cy - ph * rng.uniform(0.8, 1.8))
+        half = pw * rng.uniform(0.7, 2.0)
+        colour = _col(rng, 180, 245) if rng.random() < 0.5 else tone(rng.uniform(0.3, 0.6))
+        thick = max(1, round(ph * rng.uniform(0.05, 0.25)))
+        if not _overlaps((cx - half, y - thick, cx + half, y + thick), keep_clear):
+            cv2.line(img, (round(cx - half), y), (round(cx + half), y), colour, thick, cv2.LINE_AA)
+    if rng.random() < 0.3:  # lid handle or reversing camera just above the plate
+        x0, y0, x1, y1 = box(-rng.uniform(0.1, 0.3), -0.5 - rng.uniform(0.35, 0.6), rng.uniform(0.1, 0.3), -0.5 - rng.uniform(0.1, 0.3))
+        if not _overlaps((x0, y0, x1, y1), keep_clear):
+            cv2.rectangle(img, (x0, y0), (x1, y1), _col(rng, 15, 70), -1)
+    if rng.random() < 0.35:  # bumper crease or reflector strip below the plate
+        y = round(cy + ph * rng.uniform(0.8, 1.6))
+        half = pw * rng.uniform(0.6, 1.8)
+        cv2.line(img, (round(cx - half), y), (round(cx + half), y), tone(rng.uniform(0.4, 0.8)) if rng.random() < 0.7
+                 else (30, 30, rng.uniform(120, 200)), max(1, round(ph * rng.uniform(0.05, 0.2))), cv2.LINE_AA)
 
 
 def _plate_quad(rng: np.random.Generator, cx: float, cy: float, pw: float, ph: float, max_roll: float) -> np.ndarray:
