@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from edge.model import ACCELERATORS, ModelError
-from edge.pipeline import Pipeline
+from edge.detect import overlap
+from edge.pipeline import MIN_TEXT_LEN, Pipeline, PlateRead
 
 DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
@@ -41,8 +42,34 @@ def _load_image(path: str) -> np.ndarray:
     return image
 
 
-def read_images(pipeline: Pipeline, paths: list[str]):
-    """Yield one contract object per image path (see GUIDE §3)."""
+def _sureness(read: PlateRead) -> float:
+    # As the pipeline chooses among a plate's candidate boxes: the mean, not the least sure character.
+    return float(np.mean(read.char_confidences)) if read.char_confidences else read.confidence
+
+
+def read_as_video(pipeline: Pipeline, image: np.ndarray, frames: int) -> tuple[list[PlateRead], int]:
+    """The plates of a still image shown to ``pipeline`` as ``frames`` frames of a camera (0: one full turn of
+    its tiles), the surest read of each plate across them kept, and the frames shown: what a pipeline that
+    spreads its tiles over frames (``tiles_per_frame``) finds in a scene that stays in view that long."""
+    pipeline.restart_tiles()  # as when a car enters the view: the turn of tiles starts anywhere, here at the first
+    if frames <= 0:
+        n_windows = len(pipeline.detector.tile_windows((image.shape[1], image.shape[0]), pipeline.tiles)) \
+            if pipeline.tiles >= 2 else 1
+        frames = max(1, -(-n_windows // max(1, pipeline.tiles_per_frame or n_windows)))
+    kept: list[PlateRead] = []
+    for _ in range(frames):
+        for read in pipeline(image):
+            same = next((i for i, k in enumerate(kept) if overlap(k.detection.box, read.detection.box) >= 0.3), None)
+            if same is None:
+                kept.append(read)
+            elif _sureness(read) > _sureness(kept[same]):
+                kept[same] = read
+    return sorted(kept, key=lambda r: (len(r.text) >= MIN_TEXT_LEN, r.score), reverse=True), frames
+
+
+def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1):
+    """Yield one contract object per image path (see GUIDE §3); ``frames`` != 1: see ``read_as_video``, and
+    ``latency_ms`` is per frame."""
     for path in paths:
         start = time.perf_counter()
         try:
@@ -52,8 +79,12 @@ def read_images(pipeline: Pipeline, paths: list[str]):
             yield {"image": path, "plates": [], "error": {"type": "unreadable", "message": f"{path}: {exc}"},
                    "latency_ms": round(ms, 2)}
             continue
-        reads = pipeline(image)
-        ms = (time.perf_counter() - start) * 1000
+        if frames == 1:
+            reads = pipeline(image)
+            ms = (time.perf_counter() - start) * 1000
+        else:
+            reads, shown = read_as_video(pipeline, image, frames)
+            ms = (time.perf_counter() - start) * 1000 / shown
         yield {"image": path, "plates": [r.as_json() for r in reads], "latency_ms": round(ms, 2)}
 
 
@@ -61,13 +92,14 @@ def cmd_read(args: argparse.Namespace) -> int:
     # The model loader warns (Edge TPU fallback) through logging: one plain line on stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        pipeline = Pipeline.from_dir(args.models, args.threads, args.accelerator, refine=args.refine, tiles=args.tiles)
+        pipeline = Pipeline.from_dir(args.models, args.threads, args.accelerator, refine=args.refine, tiles=args.tiles,
+                                     tiles_per_frame=args.tiles_per_frame, max_runs=args.max_runs)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     n_ok = n_err = n_plates = 0
     latencies = []
-    for obj in read_images(pipeline, args.images):
+    for obj in read_images(pipeline, args.images, args.frames):
         if "error" in obj:
             n_err += 1
             print(f"warning: {obj['error']['message']}", file=sys.stderr)
@@ -159,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--tiles", type=int, default=2, metavar="N",
                     help="also look at the image in N overlapping columns of full-resolution tiles, for plates too "
                          "small at whole-frame scale (default 2: four more detector runs on a 16:9 frame; 0: off)")
+    rd.add_argument("--tiles-per-frame", type=int, default=0, metavar="N",
+                    help="look at only N tiles per frame, taking turns (the daemon's detection.tiles_per_frame); "
+                         "with --frames, measures on stills what a camera sees of a scene in view that long "
+                         "(default 0: all tiles)")
+    rd.add_argument("--max-runs", type=int, default=0, metavar="N",
+                    help="detector runs per frame at most: whole frame, tiles, then zoomed looks (the daemon's "
+                         "detection.max_detector_runs; default 0: no cap)")
+    rd.add_argument("--frames", type=int, default=1, metavar="K",
+                    help="show each image K times as consecutive camera frames and keep each plate's surest read "
+                         "(0: one full turn of the tiles; latency_ms is then per frame; default 1)")
     rd.add_argument("--accelerator", choices=ACCELERATORS, default="cpu",
                     help="edgetpu: run the NAME_edgetpu.tflite variants on a Coral through libedgetpu.so.1 "
                     "(the CPU models, after one warning, when either is missing); default cpu")

@@ -45,6 +45,17 @@ OPENALPR_REFERENCE = {
 #: Effective int8 throughput assumed for the estimates (XNNPACK, all cores, GMAC/s). Stated, not measured:
 #: Pi 4 = 4x Cortex-A72 @ 1.5 GHz, Pi 5 = 4x Cortex-A76 @ 2.4 GHz (about 2.5x a Pi 4 on int8 convolution).
 PI_GMACS = {"pi4": 4.0, "pi5": 10.0}
+#: Detection settings measured: ``read``'s defaults, and those of deploy/config.device.yaml (a test keeps them equal).
+MODES = {
+    "default": {"tiles": 2, "refine": 4, "tiles_per_frame": 0, "max_runs": 0},
+    "device_config": {"tiles": 2, "refine": 4, "tiles_per_frame": 1, "max_runs": 3},
+}
+
+
+def _set_mode(pipe: Pipeline, mode: str) -> None:
+    for key, value in MODES[mode].items():
+        setattr(pipe, key, value)
+    pipe.restart_tiles()
 
 
 def _frames(n: int) -> list[np.ndarray]:
@@ -92,14 +103,14 @@ def run(models: Path, repeat: int) -> dict:
             "reader_per_plate": _stats(_time(lambda: pipe.reader.read_crop(crop), repeat)),
             "end_to_end_720p": _stats(_time(lambda: pipe(next(cycle)), repeat)),
         }
-        # The Pi's deploy/config.device.yaml: whole frame only, two zoomed refinements.
-        pipe.tiles, pipe.refine = 0, 2
+        # The Pi's deploy/config.device.yaml: one tile a frame in turn, at most 3 detector runs a frame.
+        _set_mode(pipe, "device_config")
         result["threads"][threads]["end_to_end_720p_device_config"] = _stats(_time(lambda: pipe(next(cycle)), repeat))
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     det_macs = result["models"].get("detector", {}).get("macs") or 0
     rd_macs = result["models"].get("reader", {}).get("macs") or 0
     # Detector passes and reader runs as counted on the benchmark frames (each holds one plate).
-    runs = _count_runs(models, frames, {"default": (2, 4), "device_config": (0, 2)})
+    runs = _count_runs(models, frames, list(MODES))
     result["runs_per_frame"] = runs
     result["macs_per_frame_one_plate"] = {m: round(r["detector_passes"] * det_macs + r["reader_runs"] * rd_macs)
                                           for m, r in runs.items()}
@@ -112,8 +123,8 @@ def run(models: Path, repeat: int) -> dict:
     return result
 
 
-def _count_runs(models: Path, frames: list[np.ndarray], modes: dict[str, tuple[int, int]]) -> dict:
-    """Mean detector passes and reader runs per frame for each mode's (tiles, refine), on one counting pipeline."""
+def _count_runs(models: Path, frames: list[np.ndarray], modes: list[str]) -> dict:
+    """Mean detector passes and reader runs per frame in each of ``MODES``, on one counting pipeline."""
     pipe = Pipeline.from_dir(models, num_threads=1)
     counts = {"detector_passes": 0, "reader_runs": 0}
 
@@ -126,8 +137,8 @@ def _count_runs(models: Path, frames: list[np.ndarray], modes: dict[str, tuple[i
     pipe.detector.probabilities = counted(pipe.detector.probabilities, "detector_passes")
     pipe.reader.read_crop = counted(pipe.reader.read_crop, "reader_runs")
     out = {}
-    for mode, (tiles, refine) in modes.items():
-        pipe.tiles, pipe.refine = tiles, refine
+    for mode in modes:
+        _set_mode(pipe, mode)
         counts.update(detector_passes=0, reader_runs=0)
         for f in frames:
             pipe(f)
@@ -138,19 +149,25 @@ def _count_runs(models: Path, frames: list[np.ndarray], modes: dict[str, tuple[i
 def real_sets(models: Path, sets: list[Path], scorer: Path) -> dict:
     """``edge read --json`` on labelled real sets, scored by the official scorer, beside OpenALPR's figures."""
     out = {}
+    base = f"{shlex.quote(sys.executable)} -m edge read --json --models {shlex.quote(str(models))}"
+    dev = MODES["device_config"]
+    # Each still as a turn of the device's tiles (--frames 0): what the camera sees of a car in view that long.
+    device = (f" --tiles {dev['tiles']} --refine {dev['refine']} --tiles-per-frame {dev['tiles_per_frame']}"
+              f" --max-runs {dev['max_runs']} --frames 0")
     for folder in sets:
-        with tempfile.TemporaryDirectory() as tmp:
-            res_path = Path(tmp) / "res.json"
-            cmd = f"{shlex.quote(sys.executable)} -m edge read --json --models {shlex.quote(str(models))}"
-            proc = subprocess.run([sys.executable, str(scorer), "--cmd", cmd, "--set", str(folder), "--out",
-                                   str(res_path)], cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode != 0 or not res_path.is_file():
-                out[folder.name] = {"error": proc.stderr.strip()[-300:]}
-                continue
-            r = json.loads(res_path.read_text())[folder.name]
-        ours = {"images": r["images"], "exact": r["exact"], "lenient": r["lenient"], "det_recall": r["det_recall"],
-                "ms_per_image": r["latency_ms_mean"], "p95_ms": r["latency_ms_p95"], "errors": r["errors"]}
-        out[folder.name] = {"ours": ours, "openalpr_2_3_reference": OPENALPR_REFERENCE.get(folder.name)}
+        out[folder.name] = {"openalpr_2_3_reference": OPENALPR_REFERENCE.get(folder.name)}
+        for key, cmd in (("ours", base), ("ours_device_config", base + device)):
+            with tempfile.TemporaryDirectory() as tmp:
+                res_path = Path(tmp) / "res.json"
+                proc = subprocess.run([sys.executable, str(scorer), "--cmd", cmd, "--set", str(folder), "--out",
+                                       str(res_path)], cwd=ROOT, capture_output=True, text=True)
+                if proc.returncode != 0 or not res_path.is_file():
+                    out[folder.name]["error"] = proc.stderr.strip()[-300:]
+                    break
+                r = json.loads(res_path.read_text())[folder.name]
+            out[folder.name][key] = {"images": r["images"], "exact": r["exact"], "lenient": r["lenient"],
+                                     "det_recall": r["det_recall"], "ms_per_image": r["latency_ms_mean"],
+                                     "p95_ms": r["latency_ms_p95"], "errors": r["errors"]}
     return out
 
 
@@ -172,14 +189,15 @@ def print_table(r: dict) -> None:
     for board, e in r.get("pi_estimate", {}).items():
         print(f"estimate {board}: {e['ms_per_frame_one_plate_default']} ms per frame with one plate by default "
               f"(tiles 2, refine 4), {e['ms_per_frame_one_plate_device_config']} ms with deploy/config.device.yaml "
-              f"(assuming {e['assumed_gmacs']} GMAC/s int8; not measured)")
+              f"(one tile a frame, at most 3 detector runs; assuming {e['assumed_gmacs']} GMAC/s int8; not measured)")
     if r.get("real"):
         print(f"{'set':<14}{'':<26}{'exact':>7}{'lenient':>9}{'det@.5':>8}{'ms/img':>8}{'p95':>8}")
         for name, res in r["real"].items():
             if "error" in res:
                 print(f"{name:<14}error: {res['error']}")
                 continue
-            for who, f in (("this model set", res["ours"]), ("OpenALPR 2.3 (reference)", res["openalpr_2_3_reference"])):
+            for who, f in (("this model set", res.get("ours")), ("  device config, per turn", res.get("ours_device_config")),
+                           ("OpenALPR 2.3 (reference)", res["openalpr_2_3_reference"])):
                 if not f:
                     continue
                 def fmt(v, p=3):

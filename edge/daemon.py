@@ -396,7 +396,9 @@ def run(cfg: AppConfig) -> int:
     models = cfg.detection.models or DEFAULT_MODELS
     try:
         pipeline = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator,
-                                     refine=cfg.detection.refine, tiles=cfg.detection.tiles)
+                                     refine=cfg.detection.refine, tiles=cfg.detection.tiles,
+                                     tiles_per_frame=cfg.detection.tiles_per_frame,
+                                     max_runs=cfg.detection.max_detector_runs)
     except ModelError as exc:
         log.error("detection.models: %s", exc)
         return ExitCode.MODELS

@@ -130,7 +130,7 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """Intersection over the smaller box's area: 1 when one box holds the other."""
     small = min(_area(a), _area(b))
     return _intersection(a, b) / small if small > 0 else 0.0
@@ -155,7 +155,7 @@ def merge_tiles(whole: list[Detection], tiled: list[Detection], max_overlap: flo
     """
     kept = list(whole)
     for d in sorted(tiled, key=lambda d: d.score, reverse=True):
-        hit = next((i for i, k in enumerate(kept) if _overlap(d.box, k.box) >= max_overlap), None)
+        hit = next((i for i, k in enumerate(kept) if overlap(d.box, k.box) >= max_overlap), None)
         if hit is None:
             kept.append(d)
         else:
@@ -182,21 +182,28 @@ class PlateDetector:
         """Plate probability per output cell for a prepared input."""
         return self.model.run_pixels(pixels)[..., 0]
 
-    def detect(self, image: np.ndarray, refine: int = 0, tiles: int = 0) -> list[Detection]:
+    def detect(self, image: np.ndarray, refine: int = 0, tiles: int = 0, tile_indices: list[int] | None = None,
+               max_runs: int = 0) -> list[Detection]:
         """Plates in a BGR frame, best first.
 
         ``tiles`` >= 2 also looks at the frame in that many overlapping columns
         (and as many rows as their aspect needs), each at the detector's full
-        input size: plates a few pixels tall at frame scale become visible.
-        The ``refine`` best small detections then get a zoomed second look at
-        each of their candidate boxes (``refine_candidates``).
+        input size: plates a few pixels tall at frame scale become visible;
+        ``tile_indices`` picks some of those windows (``tile_windows`` order)
+        instead of all. The ``refine`` best small detections then get a zoomed
+        second look at each of their candidate boxes (``refine_candidates``).
+        ``max_runs`` > 0 caps the detector runs of the frame: zoomed looks stop
+        where the whole frame and the tiles have spent it.
         """
         frame_wh = (image.shape[1], image.shape[0])
         pixels, lb = self.prepare(image)
         dets = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells, lb, frame_wh)
+        runs = 1
         if tiles >= 2:
             tiled: list[Detection] = []
-            for centre, width in self.tile_windows(frame_wh, tiles):
+            windows = self.tile_windows(frame_wh, tiles)
+            for centre, width in (windows if tile_indices is None else [windows[i] for i in sorted({i % len(windows) for i in tile_indices})]):
+                runs += 1
                 pixels, lb = self.window(image, centre, width)
                 found = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells,
                                            lb, frame_wh)
@@ -207,22 +214,35 @@ class PlateDetector:
                 pad = 1.5 * self.stride / lb.scale
                 tiled += [d for d in found if _clear_of_cut_edges(d.box, inner, frame_wh, pad)]
             dets = merge_tiles(dets, tiled)
-        return [self.refine_candidates(image, d) if k < refine else d for k, d in enumerate(dets)]
+        out = []
+        for k, d in enumerate(dets):
+            if k < refine:
+                d, used = self.refine_candidates(image, d, max(0, max_runs - runs) if max_runs else None)
+                runs += used
+            out.append(d)
+        return out
 
-    def refine_candidates(self, image: np.ndarray, det: Detection) -> Detection:
-        """``det`` with each candidate box looked at again zoomed in (``refine``).
+    def refine_candidates(self, image: np.ndarray, det: Detection, max_runs: int | None = None) -> tuple[Detection, int]:
+        """``det`` with each candidate box looked at again zoomed in (``refine``), and the detector runs spent.
 
         The refined main box becomes the detection's box; every box, first
-        looks and zoomed ones, stays a candidate (duplicates dropped).
+        looks and zoomed ones, stays a candidate (duplicates dropped). At most
+        ``max_runs`` zoomed looks are taken (None: no limit), best candidate first.
         """
         first = det.candidates()
-        refined = [self.refine(image, d) for d in first]
+        refined, used = [], 0
+        for d in first:
+            if self._zoom_helps(image, d) and (max_runs is None or used < max_runs):
+                used += 1
+                refined.append(self.refine(image, d))
+            else:
+                refined.append(d)
         ordered = [refined[0], first[0], *[x for pair in zip(first[1:], refined[1:]) for x in pair]]
         unique: list[Detection] = []
         for d in ordered:
             if all(not np.array_equal(d.quad, u.quad) for u in unique):
                 unique.append(d)
-        return replace(unique[0], score=det.score, alternatives=tuple(unique[1:]))
+        return replace(unique[0], score=det.score, alternatives=tuple(unique[1:])), used
 
     def tile_windows(self, frame_wh: tuple[int, int], columns: int, overlap: float = 0.15) -> list[tuple[tuple[float, float], float]]:
         """(centre, width) of ``columns`` overlapping columns of windows with the detector's aspect."""
@@ -243,6 +263,13 @@ class PlateDetector:
         out = cv2.warpAffine(image, m, (self.width, self.height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), Letterbox(scale, (ox, oy))
 
+    def _zoom_helps(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> bool:
+        """Whether a zoomed look makes the plate clearly larger than the whole-frame pass saw it."""
+        x1, y1, x2, y2 = det.box
+        w = max(x2 - x1, (y2 - y1) * 2.0)
+        first = min(self.width / image.shape[1], self.height / image.shape[0])  # the first pass's scale
+        return self.width / zoom >= 1.3 * w * first
+
     def refine(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> Detection:
         """Look again at a small detection with the plate ``zoom`` times narrower than the window.
 
@@ -251,11 +278,10 @@ class PlateDetector:
         The region nearest the first box's centre replaces it; if the second
         look finds nothing there, the first detection stands.
         """
+        if not self._zoom_helps(image, det, zoom):
+            return det
         x1, y1, x2, y2 = det.box
         w = max(x2 - x1, (y2 - y1) * 2.0)
-        first = min(self.width / image.shape[1], self.height / image.shape[0])  # the first pass's scale
-        if self.width / zoom < 1.3 * w * first:
-            return det  # already about as large in the first pass: nothing to gain
         centre = ((x1 + x2) / 2, (y1 + y2) / 2)
         pixels, lb = self.window(image, centre, w * zoom)
         found = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells, lb,

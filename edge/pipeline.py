@@ -53,7 +53,7 @@ class Pipeline:
     """Detector and reader of one model set, applied to BGR frames."""
 
     def __init__(self, detector: PlateDetector, reader: PlateReader, max_plates: int = 8, refine: int = 4,
-                 tiles: int = 2) -> None:
+                 tiles: int = 2, tiles_per_frame: int = 0, max_runs: int = 0) -> None:
         self.detector = detector
         self.reader = reader
         self.max_plates = max_plates
@@ -61,13 +61,20 @@ class Pipeline:
         self.refine = refine
         #: Columns of full-resolution tiles looked at besides the whole frame (0: the whole frame only).
         self.tiles = tiles
+        #: Tiles looked at per frame, taking turns across frames (0: all of them on every frame). On video a
+        #: plate stays in view for many frames, so every tile still sees it, at a fraction of the runs a frame.
+        self.tiles_per_frame = tiles_per_frame
+        #: Detector runs per frame at most (whole frame, tiles, zoomed looks; 0: no cap).
+        self.max_runs = max_runs
+        self._next_tile = 0
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu", refine: int = 4,
-                 tiles: int = 2) -> "Pipeline":
+                 tiles: int = 2, tiles_per_frame: int = 0, max_runs: int = 0) -> "Pipeline":
         """Load the detector and reader of a model set directory (see ``edge.model.load_model_set``)."""
         det, rd = load_model_set(models_dir, num_threads, accelerator)
-        return cls(PlateDetector(det), PlateReader(rd), refine=refine, tiles=tiles)
+        return cls(PlateDetector(det), PlateReader(rd), refine=refine, tiles=tiles, tiles_per_frame=tiles_per_frame,
+                   max_runs=max_runs)
 
     def read_detections(self, image: np.ndarray, detections: list[Detection]) -> list[PlateRead]:
         """Read the text of given detections; drop empty or too-short reads; best first.
@@ -105,9 +112,18 @@ class Pipeline:
         reads.sort(key=lambda r: (len(r.text) >= MIN_TEXT_LEN, r.score), reverse=True)
         return reads
 
+    def restart_tiles(self) -> None:
+        """Start the turn of tiles (``tiles_per_frame``) again at the first tile."""
+        self._next_tile = 0
+
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Plates found in a BGR frame with this pipeline's tiles and refinement, best first."""
-        return self.detector.detect(image, refine=self.refine, tiles=self.tiles)
+        turn = None
+        if self.tiles >= 2 and self.tiles_per_frame > 0:
+            turn = [self._next_tile + i for i in range(self.tiles_per_frame)]
+            self._next_tile += self.tiles_per_frame
+        return self.detector.detect(image, refine=self.refine, tiles=self.tiles, tile_indices=turn,
+                                    max_runs=self.max_runs)
 
     def __call__(self, image: np.ndarray) -> list[PlateRead]:
         """All plates read in a BGR frame, best first."""

@@ -49,3 +49,46 @@ def test_broken_model_set_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_edge("read", "--models", str(tmp_path / "nope"), str(good))
     assert proc.returncode == 3
     assert "nope: model directory not found" in proc.stderr
+
+
+def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() -> None:
+    """Surest as among a plate's candidate boxes in one frame: by the mean character probability."""
+    from edge.__main__ import read_as_video
+    from edge.detect import Detection
+    from edge.pipeline import PlateRead
+
+    def plate(text: str, box: tuple, chars: tuple) -> PlateRead:
+        x1, y1, x2, y2 = box
+        det = Detection(np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]), box, 0.9)
+        return PlateRead(text, text, None, min(chars), det, chars)
+
+    class _Frames:
+        """Stand-in pipeline: a plate read badly, then well, then a part of it less surely; another plate once."""
+
+        tiles, tiles_per_frame = 2, 1
+        frames = [[plate("AB12CD", (100, 100, 200, 140), (0.9, 0.4, 0.9, 0.9, 0.9, 0.9))],
+                  [plate("AB12CDE", (102, 101, 201, 141), (0.95,) * 7)],
+                  [plate("CDE", (160, 100, 200, 140), (0.9,) * 3), plate("XY51ABC", (400, 300, 480, 330), (0.8,) * 7)],
+                  []]
+
+        def __init__(self) -> None:
+            self.shown, self.restarted = 0, False
+
+        def restart_tiles(self) -> None:
+            self.restarted = True
+
+        @property
+        def detector(self):
+            return self
+
+        def tile_windows(self, frame_wh, columns):
+            return [None] * 4
+
+        def __call__(self, image):
+            self.shown += 1
+            return self.frames[self.shown - 1]
+
+    pipe = _Frames()
+    reads, shown = read_as_video(pipe, np.zeros((720, 1280, 3), np.uint8), 0)
+    assert pipe.restarted and shown == pipe.shown == 4  # one full turn of the 4 tiles, one a frame
+    assert sorted(r.text for r in reads) == ["AB12CDE", "XY51ABC"]

@@ -141,3 +141,31 @@ def test_tiles_find_a_plate_too_small_for_the_whole_frame() -> None:
     found = _SmallBlind(quad).detect(frame, tiles=2)
     assert len(found) == 1
     np.testing.assert_allclose(found[0].box, [300, 200, 360, 230], atol=6.0)  # a cell of the tile: 5.75 px
+
+
+def test_tile_indices_pick_windows_and_max_runs_caps_the_zoomed_looks() -> None:
+    class _Windows(_Oracle):
+        """Records the centre of every tile it is shown."""
+
+        def __init__(self, quad):
+            super().__init__(quad)
+            self.centres = []
+
+        def window(self, image, centre, width):
+            self.centres.append(centre)
+            return super().window(image, centre, width)
+
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    wins = _Oracle(None).tile_windows((1280, 720), 2)
+    det = _Windows(None)
+    det.detect(frame, tiles=2, tile_indices=[5, 2])  # indices wrap around the 4 windows of a 16:9 frame
+    assert det.runs == 3 and det.centres == [wins[1][0], wins[2][0]]
+
+    quad = np.float32([[601, 403], [667, 403], [667, 436], [601, 436]])  # small enough to be zoomed in on
+    uncapped, capped = _Windows(quad), _Windows(quad)
+    uncapped.detect(frame, refine=4, tiles=2)
+    capped.detect(frame, refine=4, tiles=2, tile_indices=[0], max_runs=3)
+    assert uncapped.runs > 5  # the whole frame, 4 tiles, a zoomed look at each candidate box
+    assert capped.runs == 3  # the whole frame, one tile, one zoomed look
+    found = capped.detect(frame, refine=4, tiles=2, tile_indices=[3], max_runs=2)  # nothing left for a zoom
+    assert len(found) == 1 and capped.runs == 3 + 2

@@ -75,3 +75,27 @@ def test_a_two_character_read_loses_to_a_longer_read_of_the_same_plate_and_ranks
     dets = [_det(badge, 0.99), _det(whole, 0.8, (_det(part, 0.9),)), _det(other, 0.3)]
     reads = Pipeline(None, reader).read_detections(np.zeros((300, 500, 3), np.uint8), dets)
     assert [r.text for r in reads] == ["AB12CDE", "XY51ABC", "V6"]
+
+
+class _TurnDetector:
+    """Stand-in detector that records which tiles each frame looked at."""
+
+    def __init__(self) -> None:
+        self.turns: list = []
+
+    def detect(self, image, refine=0, tiles=0, tile_indices=None, max_runs=0):
+        self.turns.append((tile_indices, max_runs))
+        return []
+
+
+def test_tiles_per_frame_take_turns_across_frames() -> None:
+    det = _TurnDetector()
+    pipe = Pipeline(det, None, tiles=2, tiles_per_frame=1, max_runs=3)
+    for _ in range(3):
+        pipe.detect(np.zeros((8, 8, 3), np.uint8))
+    pipe.restart_tiles()
+    pipe.detect(np.zeros((8, 8, 3), np.uint8))
+    assert det.turns == [([0], 3), ([1], 3), ([2], 3), ([0], 3)]
+    every = _TurnDetector()
+    Pipeline(every, None, tiles=2).detect(np.zeros((8, 8, 3), np.uint8))
+    assert every.turns == [(None, 0)]  # by default every tile on every frame, no cap

@@ -29,6 +29,18 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.spool.path == Path("/var/lib/edge-anpr/spool.sqlite")
 
 
+def test_device_config_keeps_within_the_detector_budget_and_is_what_the_benchmark_measures() -> None:
+    from edge.bench import MODES
+
+    det = load_config(ROOT / "deploy" / "config.device.yaml").detection
+    assert {"tiles": det.tiles, "refine": det.refine, "tiles_per_frame": det.tiles_per_frame,
+            "max_runs": det.max_detector_runs} == MODES["device_config"]
+    from edge.model import read_metadata
+
+    macs = read_metadata(ROOT / "edge" / "models" / "detector.tflite")["macs"]
+    assert 0 < det.max_detector_runs * macs <= 0.6e9  # the detector's budget per frame
+
+
 def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     cfg = parse_config({"camera": {"type": "file", "path": "clip.mp4"}}, tmp_path)
     assert cfg.camera.path == str(tmp_path / "clip.mp4") and cfg.spool.path == tmp_path / "spool.sqlite"
