@@ -97,11 +97,11 @@ class DetectionConfig(StrictModel):
     tiles: int = Field(2, ge=0, le=8, description="Besides the whole frame, look at it in this many overlapping "
                        "columns of full-resolution tiles (and the rows their aspect needs): finds plates too small "
                        "at whole-frame scale, at one detector run per tile (2 on 16:9: 4 more runs; 0: off).")
-    tiles_per_frame: int = Field(0, ge=0, le=64, description="Look at only this many tiles per inferred frame, "
+    tiles_per_frame: int = Field(1, ge=0, le=64, description="Look at only this many tiles per inferred frame, "
                                  "taking turns (0: every tile on every frame). A plate stays in view for many "
                                  "frames, so each tile still sees it, and a frame costs the whole-frame run plus "
                                  "this many tile runs.")
-    max_detector_runs: int = Field(0, ge=0, le=64, description="Detector runs per frame at most: whole frame, "
+    max_detector_runs: int = Field(3, ge=0, le=64, description="Detector runs per frame at most: whole frame, "
                                    "tiles, then zoomed looks until it is spent (0: no cap). Each run of the shipped "
                                    "detector is 0.16 GMAC; 3 keeps a frame within 0.5 GMAC.")
     motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
