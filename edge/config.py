@@ -106,6 +106,15 @@ class DetectionConfig(StrictModel):
                                    "detector is 0.16 GMAC; 3 keeps a frame within 0.5 GMAC.")
     motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
 
+    @model_validator(mode="after")
+    def _check(self) -> "DetectionConfig":
+        # The cap stops zoomed looks only: the whole frame and the frame's tiles always run.
+        if self.max_detector_runs and self.tiles >= 2 and not 0 < self.tiles_per_frame < self.max_detector_runs:
+            raise ValueError(f"max_detector_runs: {self.max_detector_runs} runs a frame cannot hold the whole frame "
+                             f"and {'every tile' if not self.tiles_per_frame else f'{self.tiles_per_frame} tiles'}; "
+                             "set tiles_per_frame to 1 or more and below max_detector_runs (or tiles: 0)")
+        return self
+
 
 class TrackingConfig(StrictModel):
     min_iou: float = Field(0.05, ge=0, le=1, description="Box overlap with a track's last box that associates "

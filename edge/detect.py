@@ -202,7 +202,9 @@ class PlateDetector:
         if tiles >= 2:
             tiled: list[Detection] = []
             windows = self.tile_windows(frame_wh, tiles)
-            for centre, width in (windows if tile_indices is None else [windows[i] for i in sorted({i % len(windows) for i in tile_indices})]):
+            if tile_indices is not None:
+                windows = [windows[i] for i in sorted({i % len(windows) for i in tile_indices})]
+            for centre, width in windows:
                 runs += 1
                 pixels, lb = self.window(image, centre, width)
                 found = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells,

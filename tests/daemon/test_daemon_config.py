@@ -59,6 +59,10 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
      "mqtt.tls.ca_certs"),
     ({"camera": {"type": "file", "path": "x"}, "spool": {"max_events": -1}}, "spool.max_events"),
     ({"mqtt": {}}, "camera"),
+    ({"camera": {"type": "file", "path": "x"}, "detection": {"tiles_per_frame": 0, "max_detector_runs": 3}},
+     "detection.max_detector_runs"),
+    ({"camera": {"type": "file", "path": "x"}, "detection": {"tiles_per_frame": 3, "max_detector_runs": 3}},
+     "detection.max_detector_runs"),
 ])
 def test_errors_name_the_key(raw: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
