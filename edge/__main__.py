@@ -22,8 +22,7 @@ import cv2
 import numpy as np
 
 from edge.model import ACCELERATORS, ModelError
-from edge.detect import overlap
-from edge.pipeline import MIN_TEXT_LEN, Pipeline, PlateRead
+from edge.pipeline import Pipeline, read_as_video
 
 DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
@@ -40,31 +39,6 @@ def _load_image(path: str) -> np.ndarray:
     if image is None:
         raise ValueError("not a decodable image (truncated or not JPEG/PNG/BMP/WebP)")
     return image
-
-
-def _sureness(read: PlateRead) -> float:
-    # As the pipeline chooses among a plate's candidate boxes: the mean, not the least sure character.
-    return float(np.mean(read.char_confidences)) if read.char_confidences else read.confidence
-
-
-def read_as_video(pipeline: Pipeline, image: np.ndarray, frames: int) -> tuple[list[PlateRead], int]:
-    """The plates of a still image shown to ``pipeline`` as ``frames`` frames of a camera (0: one full turn of
-    its tiles), the surest read of each plate across them kept, and the frames shown: what a pipeline that
-    spreads its tiles over frames (``tiles_per_frame``) finds in a scene that stays in view that long."""
-    pipeline.restart_tiles()  # as when a car enters the view: the turn of tiles starts anywhere, here at the first
-    if frames <= 0:
-        n_windows = len(pipeline.detector.tile_windows((image.shape[1], image.shape[0]), pipeline.tiles)) \
-            if pipeline.tiles >= 2 else 1
-        frames = max(1, -(-n_windows // max(1, pipeline.tiles_per_frame or n_windows)))
-    kept: list[PlateRead] = []
-    for _ in range(frames):
-        for read in pipeline(image):
-            same = next((i for i, k in enumerate(kept) if overlap(k.detection.box, read.detection.box) >= 0.3), None)
-            if same is None:
-                kept.append(read)
-            elif _sureness(read) > _sureness(kept[same]):
-                kept[same] = read
-    return sorted(kept, key=lambda r: (len(r.text) >= MIN_TEXT_LEN, r.score), reverse=True), frames
 
 
 def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1):

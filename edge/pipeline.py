@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.detect import Detection, PlateDetector
+from edge.detect import Detection, PlateDetector, overlap
 from edge.model import load_model_set
 from edge.plates import apply_format_rules, display_text
 from edge.recognize import PlateReader, TextRead
@@ -47,6 +47,17 @@ class PlateRead:
             "format": self.format,
             "detector_score": round(self.detection.score, 4),
         }
+
+
+def _rank(read: PlateRead) -> tuple[bool, float]:
+    """Plates best first: every read of plate length before the short ones, then by score."""
+    return len(read.text) >= MIN_TEXT_LEN, read.score
+
+
+def _sureness(alternatives: list[dict[str, float]]) -> float:
+    """How sure the reader is of a read: the mean, not the least sure character, so that one doubtful
+    character at a plate's edge does not lose a crop that reads the rest of the plate well."""
+    return float(np.mean([max(alt.values(), default=0.0) for alt in alternatives])) if alternatives else 0.0
 
 
 class Pipeline:
@@ -95,9 +106,7 @@ class Pipeline:
                             and (short is None or read.confidence > short[0])):
                         short = (read.confidence, read, cand)
                     continue
-                # The mean, not the read's confidence (its least sure character): one doubtful character at
-                # a plate's edge must not lose a crop that reads the rest of the plate well.
-                sureness = float(np.mean([max(alt.values(), default=0.0) for alt in read.alternatives]))
+                sureness = _sureness(read.alternatives)
                 if best is None or sureness > best[0]:
                     best = (sureness, read, cand)
             best = best or short
@@ -109,7 +118,7 @@ class Pipeline:
             # The plate keeps its detection's score: the ranking across plates is the detector's, not the crop's.
             chosen = replace(cand, score=det.score, alternatives=())
             reads.append(PlateRead(text, display_text(text, fmt), fmt, read.confidence, chosen, chars))
-        reads.sort(key=lambda r: (len(r.text) >= MIN_TEXT_LEN, r.score), reverse=True)
+        reads.sort(key=_rank, reverse=True)
         return reads
 
     def restart_tiles(self) -> None:
@@ -128,3 +137,28 @@ class Pipeline:
     def __call__(self, image: np.ndarray) -> list[PlateRead]:
         """All plates read in a BGR frame, best first."""
         return self.read_detections(image, self.detect(image))
+
+
+def _read_sureness(read: PlateRead) -> float:
+    # A plate read keeps the probability of each of its characters, not their alternatives.
+    return float(np.mean(read.char_confidences)) if read.char_confidences else read.confidence
+
+
+def read_as_video(pipeline: Pipeline, image: np.ndarray, frames: int) -> tuple[list[PlateRead], int]:
+    """The plates of a still image shown to ``pipeline`` as ``frames`` frames of a camera (0: one full turn of
+    its tiles), the surest read of each plate across them kept, and the frames shown: what a pipeline that
+    spreads its tiles over frames (``tiles_per_frame``) finds in a scene that stays in view that long."""
+    pipeline.restart_tiles()  # as when a car enters the view: the turn of tiles starts anywhere, here at the first
+    if frames <= 0:
+        n_windows = len(pipeline.detector.tile_windows((image.shape[1], image.shape[0]), pipeline.tiles)) \
+            if pipeline.tiles >= 2 else 1
+        frames = max(1, -(-n_windows // max(1, pipeline.tiles_per_frame or n_windows)))
+    kept: list[PlateRead] = []
+    for _ in range(frames):
+        for read in pipeline(image):
+            same = next((i for i, k in enumerate(kept) if overlap(k.detection.box, read.detection.box) >= 0.3), None)
+            if same is None:
+                kept.append(read)
+            elif _read_sureness(read) > _read_sureness(kept[same]):
+                kept[same] = read
+    return sorted(kept, key=_rank, reverse=True), frames

@@ -53,9 +53,8 @@ def test_broken_model_set_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() -> None:
     """Surest as among a plate's candidate boxes in one frame: by the mean character probability."""
-    from edge.__main__ import read_as_video
     from edge.detect import Detection
-    from edge.pipeline import PlateRead
+    from edge.pipeline import PlateRead, read_as_video
 
     def plate(text: str, box: tuple, chars: tuple) -> PlateRead:
         x1, y1, x2, y2 = box
