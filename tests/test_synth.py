@@ -98,6 +98,19 @@ def test_patch_shape_and_quad() -> None:
         assert 0.3 * size[0] < q[:, 0].max() - q[:, 0].min() < size[0]
 
 
+def test_patches_know_how_tall_the_camera_saw_the_plate() -> None:
+    """Patches are shot at 12-80 px plate heights (taller for US and two-row plates) and enlarged back."""
+    rng = np.random.default_rng(5)
+    seen = []
+    for _ in range(60):
+        p = make_plate_patch(rng).plates[0]
+        quad_h = float(np.linalg.norm(p.quad[3] - p.quad[0]))
+        assert p.seen_height is not None and p.seen_height <= quad_h + 1e-3
+        seen.append(p.seen_height)
+    assert 11.9 < min(seen) and max(seen) <= 80 * 1.7 * 1.6
+    assert min(seen) < 25 < max(seen)  # a spread of sizes, not one
+
+
 def test_frames_of_hd_cameras_keep_their_detail() -> None:
     """Blur, noise and JPEG happen at the camera's resolution: a frame standing for a larger one stays sharper."""
     import cv2

@@ -125,6 +125,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             if s.get("confusions"):
                 print(f"{'':<28}  most confused (truth>read): "
                       + ", ".join(f"{a}>{b} {k}" for a, b, k in s["confusions"][:8]))
+            if s.get("by_height"):
+                print(f"{'':<28}  exact by plate height (px): "
+                      + ", ".join(f"{b['height_px']}: {b['exact']:.3f} ({b['n']})" for b in s["by_height"]))
     if args.out:
         from trainer.report import write_pictures
 

@@ -26,6 +26,9 @@ class PlateInstance:
     format: str
     quad: np.ndarray  # (4,2) float32 TL, TR, BR, BL, outer plate edge
     rows: int
+    #: Plate height in pixels as the camera recorded it: a patch shot at low resolution and enlarged back
+    #: to its size shows a plate taller than it was seen (None: as tall as its quad).
+    seen_height: float | None = None
 
 
 @dataclass
@@ -471,5 +474,6 @@ def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 12
     plate_h = float(np.linalg.norm(quad[3] - quad[0]))
     # Plate heights from barely legible (12 px) to close-up and sharp: close-ups must not look foreign.
     target = float(np.exp(rng.uniform(np.log(12), np.log(80)))) * (1.6 if fmt == "us" else 1.0) * (1.7 if rows == 2 else 1.0)
-    out, quads = apply_camera(rng, out, [quad], warp=False, res_factor=min(1.0, target / max(plate_h, 1.0)))
-    return Scene(out, [PlateInstance(text, fmt, quads[0], rows)])
+    res_factor = min(1.0, target / max(plate_h, 1.0))
+    out, quads = apply_camera(rng, out, [quad], warp=False, res_factor=res_factor)
+    return Scene(out, [PlateInstance(text, fmt, quads[0], rows, seen_height=plate_h * res_factor)])
