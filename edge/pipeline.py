@@ -1,6 +1,7 @@
 """Frame -> plate reads: detector, rectified crops, reader, plate-format rules."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +34,11 @@ class PlateRead:
     char_confidences: tuple[float, ...] = ()
 
     @property
+    def sureness(self) -> float:
+        """How sure the reader was of this read, as a plate's candidate boxes are chosen (``_sureness``)."""
+        return _sureness(self.char_confidences, self.confidence)
+
+    @property
     def score(self) -> float:
         """Ranking score: both the detector and the reader must be sure."""
         return self.confidence * self.detection.score
@@ -54,10 +60,11 @@ def _rank(read: PlateRead) -> tuple[bool, float]:
     return len(read.text) >= MIN_TEXT_LEN, read.score
 
 
-def _sureness(alternatives: list[dict[str, float]]) -> float:
-    """How sure the reader is of a read: the mean, not the least sure character, so that one doubtful
-    character at a plate's edge does not lose a crop that reads the rest of the plate well."""
-    return float(np.mean([max(alt.values(), default=0.0) for alt in alternatives])) if alternatives else 0.0
+def _sureness(char_probs: Sequence[float], default: float = 0.0) -> float:
+    """How sure the reader is of a read, from the probability of each of its characters: the mean, not the
+    least sure character, so that one doubtful character at a plate's edge does not lose a crop that reads the
+    rest of the plate well. ``default`` for a read without characters."""
+    return float(np.mean(char_probs)) if len(char_probs) else default
 
 
 class Pipeline:
@@ -106,7 +113,7 @@ class Pipeline:
                             and (short is None or read.confidence > short[0])):
                         short = (read.confidence, read, cand)
                     continue
-                sureness = _sureness(read.alternatives)
+                sureness = _sureness([max(alt.values(), default=0.0) for alt in read.alternatives])
                 if best is None or sureness > best[0]:
                     best = (sureness, read, cand)
             best = best or short
@@ -139,11 +146,6 @@ class Pipeline:
         return self.read_detections(image, self.detect(image))
 
 
-def _read_sureness(read: PlateRead) -> float:
-    # A plate read keeps the probability of each of its characters, not their alternatives.
-    return float(np.mean(read.char_confidences)) if read.char_confidences else read.confidence
-
-
 def read_as_video(pipeline: Pipeline, image: np.ndarray, frames: int) -> tuple[list[PlateRead], int]:
     """The plates of a still image shown to ``pipeline`` as ``frames`` frames of a camera (0: one full turn of
     its tiles), the surest read of each plate across them kept, and the frames shown: what a pipeline that
@@ -159,6 +161,6 @@ def read_as_video(pipeline: Pipeline, image: np.ndarray, frames: int) -> tuple[l
             same = next((i for i, k in enumerate(kept) if overlap(k.detection.box, read.detection.box) >= 0.3), None)
             if same is None:
                 kept.append(read)
-            elif _read_sureness(read) > _read_sureness(kept[same]):
+            elif read.sureness > kept[same].sureness:
                 kept[same] = read
     return sorted(kept, key=_rank, reverse=True), frames
