@@ -1,0 +1,526 @@
+"""Plate formats as data: country files, the format rules built from them, and format-aware decoding.
+
+What is true of a country's plates lives in one YAML file per country
+(``countries/XX.yaml``, ``XX`` its ISO 3166-1 alpha-2 code): each format's
+character classes per position, its groups and display separators, one or
+two rows, sizes, colours, typeface, band and the marks that are not text,
+and each format's share of the training draw. This module owns that schema.
+The synthesizer and renderer read the whole file; the reader's metadata
+carries the format part (``FormatSet.to_meta``), so a model set brings the
+formats it was trained with and the edge hard-codes no country.
+
+Pattern syntax of a group: a sequence of tokens, each a class letter or a
+bracketed set (``[IZ]``), optionally repeated (``D{3}``, ``L{1,3}``);
+alternatives are separated by ``|``. Built-in classes: ``L`` (A-Z), ``D``
+(0-9), ``N`` (1-9), ``X`` (A-Z or 0-9). A country file may define its own
+classes (one upper-case letter each), e.g. the letters a series leaves out.
+
+Decoding (:meth:`FormatSet.decode`) takes the reader's per-column
+probabilities. The greedy read is the unconstrained text; the most probable
+text that fits a known format, character by character from the same
+columns (and allowing one character to be dropped as blank), replaces it
+when it costs at most ``max_cost`` nats of log-probability. Otherwise the
+raw read stays, so a vanity plate or an unknown format is never forced into
+a format. A read's confidence is defined once, by :func:`read_confidence`.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge.plates import ALPHABET, MAX_CHARS
+
+BUILTIN_CLASSES = {"L": "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "D": "0123456789", "N": "123456789",
+                   "X": "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"}
+#: The folder of the country files that ship with the project (the trainer's default).
+COUNTRIES_DIR = Path(__file__).resolve().parents[1] / "countries"
+#: A format fit replaces the raw read when it costs at most this many nats (a factor of about 55).
+DEFAULT_MAX_COST = 4.0
+#: Probability floor of one column: int8 softmax outputs step by 1/256 and can be exactly 0.
+PROB_FLOOR = 1.0 / 512
+#: Expansions of one format into fixed-length position sequences, at most (a guard against runaway patterns).
+MAX_EXPANSIONS = 4096
+
+_TOKEN = re.compile(r"(\[[A-Z0-9]+\]|[A-Z])(?:\{(\d+)(?:,(\d+))?\})?")
+_COLOUR = r"^#[0-9A-Fa-f]{6}$"
+Colour = Annotated[str, Field(pattern=_COLOUR)]
+GapMark = Literal["gap", "none", "dash", "dot", "crest", "seals", "emblem", "sticker", "flag"]
+
+
+class FormatError(ValueError):
+    """A country file or a model's format metadata is invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- country files -----------------------------------------------------------------------------------------------
+
+class Band(_Strict):
+    """A strip on the plate that is not part of the text (EU band with country code, Mercosur top band)."""
+
+    kind: Literal["eu", "mercosur", "side"] = Field(description="eu: blue left strip with stars and code; "
+                                                    "mercosur: blue top strip with caption and flag; "
+                                                    "side: plain coloured left strip with code")
+    codes: list[str] = Field(default_factory=list, description="distinguishing codes printed in the band")
+    caption: str = Field("", description="text printed in a mercosur band (e.g. BRASIL)")
+    colour: Colour = "#003399"
+    share: float = Field(1.0, ge=0, le=1, description="share of plates that carry the band")
+
+
+class Caption(_Strict):
+    """Small text on the plate that is not part of the registration: state names, slogans, dealer names."""
+
+    texts: list[str] = Field(min_length=1)
+    position: Literal["top", "bottom"] = "top"
+    share: float = Field(1.0, ge=0, le=1)
+
+
+class Colours(_Strict):
+    """One colour scheme of a plate: sheet and characters, with its share of the draws."""
+
+    background: Colour
+    ink: Colour
+    share: float = Field(1.0, ge=0)
+
+
+class Style(_Strict):
+    """How a plate looks: size, colours, typeface, band and the marks that are not text."""
+
+    size_mm: tuple[float, float] = Field((520.0, 110.0), description="width, height of a one-row plate")
+    two_row_size_mm: tuple[float, float] = Field((340.0, 200.0), description="width, height of a two-row plate")
+    colours: list[Colours] = Field(default_factory=lambda: [Colours(background="#F4F4F4", ink="#141414")],
+                                   min_length=1, description="colour schemes, one drawn per plate by share")
+    typeface: str = Field("eu", description="font style of fonts/fonts.yaml: eu, din, uk, us, generic, ...")
+    char_height: float = Field(0.7, gt=0.2, lt=0.95, description="cap height over plate height (one row)")
+    band: Band | None = None
+    captions: list[Caption] = Field(default_factory=list)
+    marks: list[Literal["screws", "stickers", "frame", "emblem", "flag"]] = Field(default_factory=list)
+    border: float = Field(0.8, ge=0, le=1, description="share of plates with a printed border line")
+
+
+class Group(_Strict):
+    """One display group of a format, with an optional list to draw its text from."""
+
+    pattern: str
+    pick: str | None = Field(None, description="name of a list in the country's `lists` to draw the text from")
+    pick_share: float = Field(1.0, ge=0, le=1, description="share of draws taken from `pick`")
+
+
+class FormatSpec(_Strict):
+    """One plate format of a country."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="unique across countries, e.g. br_mercosur")
+    note: str = ""
+    groups: list[str | Group] = Field(min_length=1)
+    separators: str | list[str] = Field(" ", description="display text between groups (one, or one per gap)")
+    gaps: GapMark | list[GapMark] = Field("gap", description="what is drawn between groups (one, or one per gap)")
+    share: float = Field(1.0, ge=0, description="share of the country's draws")
+    vehicle: Literal["car", "motorcycle", "other"] = "car"
+    decode: bool = Field(True, description="false: drawn in training (vanity, special series) but never used to "
+                         "fix or label a read")
+    two_row_share: float = Field(0.0, ge=0, le=1, description="share drawn as a two-row plate (1: always)")
+    two_row_split: int = Field(1, ge=1, description="groups on the top row of a two-row plate")
+    style: dict[str, Any] = Field(default_factory=dict, description="style keys that differ from the country's")
+
+    @property
+    def patterns(self) -> list[str]:
+        return [g if isinstance(g, str) else g.pattern for g in self.groups]
+
+    def per_gap(self, value: str | list[str], what: str) -> list[str]:
+        n = len(self.groups) - 1
+        if isinstance(value, str):
+            return [value] * n
+        if len(value) != n:
+            raise ValueError(f"{what}: {len(value)} given for {n} gaps between {len(self.groups)} groups")
+        return list(value)
+
+    @model_validator(mode="after")
+    def _gaps_fit(self) -> "FormatSpec":
+        self.per_gap(self.separators, "separators")
+        self.per_gap(self.gaps, "gaps")
+        if self.two_row_share > 0 and self.two_row_split >= len(self.groups):
+            raise ValueError(f"two_row_split {self.two_row_split} leaves no group for the bottom row")
+        return self
+
+
+class Country(_Strict):
+    """One country file."""
+
+    code: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
+    name: str
+    weight: float = Field(ge=0, description="share of the training draw, relative to the other countries")
+    classes: dict[str, str] = Field(default_factory=dict, description="class letter -> allowed characters")
+    lists: dict[str, list[str] | dict[str, str]] = Field(
+        default_factory=dict, description="named vocabularies (text, or text -> how the plate spells it)")
+    style: Style = Field(default_factory=Style)
+    formats: list[FormatSpec] = Field(min_length=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_ok(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, chars in v.items():
+            if not re.fullmatch(r"[A-Z]", name) or name in BUILTIN_CLASSES:
+                raise ValueError(f"class name {name!r} must be one upper-case letter other than "
+                                 f"{', '.join(BUILTIN_CLASSES)}")
+            bad = sorted(set(chars) - set(ALPHABET))
+            if bad or not chars:
+                raise ValueError(f"class {name}: characters must be A-Z or 0-9 (found {bad or 'none'})")
+        return v
+
+    @model_validator(mode="after")
+    def _formats_ok(self) -> "Country":
+        names = [f.name for f in self.formats]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"format names repeat: {dup}")
+        for i, f in enumerate(self.formats):
+            for j, g in enumerate(f.groups):
+                try:
+                    expand_group(g if isinstance(g, str) else g.pattern, self.classes)
+                except ValueError as exc:
+                    raise ValueError(f"formats[{i}] ({f.name}).groups[{j}]: {exc}") from None
+                if isinstance(g, Group) and g.pick is not None and g.pick not in self.lists:
+                    raise ValueError(f"formats[{i}] ({f.name}).groups[{j}]: pick {g.pick!r} is not in lists")
+            try:
+                self.style_of(f)
+            except ValidationError as exc:
+                raise ValueError(f"formats[{i}] ({f.name}).style: {_pydantic_message(exc)}") from None
+        return self
+
+    def style_of(self, fmt: FormatSpec) -> Style:
+        """The country's style with the format's own keys on top."""
+        if not fmt.style:
+            return self.style
+        return Style.model_validate(self.style.model_dump() | fmt.style)
+
+    def format_part(self) -> dict[str, Any]:
+        """What the edge needs of this country (carried in the reader's metadata)."""
+        return {"code": self.code, "name": self.name, "weight": self.weight, "classes": dict(self.classes),
+                "formats": [{"name": f.name, "groups": f.patterns, "separators": f.per_gap(f.separators, "separators"),
+                             "share": f.share, "vehicle": f.vehicle} for f in self.formats if f.decode]}
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    return "; ".join(parts)
+
+
+def load_country_file(path: Path) -> Country:
+    """Read and validate one country file; errors name the file and the key."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise FormatError(f"{path}: cannot read the country file: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FormatError(f"{path}: a country file is a mapping (code, name, weight, style, formats)")
+    try:
+        country = Country.model_validate(raw)
+    except ValidationError as exc:
+        raise FormatError(f"{path}: {_pydantic_message(exc)}") from None
+    if path.stem.upper() != country.code:
+        raise FormatError(f"{path}: code: {country.code} does not match the file name (expected {path.stem.upper()})")
+    return country
+
+
+def load_countries(*folders: Path | str | None) -> list[Country]:
+    """Every ``*.yaml`` country file of the folders, in code order; a later folder's file replaces an earlier one's
+    of the same code. ``None`` entries are skipped; a folder that does not exist is an error naming it."""
+    found: dict[str, Country] = {}
+    for folder in folders:
+        if folder is None:
+            continue
+        d = Path(folder)
+        if not d.is_dir():
+            raise FormatError(f"{d}: country folder not found")
+        for path in sorted(d.glob("*.yaml")):
+            c = load_country_file(path)
+            found[c.code] = c
+    if not found:
+        raise FormatError(f"no country files (*.yaml) in {', '.join(str(f) for f in folders if f is not None)}")
+    countries = [found[k] for k in sorted(found)]
+    names = [f.name for c in countries for f in c.formats]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FormatError(f"format names repeat across country files: {dup}")
+    return countries
+
+
+# --- patterns ----------------------------------------------------------------------------------------------------
+
+def expand_group(pattern: str, classes: dict[str, str]) -> list[tuple[str, ...]]:
+    """Every fixed-length expansion of a group pattern: a list of per-position allowed-character strings."""
+    out: list[tuple[str, ...]] = []
+    for alt in pattern.split("|"):
+        alt = alt.strip()
+        if not alt:
+            raise ValueError(f"pattern {pattern!r} has an empty alternative")
+        pos, parts = 0, []
+        for m in _TOKEN.finditer(alt):
+            if m.start() != pos:
+                raise ValueError(f"pattern {pattern!r}: cannot read {alt[pos:m.start()]!r}")
+            pos = m.end()
+            tok, lo, hi = m.group(1), m.group(2), m.group(3)
+            if tok.startswith("["):
+                chars = tok[1:-1]
+            elif tok in classes:
+                chars = classes[tok]
+            elif tok in BUILTIN_CLASSES:
+                chars = BUILTIN_CLASSES[tok]
+            else:
+                raise ValueError(f"pattern {pattern!r}: class {tok!r} is not defined (built in: "
+                                 f"{', '.join(BUILTIN_CLASSES)}; others under `classes`)")
+            lo_i = int(lo) if lo else 1
+            hi_i = int(hi) if hi else lo_i
+            if hi_i < lo_i or hi_i > MAX_CHARS:
+                raise ValueError(f"pattern {pattern!r}: repeat {{{lo},{hi}}} out of range")
+            parts.append([(chars,) * k for k in range(lo_i, hi_i + 1)])
+        if pos != len(alt):
+            raise ValueError(f"pattern {pattern!r}: cannot read {alt[pos:]!r}")
+        for combo in itertools.product(*parts):
+            out.append(tuple(itertools.chain.from_iterable(combo)))
+    return out
+
+
+def _group_regex(pattern: str, classes: dict[str, str]) -> str:
+    alts = []
+    for alt in pattern.split("|"):
+        body = ""
+        for m in _TOKEN.finditer(alt.strip()):
+            tok, lo, hi = m.group(1), m.group(2), m.group(3)
+            chars = tok[1:-1] if tok.startswith("[") else classes.get(tok, BUILTIN_CLASSES.get(tok, ""))
+            rep = "" if not lo else (f"{{{lo}}}" if not hi else f"{{{lo},{hi}}}")
+            body += f"[{re.escape(chars)}]{rep}"
+        alts.append(body)
+    return "(?:" + "|".join(alts) + ")"
+
+
+# --- compiled rules ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlateFormat:
+    """One compiled format: its country, groups, display and every fixed-length expansion."""
+
+    name: str
+    country: str
+    groups: tuple[str, ...]
+    separators: tuple[str, ...]
+    classes: tuple[tuple[str, str], ...]
+    prior: float
+
+    @cached_property
+    def regex(self) -> re.Pattern[str]:
+        cls = dict(self.classes)
+        return re.compile("^" + "".join(f"({_group_regex(g, cls)})" for g in self.groups) + "$")
+
+    @cached_property
+    def expansions(self) -> list[tuple[str, ...]]:
+        """Per-position allowed characters of every text length the format allows (at most MAX_CHARS)."""
+        cls = dict(self.classes)
+        seqs: list[tuple[str, ...]] = [()]
+        for g in self.groups:
+            opts = expand_group(g, cls)
+            seqs = [s + o for s in seqs for o in opts if len(s) + len(o) <= MAX_CHARS]
+            if len(seqs) > MAX_EXPANSIONS:
+                raise FormatError(f"format {self.name}: more than {MAX_EXPANSIONS} expansions")
+        return sorted(set(s for s in seqs if s))
+
+    def split(self, text: str) -> list[str] | None:
+        """The text's groups, or None when it does not fit."""
+        m = self.regex.match(text)
+        return list(m.groups()) if m else None
+
+    def display(self, text: str) -> str | None:
+        """The display form (groups joined by their separators), or None when the text does not fit."""
+        groups = self.split(text)
+        if groups is None:
+            return None
+        out = groups[0]
+        for sep, g in zip(self.separators, groups[1:]):
+            out += sep + g
+        return out
+
+
+@dataclass(frozen=True)
+class PlateText:
+    """A decoded plate text: the text, the format and country it fits (or None), and its characters' probabilities."""
+
+    text: str
+    format: str | None
+    country: str | None
+    char_probs: tuple[float, ...]
+    display: str
+    #: Nats of log-probability the format fit cost against the unconstrained read (0: the read fit as it was).
+    cost: float = 0.0
+
+    @property
+    def confidence(self) -> float:
+        return read_confidence(self.char_probs)
+
+
+def read_confidence(char_probs: tuple[float, ...] | list[float]) -> float:
+    """The one confidence of a read: the geometric mean of its characters' probabilities (0 for no characters).
+
+    The mean, so one doubtful character among sure ones lowers a read without
+    erasing it; geometric, so a character the reader barely saw costs more
+    than an arithmetic mean would let it. Ranking, the candidate choice, the
+    tracker's votes and the event use this number.
+    """
+    if not char_probs:
+        return 0.0
+    return float(math.exp(sum(math.log(max(p, PROB_FLOOR)) for p in char_probs) / len(char_probs)))
+
+
+class FormatSet:
+    """The formats a model set reads, compiled for matching and format-aware decoding."""
+
+    def __init__(self, countries: list[dict[str, Any]], source: str = "") -> None:
+        """``countries``: the format parts of country files (``Country.format_part``), as the metadata holds them."""
+        self.countries = countries
+        self.source = source
+        formats: list[PlateFormat] = []
+        total_weight = sum(float(c.get("weight", 1.0)) for c in countries) or 1.0
+        try:
+            for c in countries:
+                classes = tuple(sorted(dict(c.get("classes", {})).items()))
+                fshare = sum(float(f.get("share", 1.0)) for f in c["formats"]) or 1.0
+                for f in c["formats"]:
+                    prior = float(c.get("weight", 1.0)) / total_weight * float(f.get("share", 1.0)) / fshare
+                    fmt = PlateFormat(f["name"], c["code"], tuple(f["groups"]), tuple(f["separators"]), classes, prior)
+                    fmt.expansions  # noqa: B018 - compile now, so a bad pattern fails at load
+                    formats.append(fmt)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{source or 'formats'}: invalid format data: {exc!r}") from None
+        # Most likely first: ties in decoding and matching go to the format the training draw favoured.
+        self.formats: tuple[PlateFormat, ...] = tuple(sorted(formats, key=lambda f: -f.prior))
+        self.by_name = {f.name: f for f in self.formats}
+        self._masks: dict[int, tuple[np.ndarray, list[PlateFormat]]] = {}
+
+    @classmethod
+    def from_countries(cls, countries: list[Country], source: str = "") -> "FormatSet":
+        return cls([c.format_part() for c in countries], source)
+
+    @classmethod
+    def load(cls, *folders: Path | str | None) -> "FormatSet":
+        """Formats of the country files in ``folders`` (see :func:`load_countries`)."""
+        return cls.from_countries(load_countries(*folders), ", ".join(str(f) for f in folders if f))
+
+    def merged(self, other: "FormatSet") -> "FormatSet":
+        """This set with ``other``'s countries added (a country in both: ``other``'s file wins)."""
+        codes = {c["code"] for c in other.countries}
+        return FormatSet([c for c in self.countries if c["code"] not in codes] + other.countries,
+                         f"{self.source} + {other.source}")
+
+    def to_meta(self) -> dict[str, Any]:
+        """The metadata form, with the sha256 of its canonical JSON."""
+        body = json.dumps(self.countries, sort_keys=True, separators=(",", ":"))
+        return {"sha256": hashlib.sha256(body.encode()).hexdigest(), "countries": self.countries}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], source: str = "") -> "FormatSet":
+        countries = meta.get("countries")
+        if not isinstance(countries, list):
+            raise FormatError(f"{source}: formats.countries must be a list")
+        body = json.dumps(countries, sort_keys=True, separators=(",", ":"))
+        if meta.get("sha256") and hashlib.sha256(body.encode()).hexdigest() != meta["sha256"]:
+            raise FormatError(f"{source}: formats.sha256 does not match the formats it lists")
+        return cls(countries, source)
+
+    @property
+    def country_codes(self) -> list[str]:
+        return [c["code"] for c in self.countries]
+
+    def match(self, text: str) -> PlateFormat | None:
+        """The most likely format the bare text fits exactly, or None."""
+        return next((f for f in self.formats if f.regex.match(text)), None)
+
+    def display(self, text: str, format_name: str | None) -> str:
+        """Display form with the format's separators, else the bare text."""
+        fmt = self.by_name.get(format_name or "")
+        return (fmt.display(text) if fmt else None) or text
+
+    def _length_masks(self, n: int) -> tuple[np.ndarray, list[PlateFormat]]:
+        """(sequences, n, alphabet) allowed-character masks of every expansion of length n, most likely first."""
+        if n not in self._masks:
+            rows, owners, seen = [], [], set()
+            for fmt in self.formats:
+                for seq in fmt.expansions:
+                    if len(seq) == n and seq not in seen:
+                        seen.add(seq)
+                        rows.append([[c in allowed for c in ALPHABET] for allowed in seq])
+                        owners.append(fmt)
+            self._masks[n] = (np.array(rows, bool).reshape(len(rows), n, len(ALPHABET)), owners)
+        return self._masks[n]
+
+    def decode(self, columns: np.ndarray, classes: str, blank: str, max_cost: float = DEFAULT_MAX_COST) -> PlateText:
+        """Format-aware decoding of (timesteps, classes) reader probabilities (see the module doc)."""
+        raw_text, peaks = greedy_peaks(columns, classes, blank)
+        if not raw_text:
+            return PlateText("", None, None, (), "")
+        # Per character: log-probabilities over the alphabet at its peak column, in ALPHABET order.
+        order = [classes.index(c) for c in ALPHABET]
+        logp = np.log(np.maximum(columns[peaks][:, order], PROB_FLOOR))
+        raw_idx = np.array([ALPHABET.index(c) for c in raw_text])
+        raw_lp = logp[np.arange(len(raw_text)), raw_idx]
+        blank_lp = np.log(np.maximum(columns[peaks, classes.index(blank)], PROB_FLOOR))
+        best: tuple[float, PlateFormat, np.ndarray, list[int]] | None = None
+        keep_all = list(range(len(raw_text)))
+        # Candidates: every character kept, or one dropped as blank (a band code or a screw read into the text).
+        trials = [(keep_all, 0.0)]
+        if len(raw_text) > 2:
+            trials += [([k for k in keep_all if k != j], float(raw_lp[j] - blank_lp[j])) for j in keep_all]
+        for keep, drop_cost in trials:
+            masks, owners = self._length_masks(len(keep))
+            if not owners:
+                continue
+            sub = logp[keep]  # (n, alphabet)
+            scored = np.where(masks, sub[None], -np.inf)  # (S, n, alphabet)
+            fit = scored.max(axis=2).sum(axis=1)  # (S,)
+            s = int(np.argmax(fit))
+            cost = float(raw_lp.sum() - fit[s]) + drop_cost
+            if math.isfinite(cost) and (best is None or cost < best[0] - 1e-9):
+                best = (cost, owners[s], scored[s].argmax(axis=1), keep)
+        if best is not None and best[0] <= max_cost:
+            cost, fmt, chars, keep = best
+            text = "".join(ALPHABET[i] for i in chars)
+            probs = tuple(float(np.exp(logp[k, i])) for k, i in zip(keep, chars))
+            return PlateText(text, fmt.name, fmt.country, probs, fmt.display(text) or text, max(0.0, cost))
+        probs = tuple(float(np.exp(v)) for v in raw_lp)
+        return PlateText(raw_text, None, None, probs, raw_text)
+
+
+def greedy_peaks(columns: np.ndarray, classes: str, blank: str) -> tuple[str, list[int]]:
+    """Greedy CTC read of (timesteps, classes) probabilities: the text and the column of each character's peak.
+
+    The best class per column; runs of one class merge and blanks drop out.
+    """
+    if columns.ndim != 2 or columns.shape[1] != len(classes):
+        raise ValueError(f"reader output shape {columns.shape} does not fit {len(classes)} classes")
+    blank_k = classes.index(blank)
+    best = columns.argmax(axis=1)
+    peaks: list[int] = []
+    prev = blank_k
+    for t, k in enumerate(best):
+        if k != blank_k:
+            if k != prev:
+                peaks.append(t)
+            elif columns[t, k] > columns[peaks[-1], k]:
+                peaks[-1] = t
+        prev = k
+    return "".join(classes[best[t]] for t in peaks), peaks
