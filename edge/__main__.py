@@ -1,6 +1,6 @@
 """Command line of the edge: ``python -m edge read [--json] [--models DIR] IMAGE...``,
-``python -m edge run --config FILE`` (the daemon), ``python -m edge check-config FILE`` and
-``python -m edge health --config FILE``.
+``python -m edge run --config FILE`` (the daemon), ``python -m edge check-config FILE``,
+``python -m edge health --config FILE`` and ``python -m edge formats [--models DIR]``.
 
 Exit codes of ``read``: 0 when at least one image was read (plates or not), 1
 when no image could be read, 2 for a usage error, 3 when the models cannot be
@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.model import ACCELERATORS, ModelError
+from edge.formats import FormatError, FormatSet, PlateFormat
+from edge.model import ACCELERATORS, ModelError, read_metadata, reader_formats
 from edge.pipeline import Pipeline, read_as_video
 
 DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
@@ -66,8 +67,13 @@ def cmd_read(args: argparse.Namespace) -> int:
     # The model loader warns (Edge TPU fallback) through logging: one plain line on stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        extra = FormatSet.load(args.countries) if args.countries else None
+    except FormatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         pipeline = Pipeline.from_dir(args.models, args.threads, args.accelerator, refine=args.refine, tiles=args.tiles,
-                                     tiles_per_frame=args.tiles_per_frame, max_runs=args.max_runs)
+                                     tiles_per_frame=args.tiles_per_frame, max_runs=args.max_runs, extra_formats=extra)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -140,6 +146,38 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def describe_format(fmt: PlateFormat) -> str:
+    """A format as ``name PATTERN`` with its groups and display separators, e.g. ``gr GGG-NDDD``."""
+    shown = fmt.groups[0]
+    for sep, g in zip(fmt.separators, fmt.groups[1:]):
+        shown += (sep if sep.strip() else " ") + g
+    return f"{fmt.name} {shown}"
+
+
+def cmd_formats(args: argparse.Namespace) -> int:
+    """One line per country of the model set: code, name, formats."""
+    try:
+        meta = read_metadata(Path(args.models) / "reader.tflite")
+        formats = reader_formats(meta, Path(args.models) / "reader.json")
+        if args.countries:
+            formats = formats.merged(FormatSet.load(args.countries))
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except FormatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    by_country: dict[str, list[PlateFormat]] = {}
+    for fmt in sorted(formats.formats, key=lambda f: -f.prior):
+        by_country.setdefault(fmt.country, []).append(fmt)
+    for c in sorted(formats.countries, key=lambda c: c["code"]):
+        fmts = "; ".join(describe_format(f) for f in by_country.get(c["code"], []))
+        print(f"{c['code']}  {c['name']}: {fmts}")
+    print(f"{len(formats.countries)} countries, {len(formats.formats)} formats (reader {meta.version}); pattern "
+          "letters: L A-Z, D 0-9, N 1-9, X A-Z/0-9, others per country file", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m edge",
@@ -175,10 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--frames", type=int, default=1, metavar="K",
                     help="show each image K times as consecutive camera frames and keep each plate's surest read "
                          "(0: one full turn of the tiles; latency_ms is then per frame; default 1)")
+    rd.add_argument("--countries", type=Path, default=None, metavar="DIR",
+                    help="folder of your own country files (*.yaml): their formats are added to those the reader "
+                         "carries (see the README, 'Plate formats')")
     rd.add_argument("--accelerator", choices=ACCELERATORS, default="cpu",
                     help="edgetpu: run the NAME_edgetpu.tflite variants on a Coral through libedgetpu.so.1 "
                     "(the CPU models, after one warning, when either is missing); default cpu")
     rd.set_defaults(func=cmd_read)
+    fm = sub.add_parser(
+        "formats",
+        help="list the plate formats of a model set, one line per country",
+        description="Print one line per country whose formats the reader carries: its ISO 3166-1 code, its name "
+        "and its formats (name and pattern, groups shown with their display separators). Reads that fit one of "
+        "these are decoded by it; others stay as read.",
+        epilog="exit codes: 0 listed, 2 a country file is invalid, 3 the model set cannot be read",
+    )
+    fm.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model set directory (default: shipped)")
+    fm.add_argument("--countries", type=Path, default=None, metavar="DIR",
+                    help="also list the formats of your own country files in DIR, as read --countries adds them")
+    fm.set_defaults(func=cmd_formats)
     exit_codes = ("exit codes: 0 stopped (signal, or a file source ended with every event delivered), 1 unexpected "
                   "error, 2 invalid configuration, 3 models cannot be loaded, 4 source unusable at start, "
                   "5 spool cannot be opened/written, 6 a file source ended with events still spooled")

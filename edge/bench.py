@@ -91,8 +91,8 @@ def run(models: Path, repeat: int) -> dict:
                     "models": {}, "threads": {}}
     for path in model_paths(models):
         meta = read_metadata(path)
-        result["models"][meta["kind"]] = {"file": path.name, "size_bytes": path.stat().st_size, "macs": meta.get("macs"),
-                                          "input": meta["input"]["shape"], "dtype": meta["input"]["dtype"]}
+        result["models"][meta.kind] = {"file": path.name, "size_bytes": path.stat().st_size, "macs": meta.macs,
+                                        "input": meta.input.shape, "dtype": meta.input.dtype}
     for threads in (1, 2):
         pipe = Pipeline.from_dir(models, num_threads=threads)
         det_in, _ = pipe.detector.prepare(frames[0])

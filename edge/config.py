@@ -89,6 +89,9 @@ class DetectionConfig(StrictModel):
                                                    "their NAME_edgetpu.tflite variants on a Coral Edge TPU through "
                                                    "libedgetpu.so.1 (the CPU models, after one warning, when the "
                                                    "library or a compiled variant is missing).")
+    countries: Path | None = Field(None, description="Folder of your own country files (*.yaml, see countries/ and "
+                                   "the README): their formats are added to those the reader carries, and a file "
+                                   "replaces the reader's country of the same code.")
     threads: int = Field(2, ge=1, le=16, description="TFLite interpreter threads.")
     frame_stride: int = Field(1, ge=1, le=100, description="Infer every Nth captured frame.")
     min_confidence: float = Field(0.0, ge=0, le=1, description="Reads below this reader confidence are ignored.")
@@ -121,10 +124,17 @@ class TrackingConfig(StrictModel):
                            "a read with it.")
     min_text_similarity: float = Field(0.7, ge=0, le=1, description="Text similarity (1 - edit distance / "
                                        "length) that associates a read with a track even without overlap.")
-    confirm_frames: int = Field(2, ge=1, le=100, description="Reads that must agree with the voted text before "
+    split_confidence: float = Field(0.8, ge=0, le=1, description="A read at least this confident whose text is "
+                                    "far from a confident track's voted text is another vehicle, even where the "
+                                    "boxes overlap (the next car in a queue).")
+    split_similarity: float = Field(0.5, ge=0, le=1, description="Text similarity to the track's voted text "
+                                    "below which such a confident read is another vehicle (0.5: more than half "
+                                    "the characters differ).")
+    confirm_frames: int = Field(2, ge=1, le=100, description="Reads that must equal the voted text before "
                                 "the 'new' event is sent.")
     confirm_confidence: float = Field(0.6, ge=0, le=1, description="Voted confidence needed before the 'new' "
-                                      "event is sent.")
+                                      "event is sent (length share x per-position vote share x mean read "
+                                      "confidence; see edge.tracker).")
     lost_after_s: float = Field(1.5, gt=0, le=600, description="A track not seen for this long ends ('end').")
     max_track_s: float = Field(300.0, gt=0, le=86400, description="A track older than this ends (a parked car); "
                                "while it stays in view it is covered by reappear_window_s.")

@@ -38,6 +38,7 @@ import numpy as np
 
 from edge.config import AppConfig, LoggingConfig, MotionConfig
 from edge.model import ModelError
+from edge.formats import FormatError, FormatSet
 from edge.pipeline import Pipeline
 from edge.publish import Publisher
 from edge.sdnotify import Watchdog, notify
@@ -220,7 +221,7 @@ class Daemon:
         crop = None
         if cfg.tracking.crop != "none":
             crop = lambda obs: jpeg_crop(obs, cfg.tracking.crop_quality)  # noqa: E731
-        self.tracker = Tracker(cfg.tracking, cfg.camera.id, crop)
+        self.tracker = Tracker(cfg.tracking, cfg.camera.id, crop, formats=pipeline.reader.formats)
         self.error: BaseException | None = None
         self._last_inferred_ts = 0.0
         self.watchdog = Watchdog()
@@ -395,10 +396,15 @@ def run(cfg: AppConfig) -> int:
     log.info("edge-anpr %s starting", package_version())
     models = cfg.detection.models or DEFAULT_MODELS
     try:
+        extra = FormatSet.load(cfg.detection.countries) if cfg.detection.countries else None
+    except FormatError as exc:
+        log.error("detection.countries: %s", exc)
+        return ExitCode.CONFIG
+    try:
         pipeline = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator,
                                      refine=cfg.detection.refine, tiles=cfg.detection.tiles,
                                      tiles_per_frame=cfg.detection.tiles_per_frame,
-                                     max_runs=cfg.detection.max_detector_runs)
+                                     max_runs=cfg.detection.max_detector_runs, extra_formats=extra)
     except ModelError as exc:
         log.error("detection.models: %s", exc)
         return ExitCode.MODELS

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from edge.model import Model
+from edge.model import Model, ModelError
 
 
 @dataclass(frozen=True)
@@ -169,10 +169,12 @@ class PlateDetector:
     def __init__(self, model: Model) -> None:
         self.model = model
         _, self.height, self.width, self.channels = model.input.shape
-        cfg = model.meta["detector"]
-        self.stride = int(cfg["stride"])
-        self.threshold = float(cfg.get("threshold", 0.5))
-        self.min_cells = int(cfg.get("min_cells", 3))
+        cfg = model.meta.detector
+        if cfg is None:
+            raise ModelError(f"{model.path}: metadata has no 'detector' section")
+        self.stride = cfg.stride
+        self.threshold = cfg.threshold
+        self.min_cells = cfg.min_cells
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """The uint8 model input for a BGR frame, and how it was fitted."""

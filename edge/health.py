@@ -55,7 +55,7 @@ def check_models(cfg: AppConfig, holder: dict) -> str:
     pipeline = holder["pipeline"] = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator,
                                                       refine=cfg.detection.refine, tiles=cfg.detection.tiles)
     det, rd = pipeline.detector.model, pipeline.reader.model
-    versions = f"detector {det.meta.get('version', '?')}, reader {rd.meta.get('version', '?')}"
+    versions = f"detector {det.meta.version}, reader {rd.meta.version}"
     return f"{models} ({versions}) verified and loaded on {det.accelerator}"
 
 

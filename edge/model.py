@@ -2,9 +2,10 @@
 
 A model is two files side by side: ``NAME.tflite`` and ``NAME.json``. The JSON
 holds everything the edge needs to feed the model and read its output (input
-size and colour, quantization, alphabet, decoding) and the sha256 of the
-.tflite file. The edge hard-codes none of it; a mismatch is a clear error
-naming the file.
+size and colour, quantization, alphabet, decoding, the plate formats the
+reader was trained with) and the sha256 of the .tflite file. Its one
+definition is :class:`ModelMeta`: the exporter writes it, the edge reads it.
+The edge hard-codes none of it; a mismatch is a clear error naming the file.
 
 Coral: ``edgetpu_compiler`` turns ``NAME.tflite`` into ``NAME_edgetpu.tflite``
 with the same input and output tensors, so that variant shares ``NAME.json``;
@@ -21,11 +22,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-METADATA_SCHEMA = 1
+from edge.formats import FormatError, FormatSet
+
+#: Version 2: typed sections, and the reader carries its plate formats.
+METADATA_SCHEMA = 2
 ACCELERATORS = ("cpu", "edgetpu")
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
@@ -64,12 +69,12 @@ def edgetpu_path(tflite_path: Path) -> Path:
     return tflite_path.with_name(f"{tflite_path.stem}_edgetpu.tflite")
 
 
-def verify_edgetpu(tflite_path: Path, meta: dict[str, Any]) -> Path:
+def verify_edgetpu(tflite_path: Path, meta: "ModelMeta") -> Path:
     """The Edge TPU variant of ``tflite_path``, checked against ``edgetpu_sha256`` in its metadata."""
     tpu, meta_path = edgetpu_path(tflite_path), tflite_path.with_suffix(".json")
     if not tpu.is_file():
         raise ModelError(f"{tpu}: Edge TPU model not found (compile {tflite_path.name} with edgetpu_compiler)")
-    want = meta.get("edgetpu_sha256")
+    want = meta.edgetpu_sha256
     if not want:
         raise ModelError(f"{meta_path}: no 'edgetpu_sha256' for {tpu.name}; record it with "
                          f"deploy/edgetpu_hash.py {tflite_path.parent}")
@@ -119,7 +124,85 @@ class TensorSpec:
         return {"shape": list(self.shape), "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
 
 
-def read_metadata(tflite_path: Path) -> dict[str, Any]:
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TensorMeta(_Meta):
+    """Shape, dtype and quantization of the model's input or output, as exported."""
+
+    shape: list[int]
+    dtype: Literal["int8", "uint8", "float32"]
+    scale: float = 0.0
+    zero_point: int = 0
+    color: Literal["rgb", "gray"] | None = Field(None, description="input only: the pixels' colour")
+    value: str | None = Field(None, description="input only: how pixels map to model inputs")
+
+
+class DetectorMeta(_Meta):
+    """How the detector's output becomes boxes."""
+
+    stride: int = Field(gt=0, description="input pixels per output cell")
+    threshold: float = Field(0.5, gt=0, lt=1, description="plate probability of a plate cell")
+    min_cells: int = Field(3, ge=1, description="cells a plate needs")
+    output: str = ""
+    letterbox: str = ""
+
+
+class FormatsMeta(_Meta):
+    """The plate formats a reader was trained with: the format part of its country files and their sha256."""
+
+    sha256: str
+    countries: list[dict[str, Any]] = Field(min_length=1)
+
+
+class ReaderMeta(_Meta):
+    """How the reader's columns become text, and the formats that decode it."""
+
+    classes: str = Field(min_length=2)
+    blank: str = Field(min_length=1, max_length=1)
+    decoding: Literal["ctc-greedy", "ctc-format"]
+    max_chars: int = Field(gt=0)
+    crop_margin: tuple[float, float]
+    columns: str = ""
+    formats: FormatsMeta
+
+    @model_validator(mode="after")
+    def _blank_in_classes(self) -> "ReaderMeta":
+        if self.blank not in self.classes:
+            raise ValueError(f"blank {self.blank!r} is not one of the classes")
+        return self
+
+
+class ModelMeta(_Meta):
+    """The metadata sidecar of one model (``NAME.json``): written by ``trainer.export``, read here."""
+
+    schema_version: int = Field(alias="schema")
+    kind: Literal["detector", "reader"]
+    version: str
+    file: str
+    sha256: str
+    size_bytes: int = Field(ge=0)
+    macs: int = Field(ge=0)
+    note: str = Field("", description="free text, e.g. what distinguishes this build")
+    edgetpu_compile: str = ""
+    edgetpu_sha256: str | None = None
+    input: TensorMeta
+    output: TensorMeta
+    detector: DetectorMeta | None = None
+    reader: ReaderMeta | None = None
+
+    @model_validator(mode="after")
+    def _section_of_kind(self) -> "ModelMeta":
+        if getattr(self, self.kind) is None:
+            raise ValueError(f"a {self.kind} needs its '{self.kind}' section")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2, exclude_none=True)
+
+
+def read_metadata(tflite_path: Path) -> ModelMeta:
     """Read and validate the JSON sidecar of ``tflite_path`` (without loading the model)."""
     meta_path = tflite_path.with_suffix(".json")
     if not tflite_path.is_file():
@@ -130,18 +213,33 @@ def read_metadata(tflite_path: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{meta_path}: metadata is not valid JSON: {exc}") from exc
-    for key in ("schema", "kind", "sha256", "input", "output"):
-        if key not in meta:
-            raise ModelError(f"{meta_path}: metadata lacks the key '{key}'")
-    if meta["schema"] != METADATA_SCHEMA:
-        raise ModelError(f"{meta_path}: metadata schema {meta['schema']} is not the supported {METADATA_SCHEMA}")
+    if not isinstance(meta, dict):
+        raise ModelError(f"{meta_path}: metadata must be a JSON object")
+    if meta.get("schema") != METADATA_SCHEMA:
+        raise ModelError(f"{meta_path}: metadata schema {meta.get('schema')} is not the supported {METADATA_SCHEMA} "
+                         "(export the model again with this version's trainer)")
+    try:
+        parsed = ModelMeta.model_validate(meta)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise ModelError(f"{meta_path}: invalid metadata: {where}") from None
     digest = file_sha256(tflite_path)
-    if digest != meta["sha256"]:
+    if digest != parsed.sha256:
         raise ModelError(
-            f"{tflite_path}: sha256 {digest[:12]}… does not match its metadata ({str(meta['sha256'])[:12]}…); "
+            f"{tflite_path}: sha256 {digest[:12]}… does not match its metadata ({parsed.sha256[:12]}…); "
             "the file is corrupt or was replaced without its .json"
         )
-    return meta
+    return parsed
+
+
+def reader_formats(meta: ModelMeta, source: Path) -> FormatSet:
+    """The plate formats a reader's metadata carries, compiled; errors name the file."""
+    if meta.reader is None:
+        raise ModelError(f"{source}: not a reader")
+    try:
+        return FormatSet.from_meta(meta.reader.formats.model_dump(), str(source))
+    except FormatError as exc:
+        raise ModelError(str(exc)) from None
 
 
 class Model:
@@ -155,8 +253,8 @@ class Model:
                  delegate: Any | None = None) -> None:
         self.path = Path(tflite_path)
         self.meta = read_metadata(self.path)
-        if self.meta["kind"] != kind:
-            raise ModelError(f"{self.path}: metadata says kind '{self.meta['kind']}', expected '{kind}'")
+        if self.meta.kind != kind:
+            raise ModelError(f"{self.path}: metadata says kind '{self.meta.kind}', expected '{kind}'")
         self.run_path = verify_edgetpu(self.path, self.meta) if delegate is not None else self.path
         self.accelerator = "edgetpu" if delegate is not None else "cpu"
         try:
@@ -183,17 +281,17 @@ class Model:
         )
 
     def _check(self, which: str, actual: TensorSpec) -> None:
-        want = self.meta[which]
+        want: TensorMeta = getattr(self.meta, which)
         problems = []
-        if list(actual.shape) != list(want.get("shape", [])):
-            problems.append(f"shape {list(actual.shape)} != {want.get('shape')}")
-        if actual.dtype != want.get("dtype"):
-            problems.append(f"dtype {actual.dtype} != {want.get('dtype')}")
+        if list(actual.shape) != want.shape:
+            problems.append(f"shape {list(actual.shape)} != {want.shape}")
+        if actual.dtype != want.dtype:
+            problems.append(f"dtype {actual.dtype} != {want.dtype}")
         if actual.dtype in ("int8", "uint8"):
-            if not np.isclose(actual.scale, float(want.get("scale", -1.0)), rtol=1e-6, atol=0.0):
-                problems.append(f"scale {actual.scale} != {want.get('scale')}")
-            if actual.zero_point != int(want.get("zero_point", 10**9)):
-                problems.append(f"zero point {actual.zero_point} != {want.get('zero_point')}")
+            if not np.isclose(actual.scale, want.scale, rtol=1e-6, atol=0.0):
+                problems.append(f"scale {actual.scale} != {want.scale}")
+            if actual.zero_point != want.zero_point:
+                problems.append(f"zero point {actual.zero_point} != {want.zero_point}")
         if problems:
             raise ModelError(f"{self.run_path}: {which} does not match its metadata: " + "; ".join(problems))
 

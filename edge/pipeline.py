@@ -1,24 +1,26 @@
-"""Frame -> plate reads: detector, rectified crops, reader, plate-format rules."""
+"""Frame -> plate reads: detector, rectified crops, reader, format-aware decoding."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from edge.detect import Detection, PlateDetector, overlap
+from edge.formats import DEFAULT_MAX_COST, FormatSet, PlateText
 from edge.model import load_model_set
-from edge.plates import apply_format_rules, display_text
-from edge.recognize import PlateReader, TextRead
+from edge.recognize import PlateReader
 
 #: Reads shorter than this are noise (a badge, a fragment), not plates...
 MIN_TEXT_LEN = 3
-#: ...except a two-character read of a plate format (UK cherished numbers such as "5 B") that the reader is this
-#: sure of. Such a read stands for its plate only when no candidate box read longer, and ranks after every longer
-#: read of the frame, so that a badge never displaces a plate.
+#: ...except a two-character read that fits a plate format (UK cherished numbers such as "5 B") and that the
+#: reader is this sure of. Such a read stands for its plate only when no candidate box read longer, and ranks
+#: after every longer read of the frame, so that a badge never displaces a plate.
 SHORT_TEXT_LEN = 2
 SHORT_MIN_CONFIDENCE = 0.9
+#: A read that fits no known format (a vanity plate, an unknown country, or lettering that is no plate) is kept
+#: only when the reader is at least this sure of it: a format fit is evidence of a plate, a free text is not.
+FREE_MIN_CONFIDENCE = 0.6
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,12 @@ class PlateRead:
     text: str
     display: str
     format: str | None
+    country: str | None
+    #: ``edge.formats.read_confidence`` of ``char_confidences``: the one confidence of a read.
     confidence: float
     detection: Detection
-    #: Probability of each character of ``text`` (for a format-fixed character, that of the fix).
+    #: Probability of each character of ``text`` at its column (for a format-decoded character, that of the fit).
     char_confidences: tuple[float, ...] = ()
-
-    @property
-    def sureness(self) -> float:
-        """How sure the reader was of this read, as a plate's candidate boxes are chosen (``_sureness``)."""
-        return _sureness(self.char_confidences, self.confidence)
 
     @property
     def score(self) -> float:
@@ -51,20 +50,29 @@ class PlateRead:
             "box": [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
             "display": self.display,
             "format": self.format,
+            "country": self.country,
             "detector_score": round(self.detection.score, 4),
         }
 
 
-def _rank(read: PlateRead) -> tuple[bool, float]:
-    """Plates best first: every read of plate length before the short ones, then by score."""
-    return len(read.text) >= MIN_TEXT_LEN, read.score
+def _rank(read: PlateRead) -> tuple[bool, bool, float]:
+    """Plates best first: reads of plate length before short ones, format fits before free texts, then score."""
+    return len(read.text) >= MIN_TEXT_LEN, read.format is not None, read.score
 
 
-def _sureness(char_probs: Sequence[float], default: float = 0.0) -> float:
-    """How sure the reader is of a read, from the probability of each of its characters: the mean, not the
-    least sure character, so that one doubtful character at a plate's edge does not lose a crop that reads the
-    rest of the plate well. ``default`` for a read without characters."""
-    return float(np.mean(char_probs)) if len(char_probs) else default
+def _candidate_rank(read: PlateText) -> tuple[bool, bool, float]:
+    """Which candidate box of one plate stands for it: plate length, a format fit, then the read's confidence."""
+    return len(read.text) >= MIN_TEXT_LEN, read.format is not None, read.confidence
+
+
+def acceptable(read: PlateText) -> bool:
+    """Whether a read may stand for a plate at all (see MIN_TEXT_LEN, SHORT_*, FREE_MIN_CONFIDENCE)."""
+    n = len(read.text)
+    if n < SHORT_TEXT_LEN:
+        return False
+    if n == SHORT_TEXT_LEN:
+        return read.format is not None and read.confidence >= SHORT_MIN_CONFIDENCE
+    return read.format is not None or read.confidence >= FREE_MIN_CONFIDENCE
 
 
 class Pipeline:
@@ -88,43 +96,35 @@ class Pipeline:
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu", refine: int = 4,
-                 tiles: int = 2, tiles_per_frame: int = 0, max_runs: int = 0) -> "Pipeline":
-        """Load the detector and reader of a model set directory (see ``edge.model.load_model_set``)."""
+                 tiles: int = 2, tiles_per_frame: int = 0, max_runs: int = 0, extra_formats: FormatSet | None = None,
+                 max_cost: float = DEFAULT_MAX_COST) -> "Pipeline":
+        """Load the detector and reader of a model set directory (see ``edge.model.load_model_set``);
+        ``extra_formats`` adds country files to the formats the reader carries."""
         det, rd = load_model_set(models_dir, num_threads, accelerator)
-        return cls(PlateDetector(det), PlateReader(rd), refine=refine, tiles=tiles, tiles_per_frame=tiles_per_frame,
-                   max_runs=max_runs)
+        return cls(PlateDetector(det), PlateReader(rd, extra_formats, max_cost), refine=refine, tiles=tiles,
+                   tiles_per_frame=tiles_per_frame, max_runs=max_runs)
 
     def read_detections(self, image: np.ndarray, detections: list[Detection]) -> list[PlateRead]:
-        """Read the text of given detections; drop empty or too-short reads; best first.
+        """Read the text of given detections; drop reads that cannot be plates; best first.
 
         A detection with several candidate boxes (see ``edge.detect``) is read
-        in each; the read whose characters the reader is surest of, on
-        average, stands for the plate, with that candidate's box.
+        in each; the read that fits a format and that the reader is surest of
+        stands for the plate, with that candidate's box.
         """
         reads = []
         for det in detections[: self.max_plates]:
-            best: tuple[float, TextRead, Detection] | None = None
-            short: tuple[float, TextRead, Detection] | None = None
+            best: tuple[PlateText, Detection] | None = None
             for cand in det.candidates():
                 read = self.reader.read_crop(self.reader.crop(image, cand.quad))
-                if len(read.text) < MIN_TEXT_LEN:
-                    if (len(read.text) == SHORT_TEXT_LEN and read.confidence >= SHORT_MIN_CONFIDENCE
-                            and apply_format_rules(read.text, read.alternatives)[1] is not None
-                            and (short is None or read.confidence > short[0])):
-                        short = (read.confidence, read, cand)
-                    continue
-                sureness = _sureness([max(alt.values(), default=0.0) for alt in read.alternatives])
-                if best is None or sureness > best[0]:
-                    best = (sureness, read, cand)
-            best = best or short
+                if acceptable(read) and (best is None or _candidate_rank(read) > _candidate_rank(best[0])):
+                    best = (read, cand)
             if best is None:
                 continue
-            _, read, cand = best
-            text, fmt = apply_format_rules(read.text, read.alternatives)
-            chars = tuple(round(alt.get(c, 0.0), 4) for c, alt in zip(text, read.alternatives))
+            read, cand = best
             # The plate keeps its detection's score: the ranking across plates is the detector's, not the crop's.
             chosen = replace(cand, score=det.score, alternatives=())
-            reads.append(PlateRead(text, display_text(text, fmt), fmt, read.confidence, chosen, chars))
+            reads.append(PlateRead(read.text, read.display, read.format, read.country, read.confidence, chosen,
+                                   tuple(round(p, 4) for p in read.char_probs)))
         reads.sort(key=_rank, reverse=True)
         return reads
 
@@ -161,6 +161,6 @@ def read_as_video(pipeline: Pipeline, image: np.ndarray, frames: int) -> tuple[l
             same = next((i for i, k in enumerate(kept) if overlap(k.detection.box, read.detection.box) >= 0.3), None)
             if same is None:
                 kept.append(read)
-            elif read.sureness > kept[same].sureness:
+            elif _rank(read) > _rank(kept[same]):
                 kept[same] = read
     return sorted(kept, key=_rank, reverse=True), frames

@@ -7,12 +7,11 @@ those of the bottom row, so one-row and two-row plates decode the same way.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-from edge.model import Model, ModelError
+from edge.formats import DEFAULT_MAX_COST, FormatSet, PlateText, greedy_peaks
+from edge.model import Model, ModelError, reader_formats
 
 
 def expand_quad(quad: np.ndarray, margin_x: float, margin_y: float) -> np.ndarray:
@@ -34,16 +33,6 @@ def crop_plate(image: np.ndarray, quad: np.ndarray, width: int, height: int, mar
     return warped
 
 
-@dataclass(frozen=True)
-class TextRead:
-    """Decoded reader output."""
-
-    text: str
-    confidence: float
-    #: Per character of ``text``: plausible characters and their probabilities.
-    alternatives: list[dict[str, float]]
-
-
 def encode_label(text: str, classes: str, length: int, blank: str) -> np.ndarray:
     """Class indices of ``text`` padded with the blank to ``length`` (the reader's training target)."""
     if len(text) > length:
@@ -51,57 +40,54 @@ def encode_label(text: str, classes: str, length: int, blank: str) -> np.ndarray
     return np.array([classes.index(c) for c in text.ljust(length, blank)], np.int32)
 
 
-def decode_ctc(probs: np.ndarray, classes: str, blank: str, keep: float = 0.01) -> TextRead:
-    """Greedy CTC decoding of (timesteps, classes) probabilities.
+def decode_ctc(probs: np.ndarray, classes: str, blank: str) -> PlateText:
+    """Greedy CTC read of (timesteps, classes) probabilities, with no format applied (training, export checks).
 
-    The best class per column; runs of the same class merge and blanks drop
-    out. Each character's probability is its peak over its run; the read's
-    confidence is the lowest of those, so one doubtful character makes a
-    doubtful plate.
+    Runs of one class merge and blanks drop out; each character's probability
+    is its peak over its run, and the confidence is ``read_confidence`` of them.
     """
-    if probs.ndim != 2 or probs.shape[1] != len(classes):
-        raise ValueError(f"reader output shape {probs.shape} does not fit {len(classes)} classes")
-    blank_k = classes.index(blank)
-    best = probs.argmax(axis=1)
-    peaks: list[int] = []  # timestep of each character's peak probability
-    prev = blank_k
-    for t, k in enumerate(best):
-        if k != blank_k:
-            if k != prev:
-                peaks.append(t)
-            elif probs[t, k] > probs[peaks[-1], k]:
-                peaks[-1] = t
-        prev = k
-    text = "".join(classes[best[t]] for t in peaks)
-    conf = min((float(probs[t, best[t]]) for t in peaks), default=0.0)
-    alts = [{classes[j]: float(probs[t, j]) for j in np.nonzero(probs[t] >= keep)[0] if j != blank_k} for t in peaks]
-    return TextRead(text, conf, alts)
+    text, peaks = greedy_peaks(probs, classes, blank)
+    char_probs = tuple(float(probs[t, classes.index(c)]) for t, c in zip(peaks, text))
+    return PlateText(text, None, None, char_probs, text)
 
 
 class PlateReader:
-    """Runs the reader model on plate quads of a frame."""
+    """Runs the reader model on plate quads of a frame and decodes its columns with the model's plate formats.
 
-    def __init__(self, model: Model) -> None:
+    ``extra_formats`` adds countries to those the model carries (a user's own
+    country files); ``max_cost`` is the decoding's tolerance (``edge.formats``).
+    """
+
+    def __init__(self, model: Model, extra_formats: FormatSet | None = None,
+                 max_cost: float = DEFAULT_MAX_COST) -> None:
         self.model = model
         _, self.height, self.width, channels = model.input.shape
         if channels != 1:
             raise ModelError(f"{model.path}: reader input must be grayscale (1 channel), has {channels}")
-        cfg = model.meta["reader"]
-        if cfg.get("decoding") != "ctc-greedy":
-            raise ModelError(f"{model.path}: reader decoding '{cfg.get('decoding')}' is not supported (ctc-greedy)")
-        self.classes: str = cfg["classes"]
-        self.blank: str = cfg["blank"]
-        self.margin = (float(cfg["crop_margin"][0]), float(cfg["crop_margin"][1]))
-        if model.output.shape[-1] != len(self.classes) or self.blank not in self.classes:
+        cfg = model.meta.reader
+        if cfg is None:
+            raise ModelError(f"{model.path}: metadata has no 'reader' section")
+        self.classes = cfg.classes
+        self.blank = cfg.blank
+        self.margin = (float(cfg.crop_margin[0]), float(cfg.crop_margin[1]))
+        self.formats = reader_formats(model.meta, model.path.with_suffix(".json"))
+        if extra_formats is not None:
+            self.formats = self.formats.merged(extra_formats)
+        self.max_cost = max_cost
+        if model.output.shape[-1] != len(self.classes):
             raise ModelError(
                 f"{model.path}: output shape {list(model.output.shape)} does not match the metadata's "
-                f"{len(self.classes)} classes with blank '{self.blank}'"
+                f"{len(self.classes)} classes"
             )
 
     def crop(self, image: np.ndarray, quad: np.ndarray) -> np.ndarray:
         """The reader's uint8 input for one plate quad."""
         return crop_plate(image, quad, self.width, self.height, self.margin)
 
-    def read_crop(self, crop: np.ndarray) -> TextRead:
-        """Read one prepared crop."""
-        return decode_ctc(self.model.run_pixels(crop), self.classes, self.blank)
+    def columns(self, crop: np.ndarray) -> np.ndarray:
+        """The reader's (timesteps, classes) probabilities for one prepared crop."""
+        return self.model.run_pixels(crop)
+
+    def read_crop(self, crop: np.ndarray) -> PlateText:
+        """Read one prepared crop: the format-decoded text."""
+        return self.formats.decode(self.columns(crop), self.classes, self.blank, self.max_cost)

@@ -18,12 +18,23 @@ import sys
 from pathlib import Path
 
 
+def _use_countries(args: argparse.Namespace) -> None:
+    """Draw from the shipped country files plus the user's folders (``--countries``), validated up front."""
+    from edge.formats import COUNTRIES_DIR, load_countries
+    from trainer.synth.text import use_countries
+
+    folders = [COUNTRIES_DIR, *getattr(args, "countries", [])]
+    load_countries(*folders)  # a bad file stops here, naming the file and the key
+    use_countries(*folders)
+
+
 def _synth(args: argparse.Namespace) -> int:
+    _use_countries(args)
     if args.what == "preview":
         from trainer.synth import preview_grid
         import numpy as np
 
-        preview_grid(np.random.default_rng(args.seed), args.out, args.kind, args.n)
+        preview_grid(np.random.default_rng(args.seed), args.out, args.kind, args.n, country=args.country)
         print(f"wrote {args.out}")
         return 0
     if args.what == "scenes":
@@ -46,7 +57,10 @@ def _synth(args: argparse.Namespace) -> int:
         photos = list_backgrounds(args.backgrounds)
         print(f"{len(photos)} background pictures from {args.backgrounds}")
     data = generate(args.kind, args.n, args.seed, workers=args.workers, texts=args.texts, photos=photos)
+    from trainer.synth.text import catalogue
+
     save_set(args.out, data, {"kind": args.kind, "seed": args.seed, "texts": args.texts, "generator": "trainer.synth",
+                              "formats": catalogue().format_set.to_meta(),
                               "backgrounds": str(args.backgrounds) if args.backgrounds else None,
                               "background_count": len(photos)})
     print(f"wrote {len(data['x'])} {args.kind} samples to {args.out}")
@@ -88,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from trainer.export import export, install
 
-    report = export(args.kind, args.run, args.data, args.out, n_rep=args.calibration)
+    report = export(args.kind, args.run, args.data, args.out, n_rep=args.calibration, countries=args.countries)
     (args.out / f"{args.kind}_export.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     if args.install:
@@ -148,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     sy = sub.add_parser("synth", help="make synthetic training sets or preview grids")
+    sy.add_argument("--countries", type=Path, action="append", default=[], metavar="DIR",
+                    help="folder of your own country files (*.yaml), drawn besides the shipped countries/ (a file "
+                         "replaces the shipped country of the same code); repeatable")
     sy_sub = sy.add_subparsers(dest="what", required=True)
     data = sy_sub.add_parser("data", help="write a training set (.npz) for one network")
     data.add_argument("--kind", choices=["reader", "detector"], required=True)
@@ -162,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", type=Path, required=True)
     prev = sy_sub.add_parser("preview", help="write a PNG grid of synthetic samples to look at")
     prev.add_argument("--kind", choices=["plates", "scenes"], default="plates")
+    prev.add_argument("--country", default=None, metavar="CODE",
+                      help="plates of one country only (ISO 3166-1 alpha-2 code of a country file), each format "
+                           "in turn")
     prev.add_argument("--n", type=int, default=32)
     prev.add_argument("--seed", type=int, default=0)
     prev.add_argument("--out", type=Path, default=Path("preview.png"))
@@ -207,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", type=Path, required=True, help="set for int8 calibration and the agreement check")
     ex.add_argument("--out", type=Path, required=True, help="writes OUT/float and OUT/int8")
     ex.add_argument("--install", type=Path, default=None, help="also copy the int8 set into this models directory")
+    ex.add_argument("--countries", type=Path, action="append", default=None, metavar="DIR",
+                    help="reader: the country folders it was trained with (default: what --data's sidecar records, "
+                         "else the shipped countries/)")
     ex.add_argument("--calibration", type=int, default=1000, metavar="N",
                     help="samples drawn from --data to calibrate the int8 ranges (default 1000)")
     ex.set_defaults(func=_export)

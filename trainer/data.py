@@ -21,7 +21,7 @@ from edge.detect import letterbox, rect_quad
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import crop_plate, encode_label
 from trainer.synth import make_plate_patch, make_scene, random_text
-from trainer.synth.render import row_texts
+from trainer.synth.text import countries_in_use, row_texts, use_countries
 
 # What the networks see (kept here, free of TensorFlow, so worker processes start fast).
 DETECTOR_STRIDE = 4
@@ -133,9 +133,12 @@ class _Job:
     count: int
     texts: tuple[tuple[str, str], ...] = ()  # a fixed pool of (text, format) to draw from, when given
     photos: tuple[str, ...] = ()  # the user's background pictures, when given
+    countries: tuple[str, ...] = ()  # the country folders the texts are drawn from (spawned workers start afresh)
 
 
 def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if job.countries and job.countries != countries_in_use():
+        use_countries(*job.countries)
     h, w = READER_INPUT
     x = np.zeros((job.count, h, w), np.uint8)
     y = np.zeros((job.count, 2 * MAX_CHARS), np.int32)
@@ -156,6 +159,8 @@ def _reader_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _detector_samples(job: _Job) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if job.countries and job.countries != countries_in_use():
+        use_countries(*job.countries)
     h, w = DETECTOR_INPUT
     x = np.zeros((job.count, h, w, 3), np.uint8)
     y = np.zeros((job.count, h // DETECTOR_STRIDE, w // DETECTOR_STRIDE), np.uint8)
@@ -192,7 +197,8 @@ def generate(
         raise ValueError(f"unknown kind '{kind}', expected one of {sorted(_MAKERS)}")
     pool_rng = np.random.default_rng((seed, 1 << 31))  # apart from the per-sample seeds (seed, i)
     pool = tuple(random_text(pool_rng) for _ in range(texts))
-    jobs = [_Job(kind, seed, s, min(chunk, n - s), pool, tuple(photos)) for s in range(0, n, chunk)]
+    jobs = [_Job(kind, seed, s, min(chunk, n - s), pool, tuple(photos), countries_in_use())
+            for s in range(0, n, chunk)]
     xs, ys, texts = [], [], []
     with mp.get_context("spawn").Pool(workers) if workers > 1 else _Inline() as pool:
         bar = tqdm(total=n, desc=f"synth {kind}", unit="img", disable=not progress)

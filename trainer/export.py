@@ -15,7 +15,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edge.model import METADATA_SCHEMA, Model, file_sha256, interpreter_class
+from edge.formats import COUNTRIES_DIR, FormatSet
+from edge.model import METADATA_SCHEMA, DetectorMeta, FormatsMeta, Model, ModelMeta, ReaderMeta, TensorMeta, \
+    file_sha256, interpreter_class
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
 from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, load_set
@@ -74,21 +76,7 @@ def op_names(tflite_bytes: bytes) -> list[str]:
     return [op["op_name"] for op in interp._get_ops_details()]
 
 
-def _metadata(kind: str, path: Path, macs: int, extra: dict) -> dict:
-    return {
-        "schema": METADATA_SCHEMA,
-        "kind": kind,
-        "version": dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d.%H%M"),
-        "file": path.name,
-        "sha256": file_sha256(path),
-        "size_bytes": path.stat().st_size,
-        "macs": macs,
-        # The compiler is x86-64 only; a Coral user runs this on a workstation, next to the file.
-        "edgetpu_compile": EDGETPU_COMPILE.format(dir=".", file=path.name),
-    } | extra
-
-
-def _write(kind: str, tflite: bytes, out: Path, macs: int, extra: dict) -> Model:
+def _write(kind: str, tflite: bytes, out: Path, macs: int, formats: FormatSet | None) -> Model:
     """Write ``out/<kind>.tflite`` and its metadata; return it loaded through the edge."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{kind}.tflite"
@@ -96,39 +84,65 @@ def _write(kind: str, tflite: bytes, out: Path, macs: int, extra: dict) -> Model
     interp = interpreter_class()(model_content=tflite)
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
 
-    def spec(d):
+    def spec(d: dict, **extra: str) -> TensorMeta:
         scale, zp = d["quantization"]
-        return {"shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
-                "scale": float(scale), "zero_point": int(zp)}
+        return TensorMeta(shape=[int(v) for v in d["shape"]], dtype=np.dtype(d["dtype"]).name, scale=float(scale),
+                          zero_point=int(zp), **extra)
 
-    meta = _metadata(kind, path, macs, {"input": spec(inp) | {"color": "rgb" if inp["shape"][-1] == 3 else "gray",
-                                                                      "value": "pixel / 255"},
-                                              "output": spec(outp)} | extra)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    meta = ModelMeta(
+        schema=METADATA_SCHEMA, kind=kind, version=dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d.%H%M"),
+        file=path.name, sha256=file_sha256(path), size_bytes=path.stat().st_size, macs=macs,
+        # The compiler is x86-64 only; a Coral user runs this on a workstation, next to the file.
+        edgetpu_compile=EDGETPU_COMPILE.format(dir=".", file=path.name),
+        input=spec(inp, color="rgb" if inp["shape"][-1] == 3 else "gray", value="pixel / 255"), output=spec(outp),
+        **_kind_section(kind, formats))
+    path.with_suffix(".json").write_text(meta.to_json())
     return Model(path, kind, num_threads=2)
 
 
-def _kind_config(kind: str) -> dict:
+def _kind_section(kind: str, formats: FormatSet | None) -> dict:
     if kind == "detector":
-        return {"detector": {"stride": DETECTOR_STRIDE, "threshold": 0.5, "min_cells": 3,
-                             "output": "plate probability per cell", "letterbox": "top-left, black padding"}}
-    return {"reader": {"classes": READER_CLASSES, "blank": BLANK, "decoding": "ctc-greedy", "max_chars": MAX_CHARS,
-                       "crop_margin": list(READER_MARGIN),
-                       "columns": "top-row columns left to right, then bottom-row columns"}}
+        return {"detector": DetectorMeta(stride=DETECTOR_STRIDE, threshold=0.5, min_cells=3,
+                                         output="plate probability per cell", letterbox="top-left, black padding")}
+    if formats is None:
+        raise ValueError("a reader export needs the plate formats it was trained with")
+    return {"reader": ReaderMeta(classes=READER_CLASSES, blank=BLANK, decoding="ctc-format", max_chars=MAX_CHARS,
+                                 crop_margin=READER_MARGIN, formats=FormatsMeta(**formats.to_meta()),
+                                 columns="top-row columns left to right, then bottom-row columns")}
 
 
-def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 1000, n_check: int = 500) -> dict:
-    """Export ``run_dir/model.keras`` to ``out_dir/float`` and ``out_dir/int8``; return a check report."""
+def training_formats(data: Path, countries: list[Path] | None = None) -> FormatSet:
+    """The formats a set was drawn from: its sidecar records them; else the country folders (default: shipped)."""
+    info = Path(str(data) + ".json")
+    if not countries and info.is_file():
+        recorded = json.loads(info.read_text()).get("formats")
+        if recorded:
+            return FormatSet.from_meta(recorded, str(info))
+    return FormatSet.load(*(countries or [COUNTRIES_DIR]))
+
+
+def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 1000, n_check: int = 500,
+           countries: list[Path] | None = None) -> dict:
+    """Export ``run_dir/model.keras`` to ``out_dir/float`` and ``out_dir/int8``; return a check report.
+
+    A reader carries the formats of the country files its data was drawn from (``training_formats``).
+    """
     trained = keras.models.load_model(run_dir / "model.keras", compile=False)
     d = load_set(data)
     rng = np.random.default_rng(0)
     rep = d["x"][rng.permutation(len(d["x"]))[:n_rep]]
     check = d["x"][: min(n_check, len(d["x"]))]  # the head of the set is the training validation split
-    return export_model(kind, exportable(kind, trained), rep, check, out_dir)
+    formats = training_formats(data, countries) if kind == "reader" else None
+    return export_model(kind, exportable(kind, trained), rep, check, out_dir, formats)
 
 
-def export_model(kind: str, model: keras.Model, rep_x: np.ndarray, check_x: np.ndarray, out_dir: Path) -> dict:
-    """Convert ``model`` to float and int8 TFLite under ``out_dir``, check ops and agreement."""
+def export_model(kind: str, model: keras.Model, rep_x: np.ndarray, check_x: np.ndarray, out_dir: Path,
+                 formats: FormatSet | None = None) -> dict:
+    """Convert ``model`` to float and int8 TFLite under ``out_dir``, check ops and agreement.
+
+    ``formats``: a reader's plate formats (default: the shipped country files)."""
+    if kind == "reader" and formats is None:
+        formats = FormatSet.load(COUNTRIES_DIR)
     macs = count_macs(model)
     report: dict = {"kind": kind, "macs": macs}
     for precision, rep in (("float", None), ("int8", rep_x)):
@@ -137,7 +151,7 @@ def export_model(kind: str, model: keras.Model, rep_x: np.ndarray, check_x: np.n
         bad = sorted(set(ops) - EDGE_TPU_OPS)
         if precision == "int8" and bad:
             raise RuntimeError(f"{kind} int8 export has ops the Edge TPU does not map: {bad}")
-        edge_model = _write(kind, flat, out_dir / precision, macs, _kind_config(kind))
+        edge_model = _write(kind, flat, out_dir / precision, macs, formats)
         report[precision] = {"ops": sorted(set(ops)), "size_bytes": len(flat),
                              "agreement": _agreement(kind, model, edge_model, check_x)}
     return report

@@ -1,19 +1,36 @@
-"""Tracker: association, per-character voting, new/end timing, parked cars, re-appearance."""
+"""Tracker: association, queue splits, per-character voting, new/end timing, parked cars, re-appearance."""
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from edge.config import TrackingConfig
+from edge.formats import FormatSet
 from edge.tracker import Observation, Tracker, iou, similarity
 
 T0 = 1_700_000_000.0
+GB = FormatSet([{"code": "GB", "name": "United Kingdom", "weight": 1, "classes": {},
+                 "formats": [{"name": "gb_current", "groups": ["LLDD", "LLL"], "separators": [" "], "share": 1,
+                              "vehicle": "car"}]}])
 
 
 def obs(text: str, x: float, conf: float = 0.9, y: float = 100.0) -> Observation:
     return Observation(text, conf, (x, y, x + 100, y + 25))
 
 
-def tracker(**kw) -> Tracker:
+def tracker(formats: FormatSet | None = None, **kw) -> Tracker:
     cfg = TrackingConfig(**({"confirm_frames": 2, "confirm_confidence": 0.5, "lost_after_s": 1.0} | kw))
-    return Tracker(cfg, "cam")
+    return Tracker(cfg, "cam", formats=formats)
+
+
+def feed(t: Tracker, texts: list[str], x: float = 10.0, conf: float = 0.9, start: float = 0.0,
+         step: float = 0.1) -> list[tuple[str, str, str]]:
+    """One read per frame at one spot; the (type, text, id) of every event."""
+    out = []
+    for i, text in enumerate(texts):
+        out += [(e.type, e.text, e.event_id) for e in t.update([obs(text, x, conf)], T0 + start + i * step)]
+    return out
 
 
 def test_iou_and_similarity() -> None:
@@ -26,12 +43,14 @@ def test_iou_and_similarity() -> None:
 
 
 def test_new_as_soon_as_confident_then_end_with_same_id() -> None:
-    t = tracker()
+    """Format and display now come from the model set's formats (GB's format is called gb_current)."""
+    t = tracker(GB)
     assert t.update([obs("AB12CDE", 10)], T0) == []  # one read is not enough
     events = t.update([obs("AB12CDE", 20)], T0 + 0.1)
     assert [(e.type, e.text) for e in events] == [("new", "AB12CDE")]
     new = events[0]
-    assert new.frame_count == 2 and new.display == "AB12 CDE" and new.format == "uk_current"
+    assert new.frame_count == 2 and new.display == "AB12 CDE" and new.format == "gb_current"
+    assert new.country == "GB"
     assert t.update([obs("AB12CDE", 30)], T0 + 0.2) == []  # no repeats while it stays
     assert t.update([], T0 + 0.9) == []
     end = t.update([], T0 + 1.3)
@@ -40,7 +59,8 @@ def test_new_as_soon_as_confident_then_end_with_same_id() -> None:
     assert t.tracks == []
 
 
-def test_voting_per_character_outvotes_a_misread() -> None:
+def test_voting_per_character_outvotes_a_misread_voted_confidence_per_position() -> None:
+    """The voted confidence is now per position (module doc), no longer the exact-agreeing share."""
     t = tracker(confirm_frames=3, confirm_confidence=0.5)
     t.update([obs("AB12CDE", 10, 0.9)], T0)
     t.update([obs("A812CDE", 12, 0.6)], T0 + 0.1)  # B read as 8 once, less sure
@@ -48,8 +68,17 @@ def test_voting_per_character_outvotes_a_misread() -> None:
     assert events == []  # only two reads agree so far
     events = t.update([obs("AB12CDE", 16, 0.9)], T0 + 0.3)
     assert [e.text for e in events] == ["AB12CDE"]
-    # Mean agreeing confidence times their share of the weight: 0.9 * 2.7 / 3.3.
-    assert abs(events[0].confidence - 0.9 * 2.7 / 3.3) < 1e-6
+    # One length; six positions unanimous, one won 2.7 : 0.6; mean read confidence 3.3 / 4.
+    expected = (2.7 / 3.3) ** (1 / 7) * 3.3 / 4
+    assert abs(events[0].confidence - expected) < 1e-6
+
+
+def test_one_read_voted_confidence_is_its_confidence_and_other_lengths_lower_it() -> None:
+    t = tracker(confirm_frames=1)
+    (new,) = t.update([obs("AB12CDE", 10, 0.8)], T0)
+    assert abs(new.confidence - 0.8) < 1e-9
+    t.update([obs("AB12CD", 10, 0.8)], T0 + 0.1)  # a character lost: the length share is 1/2
+    assert abs(t.tracks[0].voted()[1] - 0.5 * 0.8) < 1e-9
 
 
 def test_low_confidence_is_not_announced() -> None:
@@ -106,7 +135,84 @@ def test_event_json_fields() -> None:
     t.update([obs("AB12CDE", 10)], T0)
     (new,) = t.update([obs("AB12CDE", 12)], T0 + 0.25)
     j = new.as_json()
-    assert set(j) == {"type", "id", "camera", "text", "display", "format", "confidence", "best_confidence",
-                      "first_seen", "last_seen", "frame_count", "box"}
+    assert set(j) == {"type", "id", "camera", "text", "display", "format", "country", "confidence",
+                      "best_confidence", "first_seen", "last_seen", "frame_count", "box"}
+    assert j["format"] is None and j["country"] is None and j["display"] == "AB12CDE"  # no formats given
     assert j["first_seen"].endswith("Z") and j["camera"] == "cam" and len(j["box"]) == 4
     assert j["last_seen"] == "2023-11-14T22:13:20.250Z"
+
+
+def test_event_json_format_and_country_from_the_format_set() -> None:
+    t = tracker(GB)
+    t.update([obs("AB12CDE", 10)], T0)
+    (new,) = t.update([obs("AB12CDE", 12)], T0 + 0.1)
+    j = new.as_json()
+    assert (j["format"], j["country"], j["display"]) == ("gb_current", "GB", "AB12 CDE")
+    t.update([obs("ZG4821KT", 300)], T0 + 0.2)
+    (other,) = t.update([obs("ZG4821KT", 302)], T0 + 0.3)  # fits no format of the set
+    assert (other.format, other.country, other.display) == (None, None, "ZG4821KT")
+    assert list(j).index("country") == list(j).index("format") + 1
+
+
+def test_queue_at_a_barrier_next_car_on_the_same_box_is_a_new_vehicle() -> None:
+    """Car B stops where car A stood, with no gap: two vehicles, A's end no later than B's new."""
+    t = Tracker(TrackingConfig(), "cam")  # the shipped defaults
+    events = feed(t, ["AB12CDE"] * 10 + ["XY34ZKP"] * 10)
+    events += [(e.type, e.text, e.event_id) for e in t.finish()]
+    assert [(k, text) for k, text, _ in events] == [("new", "AB12CDE"), ("end", "AB12CDE"),
+                                                     ("new", "XY34ZKP"), ("end", "XY34ZKP")]
+    assert events[0][2] == events[1][2] != events[2][2] == events[3][2]
+
+
+def test_queue_old_track_ends_at_once_in_the_frame_the_next_car_appears() -> None:
+    t = Tracker(TrackingConfig(confirm_frames=1), "cam")
+    feed(t, ["AB12CDE"] * 5)
+    events = t.update([obs("XY34ZKP", 10)], T0 + 0.5)
+    assert [(e.type, e.text) for e in events] == [("end", "AB12CDE"), ("new", "XY34ZKP")]
+    assert [tr.voted()[0] for tr in t.tracks] == ["XY34ZKP"]
+
+
+def test_queue_split_needs_a_confident_track_and_a_confident_read() -> None:
+    t = Tracker(TrackingConfig(), "cam")
+    feed(t, ["AB12CDE"], conf=0.9)  # one read: the track is not confident yet
+    feed(t, ["XY34ZKP"], conf=0.9, start=0.1)
+    assert len(t.tracks) == 1 and t.tracks[0].frames == 2
+
+
+def test_a_single_low_confidence_misread_does_not_split_a_track() -> None:
+    t = Tracker(TrackingConfig(), "cam")
+    events = feed(t, ["AB12CDE"] * 5)
+    events += [(e.type, e.text, e.event_id) for e in t.update([obs("XY34ZKP", 10, 0.5)], T0 + 0.5)]
+    events += [(e.type, e.text, e.event_id) for e in t.update([obs("A812CDF", 10, 0.95)], T0 + 0.6)]  # similar
+    events += feed(t, ["AB12CDE"] * 5, start=0.7)
+    events += [(e.type, e.text, e.event_id) for e in t.finish()]
+    assert [(k, text) for k, text, _ in events] == [("new", "AB12CDE"), ("end", "AB12CDE")]
+    assert len({i for _, _, i in events}) == 1
+
+
+def test_cars_side_by_side_one_unread_for_a_frame_is_not_ended() -> None:
+    t = tracker()
+    for i in range(3):
+        t.update([obs("AB12CDE", 0), obs("XY34ZKP", 300)], T0 + i * 0.1)
+    assert t.update([obs("XY34ZKP", 302)], T0 + 0.3) == []  # AB12CDE hidden for a frame
+    assert sorted(tr.voted()[0] for tr in t.tracks) == ["AB12CDE", "XY34ZKP"]
+
+
+@pytest.mark.parametrize("misreads", [["NYL36I4", "NYL3G14"], ["NYL36I4"]], ids=["mixed", "same-position"])
+def test_reads_alternating_on_look_alikes_confirm_with_the_majority_text(misreads: list[str]) -> None:
+    """6 of 10 frames exact, 4 with one look-alike character: the per-position vote confirms."""
+    exact = "NYL3614"
+    bad = iter(misreads * 4)
+    texts = [exact if k in (1, 3, 5, 7, 8, 9) else next(bad) for k in range(10)]
+    if misreads == ["NYL36I4"]:
+        texts = [exact, "NYL36I4"] * 4 + [exact, exact]
+    t = Tracker(TrackingConfig(), "cam")  # confirm_confidence 0.6
+    events = feed(t, texts)
+    assert [(k, text) for k, text, _ in events] == [("new", exact)]
+    text, conf, agree = t.tracks[0].voted()
+    assert text == exact and agree == 6
+    # The old rule (mean agreeing confidence x their share of the weight) gave 0.9 * 0.6 = 0.54: no event.
+    assert conf >= 0.6 > 0.9 * 0.6
+    expected_same_position = 0.9 * 0.6 ** (1 / 7)
+    if misreads == ["NYL36I4"]:
+        assert math.isclose(conf, expected_same_position)

@@ -2,7 +2,7 @@
 from .preview import preview_grid
 from .render import render_plate
 from .scene import PlateInstance, Scene, make_plate_patch, make_scene
-from .text import FORMAT_WEIGHTS, random_text
+from .text import catalogue, random_text, use_countries
 
-__all__ = ["FORMAT_WEIGHTS", "PlateInstance", "Scene", "make_plate_patch", "make_scene", "preview_grid",
-           "random_text", "render_plate"]
+__all__ = ["catalogue", "PlateInstance", "Scene", "make_plate_patch", "make_scene", "preview_grid",
+           "random_text", "render_plate", "use_countries"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .render import render_plate
-from .scene import background, draw_car, paste_plate
+from .render import plate_width_mm, render_plate
+from .scene import CAR_WIDTH_MM, background, draw_car, paste_plate
 from .text import random_text
 
 
@@ -38,7 +38,7 @@ def make_clip(
                                [cx + pw / 2, cy + ph / 2], [cx - pw / 2, cy + ph / 2]])
             img = road.copy()
             # The same seed every frame: the car keeps its look while it moves.
-            draw_car(np.random.default_rng(car_seed), img, cx, cy, pw, ph, pw * (5.5 if fmt == "us" else 3.6),
+            draw_car(np.random.default_rng(car_seed), img, cx, cy, pw, ph, pw * CAR_WIDTH_MM / plate_width_mm(fmt),
                      [(*quad.min(0), *quad.max(0))])
             paste_plate(img, plate, quad)
             frames.append(np.clip(img, 0, 255).astype(np.uint8))

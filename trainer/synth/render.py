@@ -1,29 +1,24 @@
-"""Plate rendering: per-country layouts, colours, fonts, borders, embossing and wear.
+"""Plate rendering from the country files: layout, colours, typeface, band, marks, embossing and wear.
 
-Plates are laid out in millimetres (EU 520x110, US 305x152) and drawn at
+A plate is laid out in millimetres from its format's style (``edge.formats.Style``:
+size, colour schemes, typeface, band, captions, marks) and drawn at
 ``width_px`` pixels wide as BGRA, alpha being the plate's rounded outline.
+Nothing here knows a country: every difference between plates is in the data.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from edge.plates import FORMATS_BY_NAME
+from edge.formats import Band, Style
 
 from .fonts import FontSpec, aspect, fonts_for, glyph, paste_glyph, text_mask
-from .text import HR_CITIES, split_groups
+from .text import catalogue, spelled, split_groups
 
-EU_BLUE = (153, 51, 0)
 EU_YELLOW = (0, 204, 255)
-BAND_CODES = {"HR": ("HR",), "DE": ("D",), "GR": ("GR",), "GB": ("GB", "UK")}
-BAND_PROB = {"HR": 0.45, "DE": 0.9, "GR": 0.75, "GB": 0.35}
-US_INKS = ((100, 35, 15), (25, 25, 25), (35, 35, 175), (45, 105, 35), (45, 25, 110), (120, 60, 20))
-US_BASES = ((245, 245, 245), (215, 235, 245), (245, 230, 215), (200, 240, 250), (235, 235, 225), (235, 215, 200))
-US_STATES = ("CALIFORNIA", "New York", "TEXAS", "Illinois", "MISSOURI", "WASHINGTON", "Ohio", "FLORIDA",
-             "Kentucky", "INDIANA", "ARIZONA", "Georgia", "Michigan", "TENNESSEE", "Oregon", "Nevada")
-US_SLOGANS = ("THE EMPIRE STATE", "Land of Lincoln", "SHOW-ME STATE", "dmv.ca.gov", "Sunshine State",
-              "In God We Trust", "Explore Minnesota", "Great Lakes", "www.ohio.gov", "Evergreen State")
-DEALERS = ("SUNTRUP", "AUTO MALL", "FORD", "TOYOTA CENTER", "HONDA CARS", "LOU FUSZ", "CARMAX")
+#: Names on licence-plate frames that dealers fit: text near the plate that is not the plate.
+DEALERS = ("SUNTRUP", "AUTO MALL", "FORD", "TOYOTA CENTER", "HONDA CARS", "LOU FUSZ", "CARMAX", "AUTOHAUS",
+           "CONCESIONARIA", "RENAULT", "PEUGEOT", "FIAT", "VW ZENTRUM")
 
 
 def _shift(a: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -58,56 +53,11 @@ def blend(img: np.ndarray, mask: np.ndarray, color, x: int = 0, y: int = 0, opac
     region += m * np.asarray(color, np.float32)
 
 
-def _char(spec: FontSpec, ch: str) -> str:
-    """Croatian district codes keep their diacritics where the font has them."""
-    return ch if ch.isascii() or ch in spec.diacritics else ch.translate(str.maketrans("ČŠŽ", "CSZ"))
-
-
-def row_texts(text: str, fmt: str) -> tuple[str, str]:
-    """What the top and the bottom row of a two-row plate read (the reader's per-row labels).
-
-    Follows the split that ``_rows`` draws.
-    """
-    g = split_groups(text, fmt)
-    if fmt == "hr":
-        return g[0], g[1] + g[2]
-    if fmt == "gr":
-        return g[0], g[1]
-    if fmt == "de":
-        return g[0] + g[1], g[2]
-    if fmt == "uk_prefix":
-        g = [g[0] + g[1], g[2]]
-    elif fmt == "uk_suffix":
-        g = [g[0], g[1] + g[2]]
-    cut = 1 if len(g) < 3 else 2
-    return "".join(g[:cut]), "".join(g[cut:])
-
-
-def _rows(text: str, fmt: str, two_rows: bool, spec: FontSpec) -> list[list]:
-    """Token rows: characters, 'gap', 'dash', 'crest' (HR) or 'seals' (DE)."""
-    g = split_groups(text, fmt)
-    if fmt == "hr":
-        a, b = [_char(spec, c) for c in HR_CITIES.get(g[0], g[0])] + ["crest"], list(g[1]) + ["dash"] + list(g[2])
-        return [a, b] if two_rows else [a + b]
-    if fmt == "gr":
-        a, b, sep = list(g[0]), list(g[1]), "dash"
-    elif fmt == "de":
-        a, b, sep = list(g[0]) + ["seals"] + list(g[1]), list(g[2]), "gap"
-    else:
-        if fmt == "uk_prefix":  # real plates read A123 BCD / ABC 123D
-            g = [g[0] + g[1], g[2]]
-        elif fmt == "uk_suffix":
-            g = [g[0], g[1] + g[2]]
-        cut = 1 if len(g) < 3 else 2
-        a = list("".join(g[:cut])) if not two_rows else list(" ".join(g[:cut]))
-        a, b, sep = [c if c != " " else "gap" for c in a], list("".join(g[cut:])), "gap"
-    return [a, b] if two_rows else [a + [sep] + b]
-
-
 def _draw_row(ink: np.ndarray, deco: list, tokens: list, spec: FontSpec, x0: float, x1: float,
               cap_top: float, char_h: float, stretch: float, spacing: float) -> None:
     """Lay a token row out centred in [x0, x1], condensing it when too wide."""
-    unit = {"gap": 0.35, "dash": 0.28, "crest": 0.5, "seals": 0.42}
+    unit = {"gap": 0.35, "none": 0.0, "dash": 0.28, "dot": 0.2, "crest": 0.5, "seals": 0.42, "emblem": 0.5,
+            "sticker": 0.5, "flag": 0.45}
     widths = [unit[t] * char_h if t in unit else aspect(spec.path, t) * char_h * stretch for t in tokens]
     space = spacing * char_h
     total = sum(widths) + space * (len(tokens) - 1)
@@ -118,11 +68,13 @@ def _draw_row(ink: np.ndarray, deco: list, tokens: list, spec: FontSpec, x0: flo
         if t == "dash":
             cv2.rectangle(ink, (round(x + 0.1 * w), round(cap_top + 0.44 * char_h)),
                           (round(x + 0.9 * w), round(cap_top + 0.56 * char_h)), 1.0, -1)
-        elif t in ("crest", "seals"):
+        elif t == "dot":
+            cv2.circle(ink, (round(x + w / 2), round(cap_top + 0.5 * char_h)), max(1, round(0.07 * char_h)), 1.0, -1)
+        elif t in ("crest", "seals", "emblem", "sticker", "flag"):
             deco.append((t, x, cap_top, w, char_h))
-        elif t != "gap":
+        elif t not in ("gap", "none"):
             paste_glyph(ink, glyph(spec.path, t), x, cap_top, w, char_h)
-        x += w + space * k
+        x += w + (space * k if t != "none" else 0.0)
 
 
 def _crest(img: np.ndarray, x: float, top: float, w: float, h: float) -> None:
@@ -197,121 +149,203 @@ def _base(rng: np.random.Generator, H: int, W: int, colour) -> np.ndarray:
     return img + grain[..., None]
 
 
-def _render_eu(rng: np.random.Generator, text: str, fmt: str, country: str, two_rows: bool, W: int,
-               wear: bool = True) -> np.ndarray:
-    Wmm, Hmm = (rng.uniform(280, 340), rng.uniform(200, 210)) if two_rows else (520.0, rng.uniform(110, 116))
-    ppm = W / Wmm
-    H = round(Hmm * ppm)
-    yellow = country == "GB" and rng.random() < 0.5
-    img = _base(rng, H, W, (20, 200, 245) if yellow else (rng.integers(225, 252),) * 3)
-    spec = fonts_for("uk" if country == "GB" else "eu")[int(rng.integers(0, len(fonts_for("uk" if country == "GB" else "eu"))))]
-    if rng.random() < 0.1:
-        gen = fonts_for("generic")
-        spec = gen[int(rng.integers(0, len(gen)))]
-    inset, band_w = rng.uniform(2, 5) * ppm, 0.0
-    if rng.random() < BAND_PROB[country]:
-        band_w = rng.uniform(38, 46) * ppm
-        img[:, :round(band_w)] = np.float32(EU_BLUE) + rng.uniform(-20, 20, 3)
+def _bgr(hex_colour: str) -> tuple[float, float, float]:
+    v = int(hex_colour[1:], 16)
+    return float(v & 255), float((v >> 8) & 255), float(v >> 16)
+
+
+def _glyph_char(spec: FontSpec, ch: str) -> str:
+    """A list spelling's diacritic where the font has it, else its base letter."""
+    if ch.isascii() or ch in spec.diacritics:
+        return ch
+    import unicodedata
+
+    return unicodedata.normalize("NFD", ch)[0]
+
+
+def _mark(img: np.ndarray, rng: np.random.Generator, kind: str, x: float, top: float, w: float, h: float) -> None:
+    """A mark drawn between groups: crest, seals, an emblem, a sticker or a small flag."""
+    if kind == "crest":
+        _crest(img, x, top, w, h)
+    elif kind == "seals":
+        _seals(img, rng, x, top, w, h)
+    else:
+        bw, bh = max(2, round(w * 0.9)), max(2, round(h * (0.55 if kind == "flag" else 0.8)))
+        x0, y0 = round(x + (w - bw) / 2), round(top + (h - bh) / 2)
+        colours = rng.integers(30, 240, (3, 3))
+        if kind == "flag":  # three stripes
+            for i in range(3):
+                cv2.rectangle(img, (x0, y0 + i * bh // 3), (x0 + bw, y0 + (i + 1) * bh // 3),
+                              tuple(float(v) for v in colours[i]), -1)
+        elif kind == "sticker":
+            cv2.circle(img, (x0 + bw // 2, y0 + bh // 2), max(1, min(bw, bh) // 2), tuple(float(v) for v in colours[0]),
+                       -1, cv2.LINE_AA)
+        else:
+            cv2.rectangle(img, (x0, y0), (x0 + bw, y0 + bh), tuple(float(v) for v in colours[0]), -1)
+
+
+def _band(img: np.ndarray, rng: np.random.Generator, band: Band, ppm: float, two_rows: bool) -> tuple[float, float]:
+    """Draw the band; return the room it takes (left width, top height) in pixels. Its code is never text."""
+    H, W = img.shape[:2]
+    colour = np.float32(_bgr(band.colour)) + rng.uniform(-20, 20, 3)
+    small = fonts_for("generic")[0].path
+    if band.kind == "mercosur":
+        bh = H * (0.22 if not two_rows else 0.17)
+        img[: round(bh)] = colour
+        if band.caption:
+            m = text_mask(small, band.caption, bh * 0.5)
+            m = m if m.shape[1] < 0.6 * W else cv2.resize(m, (int(0.6 * W), m.shape[0]))
+            blend(img, m, (245, 245, 245), (W - m.shape[1]) // 2, round(bh * 0.1))
+        fw, fh = round(bh * 1.0), round(bh * 0.65)  # the country's flag at the right, the bloc's logo at the left
+        fx, fy = round(W - fw - bh * 0.4), round((bh - fh) / 2)
+        cv2.rectangle(img, (fx, fy), (fx + fw, fy + fh), tuple(float(v) for v in rng.integers(0, 256, 3)), -1)
+        cv2.circle(img, (round(bh * 0.8), round(bh / 2)), max(1, round(bh * 0.3)), (245, 245, 245), 1, cv2.LINE_AA)
+        return 0.0, bh
+    band_w = rng.uniform(38, 46) * ppm * (0.8 if two_rows else 1.0)
+    img[:, : round(band_w)] = colour
+    code = band.codes[int(rng.integers(len(band.codes)))] if band.codes else ""
+    if band.kind == "eu":
         cx, cy, r = band_w / 2, H * (0.3 if not two_rows else 0.25), band_w * 0.28
         for a in np.linspace(0, 2 * np.pi, 12, endpoint=False):
             cv2.circle(img, (round(cx + r * np.cos(a)), round(cy + r * np.sin(a))), max(1, round(ppm * 2.2)),
                        EU_YELLOW, -1, cv2.LINE_AA)
-        code = BAND_CODES[country][int(rng.integers(0, len(BAND_CODES[country])))]
-        mask = text_mask(fonts_for("generic")[0].path, code, min(band_w * 0.5 / max(1, len(code) * 0.6), H * 0.22))
-        blend(img, mask, (245, 245, 245), round(cx - mask.shape[1] / 2), round(H * 0.58))
-    ink = np.zeros((H, W), np.float32)
-    if rng.random() < 0.85:  # thin black border
-        border = rounded_rect((H, W), inset, inset, W - inset, H - inset, 5 * ppm)
-        border -= rounded_rect((H, W), inset + 1.3 * ppm + 0.7, inset + 1.3 * ppm + 0.7,
-                               W - inset - 1.3 * ppm - 0.7, H - inset - 1.3 * ppm - 0.7, 4 * ppm)
-        ink = np.clip(border, 0, 1)
-    rows = _rows(text, fmt, two_rows, spec)
-    char_h = (rng.uniform(70, 79) if not two_rows else rng.uniform(66, 76)) * ppm
-    stretch = rng.uniform(0.55, 0.68) / aspect(spec.path, "0")
-    deco: list = []
-    gap_y = (H - len(rows) * char_h) / (len(rows) + 1)
-    for i, row in enumerate(rows):
-        top = gap_y + i * (char_h + gap_y) + rng.uniform(-1, 1) * ppm
-        _draw_row(ink, deco, row, spec, band_w + 7 * ppm, W - 8 * ppm, top, char_h, stretch, rng.uniform(0.08, 0.2))
-    for kind, x, top, w, h in deco:
-        (_crest(img, x, top, w, h) if kind == "crest" else _seals(img, rng, x, top, w, h))
-    screws = [(W * 0.2, H * 0.5), (W * 0.8, H * 0.5)] if rng.random() < 0.25 and not two_rows else []
-    out = _finish(rng, img, ink, (rng.integers(5, 40),) * 3, screws, 4 * ppm, wear)
-    alpha = rounded_rect((H, W), 0, 0, W, H, rng.uniform(3, 10) * ppm)
-    return np.dstack([out, (alpha * 255).astype(np.uint8)])
+    if code:
+        mask = text_mask(small, code, min(band_w * 0.5 / max(1, len(code) * 0.6), H * 0.22))
+        y = round(H * 0.58) if band.kind == "eu" else round(H / 2 - mask.shape[0] / 2)
+        blend(img, mask, (245, 245, 245), round(band_w / 2 - mask.shape[1] / 2), y)
+    return band_w, 0.0
 
 
-def _render_us(rng: np.random.Generator, text: str, W: int, wear: bool = True) -> np.ndarray:
-    H = round(W / rng.uniform(1.9, 2.05))
-    img = _base(rng, H, W, US_BASES[int(rng.integers(0, len(US_BASES)))])
-    if rng.random() < 0.5:  # scenic graphic: a few soft colour shapes
+def _caption(img: np.ndarray, rng: np.random.Generator, texts: list[str], ink, y: float, cap_h: float) -> None:
+    H, W = img.shape[:2]
+    fonts = fonts_for("generic") + fonts_for("us")
+    m = text_mask(fonts[int(rng.integers(len(fonts)))].path, texts[int(rng.integers(len(texts)))], cap_h)
+    m = m if m.shape[1] < 0.8 * W else cv2.resize(m, (int(0.8 * W), m.shape[0]))
+    blend(img, m, ink, (W - m.shape[1]) // 2, round(y))
+
+
+def _tokens(groups: list[str], gaps: list[str], spec: FontSpec, format_name: str, first: int) -> list:
+    """A row's tokens: the glyphs of its groups (as the plate spells them) with the marks between them."""
+    out: list = []
+    for k, g in enumerate(groups):
+        if k:
+            out.append(gaps[first + k - 1])
+        out.extend(_glyph_char(spec, c) for c in spelled(g, format_name, first + k))
+    return out
+
+
+def render_plate(rng: np.random.Generator, text: str, format_name: str, two_rows: bool | None = None,
+                 width_px: int = 320, wear: bool = True) -> tuple[np.ndarray, int]:
+    """Render a plate as BGRA uint8 (alpha = plate outline); returns ``(image, rows)``.
+
+    ``two_rows`` None draws it by the format's ``two_row_share``; a format that
+    has only one kind of plate (share 0 or 1) keeps it whatever is asked.
+    ``wear`` False leaves out faded ink and shaded sheets, for test clips that need plates in good repair.
+    """
+    entry = catalogue().entry(format_name)
+    st: Style = entry.style
+    fmt = entry.spec
+    groups = split_groups(text, format_name)
+    if fmt.two_row_share <= 0 or len(groups) < 2:
+        two_rows = False
+    elif fmt.two_row_share >= 1:
+        two_rows = True
+    elif two_rows is None:
+        two_rows = bool(rng.random() < fmt.two_row_share)
+    Wmm, Hmm = st.two_row_size_mm if two_rows else st.size_mm
+    Hmm *= rng.uniform(0.97, 1.04)
+    W = width_px
+    ppm = W / Wmm
+    H = max(8, round(Hmm * ppm))
+    shares = np.array([c.share for c in st.colours], np.float64)
+    scheme = st.colours[int(rng.choice(len(shares), p=shares / shares.sum()))]
+    ink_colour = _bgr(scheme.ink)
+    img = _base(rng, H, W, _bgr(scheme.background))
+    faces = fonts_for(st.typeface)
+    spec = faces[int(rng.integers(len(faces)))]
+    if rng.random() < 0.1:  # a face the style does not name: readers must not lean on one typeface
+        gen = fonts_for("generic")
+        spec = gen[int(rng.integers(len(gen)))]
+    if "emblem" in st.marks and rng.random() < 0.5:  # scenic or state graphic printed on the sheet
         shapes = np.zeros((H // 4 + 1, W // 4 + 1), np.float32)
         for _ in range(int(rng.integers(1, 4))):
             sh, sw = shapes.shape
             c = (int(rng.integers(0, sw)), int(rng.integers(0, sh)))
             cv2.ellipse(shapes, c, (int(rng.uniform(0.1, 0.4) * sw), int(rng.uniform(0.1, 0.4) * sh)), 0, 0, 360, 1.0, -1)
-        shapes = cv2.GaussianBlur(cv2.resize(shapes, (W, H)), (0, 0), 3) * rng.uniform(0.3, 0.7)
+        shapes = cv2.GaussianBlur(cv2.resize(shapes, (W, H)), (0, 0), 3) * rng.uniform(0.3, 0.6)
         blend(img, shapes, tuple(float(v) for v in rng.integers(60, 255, 3)))
-    fg = US_INKS[int(rng.integers(0, len(US_INKS)))]
-    spec = fonts_for("us")[int(rng.integers(0, len(fonts_for("us"))))]
-    small = fonts_for("generic") + fonts_for("us")
-    groups = split_groups(text, "us")
-    sep = rng.choice(["none", "gap", "dash", "emblem"], p=[0.35, 0.3, 0.15, 0.2]) if len(groups) > 1 else "none"
-    row: list = list(groups[0]) + ([] if sep == "none" else ["dash" if sep == "dash" else "gap"]) + list("".join(groups[1:]))
-    char_h = rng.uniform(0.4, 0.5) * H
-    top = rng.uniform(0.5, 0.58) * H - char_h / 2
+    left, top_room = 0.0, 0.0
+    if st.band is not None and rng.random() < st.band.share:
+        left, top_room = _band(img, rng, st.band, ppm, two_rows)
+    bottom_room = 0.0
+    for cap in st.captions:
+        if rng.random() >= cap.share:
+            continue
+        if cap.position == "top":
+            h = rng.uniform(0.09, 0.14) * H
+            _caption(img, rng, cap.texts, ink_colour, top_room + 0.03 * H, h)
+            top_room += h * 1.5 + 0.03 * H
+        else:
+            h = rng.uniform(0.06, 0.09) * H
+            _caption(img, rng, cap.texts, ink_colour, H - 0.04 * H - h * 1.3, h)
+            bottom_room += h * 1.5 + 0.04 * H
+    inset = rng.uniform(0.004, 0.01) * W
     ink = np.zeros((H, W), np.float32)
+    if rng.random() < st.border:  # thin printed border line
+        line = max(0.7, 0.0025 * W)
+        border = rounded_rect((H, W), inset, inset, W - inset, H - inset, 0.01 * W)
+        border -= rounded_rect((H, W), inset + line, inset + line, W - inset - line, H - inset - line, 0.008 * W)
+        ink = np.clip(border, 0, 1)
+    gaps = fmt.per_gap(fmt.gaps, "gaps")
+    if two_rows:
+        cut = min(fmt.two_row_split, len(groups) - 1)
+        rows = [_tokens(groups[:cut], gaps, spec, format_name, 0), _tokens(groups[cut:], gaps, spec, format_name, cut)]
+    else:
+        rows = [_tokens(groups, gaps, spec, format_name, 0)]
+    room = H - top_room - bottom_room
+    if two_rows:
+        char_h = min(room * 0.4, H * st.char_height * 0.55) * rng.uniform(0.92, 1.03)
+    else:
+        char_h = min(room * 0.82, H * st.char_height) * rng.uniform(0.92, 1.03)
+    stretch = rng.uniform(0.55, 0.68) / aspect(spec.path, "0")
     deco: list = []
-    _draw_row(ink, deco, row, spec, 0.06 * W, 0.94 * W, top, char_h, rng.uniform(0.5, 0.62) / aspect(spec.path, "0"), rng.uniform(0.06, 0.16))
-    if sep == "emblem":  # small state-shaped mark in the middle gap
-        cols = np.flatnonzero(ink[round(top + char_h / 2)] > 0.5)
-        gaps = np.diff(cols)
-        if gaps.size:
-            i = int(np.argmax(gaps))
-            cx = (cols[i] + cols[i + 1]) // 2
-            s = max(2, int(min(gaps[i] * 0.3, char_h * 0.3)))
-            cv2.rectangle(img, (cx - s, round(top + char_h / 2) - s), (cx + s, round(top + char_h / 2) + s),
-                          tuple(float(v) for v in rng.integers(30, 200, 3)), -1)
-    state = US_STATES[int(rng.integers(0, len(US_STATES)))]
-    m = text_mask(small[int(rng.integers(0, len(small)))].path, state, rng.uniform(0.09, 0.15) * H)
-    m = m if m.shape[1] < 0.8 * W else cv2.resize(m, (int(0.8 * W), m.shape[0]))
-    blend(img, m, fg if rng.random() < 0.5 else US_INKS[int(rng.integers(0, 6))], (W - m.shape[1]) // 2, round(0.03 * H))
-    m = text_mask(small[int(rng.integers(0, len(small)))].path, US_SLOGANS[int(rng.integers(0, len(US_SLOGANS)))], rng.uniform(0.06, 0.09) * H)
-    m = m if m.shape[1] < 0.8 * W else cv2.resize(m, (int(0.8 * W), m.shape[0]))
-    blend(img, m, fg, (W - m.shape[1]) // 2, round(0.8 * H))
-    for x in ([0.04, 0.8] if rng.random() < 0.5 else [0.8]) if rng.random() < 0.55 else []:  # registration stickers
-        sw, sh = round(0.14 * W), round(0.17 * H)
-        cv2.rectangle(img, (round(x * W), round(0.05 * H)), (round(x * W) + sw, round(0.05 * H) + sh),
-                      tuple(float(v) for v in rng.integers(0, 256, 3)), -1)
-    if rng.random() < 0.5:
-        inset = 0.015 * W
-        ring = rounded_rect((H, W), inset, inset, W - inset, H - inset, 0.04 * W)
-        ring -= rounded_rect((H, W), inset + 0.008 * W + 0.7, inset + 0.008 * W + 0.7,
-                             W - inset - 0.008 * W - 0.7, H - inset - 0.008 * W - 0.7, 0.035 * W)
-        ink = np.maximum(ink, np.clip(ring, 0, 1))
-    bolts = [(0.15 * W, 0.1 * H), (0.85 * W, 0.1 * H)] + ([(0.15 * W, 0.9 * H), (0.85 * W, 0.9 * H)] if rng.random() < 0.4 else [])
-    out = _finish(rng, img, ink, fg, bolts if rng.random() < 0.7 else [], 0.013 * W, wear)
-    if rng.random() < 0.35:  # licence plate frame: dark rim with the dealer's name at the bottom
+    gap_y = (room - len(rows) * char_h) / (len(rows) + 1)
+    for i, row in enumerate(rows):
+        y = top_room + gap_y + i * (char_h + gap_y) + rng.uniform(-0.01, 0.01) * H
+        _draw_row(ink, deco, row, spec, left + 0.015 * W, W - 0.02 * W, y, char_h, stretch, rng.uniform(0.08, 0.2))
+    for kind, x, y, w, h in deco:
+        _mark(img, rng, kind, x, y, w, h)
+    if "stickers" in st.marks and rng.random() < 0.5:  # registration / inspection stickers in a corner
+        for x in ([0.04, 0.8] if rng.random() < 0.4 else [0.8]):
+            sw, sh = round(0.14 * W), round(0.17 * H)
+            cv2.rectangle(img, (round(x * W), round(0.05 * H)), (round(x * W) + sw, round(0.05 * H) + sh),
+                          tuple(float(v) for v in rng.integers(0, 256, 3)), -1)
+    screws: list[tuple[float, float]] = []
+    if "screws" in st.marks and rng.random() < 0.6:
+        screws = [(0.15 * W, 0.1 * H), (0.85 * W, 0.1 * H)] if H / W > 0.35 else [(0.2 * W, 0.5 * H), (0.8 * W, 0.5 * H)]
+    out = _finish(rng, img, ink, ink_colour, screws, 0.012 * W, wear)
+    if "frame" in st.marks and rng.random() < 0.35:  # licence plate frame: dark rim with the dealer's name
         frame_col = (rng.integers(10, 60),) * 3 if rng.random() < 0.7 else (rng.integers(150, 220),) * 3
-        rim = 1 - rounded_rect((H, W), 0.03 * W, rng.uniform(0.04, 0.1) * H, 0.97 * W, rng.uniform(0.8, 0.88) * H, 0.03 * W)
+        rim = 1 - rounded_rect((H, W), 0.03 * W, rng.uniform(0.04, 0.1) * H, 0.97 * W, rng.uniform(0.8, 0.88) * H,
+                               0.03 * W)
         f = out.astype(np.float32)
         blend(f, rim, tuple(float(v) for v in frame_col))
-        m = text_mask(small[int(rng.integers(0, len(small)))].path, DEALERS[int(rng.integers(0, len(DEALERS)))], 0.07 * H)
+        m = text_mask(fonts_for("generic")[0].path, DEALERS[int(rng.integers(len(DEALERS)))], 0.07 * H)
+        m = m if m.shape[1] < 0.9 * W else cv2.resize(m, (int(0.9 * W), m.shape[0]))
         blend(f, m, (235, 235, 235) if frame_col[0] < 100 else (20, 20, 20), (W - m.shape[1]) // 2, round(0.88 * H))
         out = f.astype(np.uint8)
-    alpha = rounded_rect((H, W), 0, 0, W, H, rng.uniform(0.01, 0.04) * W)
-    return np.dstack([out, (alpha * 255).astype(np.uint8)])
+    alpha = rounded_rect((H, W), 0, 0, W, H, rng.uniform(0.006, 0.03) * W)
+    return np.dstack([out, (alpha * 255).astype(np.uint8)]), 2 if two_rows else 1
 
 
-def render_plate(rng: np.random.Generator, text: str, format_name: str, two_rows: bool | None = None,
-                 width_px: int = 320, wear: bool = True) -> tuple[np.ndarray, int]:
-    """Render a plate as BGRA uint8 (alpha = plate outline); returns ``(image, rows)``. US plates are one row.
+def plate_aspect(format_name: str, two_rows: bool = False) -> float:
+    """Nominal width over height of a format's plate."""
+    st = catalogue().entry(format_name).style
+    w, h = st.two_row_size_mm if two_rows else st.size_mm
+    return w / h
 
-    ``wear`` False leaves out faded ink and shaded sheets, for test clips that need plates in good repair.
-    """
-    country = FORMATS_BY_NAME[format_name].country
-    if country == "US":
-        return _render_us(rng, text, width_px, wear), 1
-    if two_rows is None:
-        two_rows = bool(rng.random() < 0.1)
-    return _render_eu(rng, text, format_name, country, two_rows, width_px, wear), 2 if two_rows else 1
+
+def plate_width_mm(format_name: str, two_rows: bool = False) -> float:
+    """Nominal width of a format's plate in millimetres (cars are about 1,800 mm wide)."""
+    st = catalogue().entry(format_name).style
+    return (st.two_row_size_mm if two_rows else st.size_mm)[0]

@@ -9,8 +9,12 @@ import numpy as np
 
 from .camera import apply_camera, inside
 from .fonts import font_table, text_mask
-from .render import blend, render_plate, rounded_rect
-from .text import LETTERS, random_text
+from .render import blend, plate_aspect, plate_width_mm, render_plate, rounded_rect
+from .text import catalogue, random_text
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: A car's width in millimetres: how much car there is around a plate of a given size.
+CAR_WIDTH_MM = 1800.0
 
 CAR_COLOURS = ((235, 235, 235), (190, 190, 195), (120, 120, 125), (30, 30, 32), (110, 40, 20), (40, 40, 170),
                (50, 30, 90), (50, 80, 40), (150, 180, 200), (180, 130, 90), (200, 200, 210), (60, 60, 60))
@@ -400,14 +404,15 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
         if len(placed) == n:
             break
         text, fmt = random_text(rng)
-        us, two = fmt == "us", fmt != "us" and rng.random() < 0.1
+        share = catalogue().entry(fmt).spec.two_row_share
+        two = share >= 1 or (share > 0 and rng.random() < share)
         pw = _plate_width(rng, width)
-        ph = pw / (1.97 if us else 1.5 if two else 4.6)  # nominal; the rendered plate decides the final quad
+        ph = pw / plate_aspect(fmt, two)  # nominal; the rendered plate decides the final quad
         if 2 * ph >= height or 1.2 * pw >= width:
             continue  # a big plate in a small (wide) frame: draw another size
         cx, cy = rng.uniform(pw * 0.6, width - pw * 0.6), rng.uniform(ph, height - ph)
         box = (cx - pw * 0.6, cy - ph * 0.7, cx + pw * 0.6, cy + ph * 0.7)
-        cw = pw * (rng.uniform(5.2, 6.5) if us else rng.uniform(3.3, 4.3)) if rng.random() < 0.88 else 0.0
+        cw = pw * CAR_WIDTH_MM / plate_width_mm(fmt, two) * rng.uniform(0.95, 1.2) if rng.random() < 0.88 else 0.0
         car = (cx - cw * 0.55, cy - cw * 0.7, cx + cw * 0.55, cy + cw * 0.4)
         if (box[0] < 2 or box[2] > width - 2 or box[1] < 2 or box[3] > height - 2 or _overlaps(box, boxes, pad=4.0)
                 or _overlaps(box, cars) or (cw and _overlaps(car, boxes))):
@@ -467,13 +472,13 @@ def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 12
         quad = _plate_quad(rng, out_w / 2, out_h / 2, pw * 0.8, ph * 0.8, 0.0)
     img = background(rng, out_h, out_w, photos)
     if rng.random() < 0.85:
-        cw = pw * (rng.uniform(5.2, 6.5) if fmt == "us" else rng.uniform(3.3, 4.3))
+        cw = pw * CAR_WIDTH_MM / plate_width_mm(fmt, rows == 2) * rng.uniform(0.95, 1.2)
         draw_car(rng, img, cx, cy, pw, ph, cw, [(*quad.min(0), *quad.max(0))])
     paste_plate(img, plate, quad)
     out = np.clip(img, 0, 255).astype(np.uint8)
     plate_h = float(np.linalg.norm(quad[3] - quad[0]))
     # Plate heights from barely legible (12 px) to close-up and sharp: close-ups must not look foreign.
-    target = float(np.exp(rng.uniform(np.log(12), np.log(80)))) * (1.6 if fmt == "us" else 1.0) * (1.7 if rows == 2 else 1.0)
+    target = float(np.exp(rng.uniform(np.log(12), np.log(80)))) * (1.6 if rows == 1 and plate_aspect(fmt) < 2.6 else 1.0) * (1.7 if rows == 2 else 1.0)
     res_factor = min(1.0, target / max(plate_h, 1.0))
     out, quads = apply_camera(rng, out, [quad], warp=False, res_factor=res_factor)
     return Scene(out, [PlateInstance(text, fmt, quads[0], rows, seen_height=plate_h * res_factor)])
