@@ -55,14 +55,23 @@ class PlateRead:
         }
 
 
-def _rank(read: PlateRead) -> tuple[bool, bool, float]:
-    """Plates best first: reads of plate length before short ones, format fits before free texts, then score."""
-    return len(read.text) >= MIN_TEXT_LEN, read.format is not None, read.score
+#: A read that fits no known format weighs this much of one that fits, in ranking: a fit is evidence of a plate,
+#: but a vanity plate or an unknown country is still a plate, and a short fit may be a fragment.
+FREE_TEXT_WEIGHT = 0.8
 
 
-def _candidate_rank(read: PlateText) -> tuple[bool, bool, float]:
-    """Which candidate box of one plate stands for it: plate length, a format fit, then the read's confidence."""
-    return len(read.text) >= MIN_TEXT_LEN, read.format is not None, read.confidence
+def _evidence(read: PlateRead | PlateText) -> float:
+    return 1.0 if read.format is not None else FREE_TEXT_WEIGHT
+
+
+def _rank(read: PlateRead) -> tuple[bool, float]:
+    """Plates best first: reads of plate length before short ones, then score, a format fit counting for more."""
+    return len(read.text) >= MIN_TEXT_LEN, read.score * _evidence(read)
+
+
+def _candidate_rank(read: PlateText) -> tuple[bool, float]:
+    """Which candidate box of one plate stands for it: plate length, then confidence, a format fit counting more."""
+    return len(read.text) >= MIN_TEXT_LEN, read.confidence * _evidence(read)
 
 
 def acceptable(read: PlateText) -> bool:

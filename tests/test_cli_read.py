@@ -52,14 +52,15 @@ def test_broken_model_set_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() -> None:
-    """Surest as among a plate's candidate boxes in one frame: by the mean character probability."""
+    """Surest by the one confidence of a read (geometric mean of its characters) times the detector's score."""
     from edge.detect import Detection
+    from edge.formats import read_confidence
     from edge.pipeline import PlateRead, read_as_video
 
     def plate(text: str, box: tuple, chars: tuple) -> PlateRead:
         x1, y1, x2, y2 = box
         det = Detection(np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]), box, 0.9)
-        return PlateRead(text, text, None, min(chars), det, chars)
+        return PlateRead(text, text, None, None, read_confidence(chars), det, chars)
 
     class _Frames:
         """Stand-in pipeline: a plate read badly, then well, then a part of it less surely; another plate once."""

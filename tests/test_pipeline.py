@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edge.detect import Detection
+from edge.formats import PlateText
 from edge.pipeline import Pipeline
-from edge.recognize import TextRead
 
 
 def _det(box: tuple[float, float, float, float], score: float, alternatives: tuple = ()) -> Detection:
@@ -16,7 +17,7 @@ def _det(box: tuple[float, float, float, float], score: float, alternatives: tup
 class _BoxReader:
     """Stand-in reader whose read depends on which box was cropped (the crop is the box itself)."""
 
-    def __init__(self, reads: dict[tuple, TextRead]) -> None:
+    def __init__(self, reads: dict[tuple, PlateText]) -> None:
         self.reads = reads
         self.seen: list[tuple] = []
 
@@ -25,15 +26,16 @@ class _BoxReader:
         self.seen.append(box)
         return box
 
-    def read_crop(self, crop: tuple) -> TextRead:
+    def read_crop(self, crop: tuple) -> PlateText:
         return self.reads[crop]
 
 
-def _read(text: str, probs: list[float]) -> TextRead:
-    return TextRead(text, min(probs), [{c: p} for c, p in zip(text, probs)])
+def _read(text: str, probs: list[float], fmt: str | None = None, display: str | None = None) -> PlateText:
+    return PlateText(text, fmt, "GB" if fmt else None, tuple(probs), display or text)
 
 
 def test_the_candidate_read_most_surely_stands_for_the_plate() -> None:
+    """Every candidate box is read; the surest read (geometric mean of its characters) stands for the plate."""
     bumper, plate, part = (90.0, 90.0, 230.0, 160.0), (100.0, 100.0, 200.0, 140.0), (150.0, 100.0, 200.0, 140.0)
     reader = _BoxReader({
         bumper: _read("X7ABC123", [0.3, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.4]),  # bumper edges read as characters
@@ -46,7 +48,7 @@ def test_the_candidate_read_most_surely_stands_for_the_plate() -> None:
     assert len(reads) == 1 and reads[0].text == "ABC123"
     assert reads[0].detection.box == plate and not reads[0].detection.alternatives
     assert reads[0].detection.score == 0.8  # the plate ranks by its detection's score
-    assert reads[0].confidence == 0.3
+    assert reads[0].confidence == pytest.approx(np.prod([0.95, 0.9, 0.9, 0.9, 0.85, 0.3]) ** (1 / 6))
 
 
 def test_a_detection_without_a_readable_candidate_is_dropped() -> None:
@@ -58,23 +60,37 @@ def test_a_detection_without_a_readable_candidate_is_dropped() -> None:
 def test_a_sure_two_character_plate_is_read_when_nothing_longer_is() -> None:
     """UK cherished numbers ("5 B") are plates; a sure two-character read of a plate format stands for its plate."""
     plate, doubtful, digits = (10.0, 10.0, 60.0, 30.0), (100.0, 10.0, 150.0, 30.0), (200.0, 10.0, 250.0, 30.0)
-    reader = _BoxReader({plate: _read("5B", [0.99, 0.98]),
-                         doubtful: _read("7K", [0.99, 0.6]),  # not sure enough
-                         digits: _read("12", [0.99, 0.99])})  # no plate format is two digits
+    reader = _BoxReader({plate: _read("5B", [0.99, 0.98], "gb_dateless", "5 B"),
+                         doubtful: _read("7K", [0.99, 0.6], "gb_dateless", "7 K"),  # not sure enough
+                         digits: _read("12", [0.99, 0.99])})  # fits no plate format
     dets = [_det(plate, 0.7), _det(doubtful, 0.9), _det(digits, 0.9)]
     reads = Pipeline(None, reader).read_detections(np.zeros((100, 300, 3), np.uint8), dets)
     assert [r.text for r in reads] == ["5B"]
-    assert reads[0].format == "uk_dateless" and reads[0].display == "5 B"
+    assert reads[0].format == "gb_dateless" and reads[0].display == "5 B"
 
 
 def test_a_two_character_read_loses_to_a_longer_read_of_the_same_plate_and_ranks_last() -> None:
     whole, part, badge, other = ((100.0, 100.0, 200.0, 140.0), (150.0, 100.0, 200.0, 140.0),
                                  (10.0, 10.0, 40.0, 30.0), (300.0, 100.0, 400.0, 140.0))
-    reader = _BoxReader({whole: _read("AB12CDE", [0.9] * 7), part: _read("DE", [0.99, 0.99]),
-                         badge: _read("V6", [0.99, 0.99]), other: _read("XY51ABC", [0.5] * 7)})
+    reader = _BoxReader({whole: _read("AB12CDE", [0.9] * 7, "gb_current"), part: _read("DE", [0.99, 0.99]),
+                         badge: _read("V6", [0.99, 0.99], "gb_dateless_reversed"),
+                         other: _read("XY51ABC", [0.5] * 7, "gb_current")})
     dets = [_det(badge, 0.99), _det(whole, 0.8, (_det(part, 0.9),)), _det(other, 0.3)]
     reads = Pipeline(None, reader).read_detections(np.zeros((300, 500, 3), np.uint8), dets)
     assert [r.text for r in reads] == ["AB12CDE", "XY51ABC", "V6"]
+
+
+def test_a_free_text_needs_a_sure_read_and_a_format_fit_ranks_first() -> None:
+    """Lettering that fits no format (a sign, a grille) is kept only when read surely, and a plate that fits a
+    format ranks above a free text of the same score."""
+    sign, plate, vanity = (10.0, 10.0, 60.0, 30.0), (100.0, 10.0, 150.0, 30.0), (200.0, 10.0, 250.0, 30.0)
+    reader = _BoxReader({sign: _read("OTW1", [0.9, 0.5, 0.4, 0.5]),
+                         plate: _read("AB12CDE", [0.9] * 7, "gb_current"),
+                         vanity: _read("NEILDMND", [0.9] * 8)})
+    dets = [_det(sign, 0.9), _det(vanity, 0.8), _det(plate, 0.8)]
+    reads = Pipeline(None, reader).read_detections(np.zeros((100, 300, 3), np.uint8), dets)
+    assert [r.text for r in reads] == ["AB12CDE", "NEILDMND"]
+    assert reads[1].format is None and reads[1].display == "NEILDMND"
 
 
 class _TurnDetector:

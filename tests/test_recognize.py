@@ -18,23 +18,23 @@ def _columns(pattern: str, p: float = 0.9) -> np.ndarray:
 
 def test_ctc_greedy_merges_runs_and_drops_blanks() -> None:
     read = decode_ctc(_columns("__ZZ_G__11_2_33_4__AAB_"), READER_CLASSES, BLANK)
-    assert read.text == "ZG1234AB"
+    assert read.text == "ZG1234AB" and read.format is None
     assert read.confidence == pytest.approx(0.9)
-    assert len(read.alternatives) == 8 and read.alternatives[0]["Z"] == pytest.approx(0.9)
+    assert read.char_probs == pytest.approx((0.9,) * 8)
 
 
 def test_ctc_repeated_character_needs_a_blank_between() -> None:
     assert decode_ctc(_columns("_11_1__"), READER_CLASSES, BLANK).text == "11"
 
 
-def test_ctc_confidence_is_the_weakest_character_peak() -> None:
+def test_ctc_confidence_is_the_geometric_mean_of_the_character_peaks() -> None:
     probs = _columns("_A_B_C_")
     probs[3] = 0.0
     probs[3, READER_CLASSES.index("B")] = 0.55
     probs[3, READER_CLASSES.index("8")] = 0.45
     read = decode_ctc(probs, READER_CLASSES, BLANK)
-    assert read.text == "ABC" and read.confidence == pytest.approx(0.55)
-    assert read.alternatives[1] == {"B": pytest.approx(0.55), "8": pytest.approx(0.45)}
+    assert read.text == "ABC" and read.char_probs == pytest.approx((0.9, 0.55, 0.9))
+    assert read.confidence == pytest.approx((0.9 * 0.55 * 0.9) ** (1 / 3))
 
 
 def test_encode_label_pads_with_blank_and_rejects_too_long_text() -> None:

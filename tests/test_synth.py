@@ -4,49 +4,48 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.plates import ALPHABET, FORMATS_BY_NAME
-from trainer.synth import make_plate_patch, make_scene, preview_grid, random_text, render_plate
+from edge.plates import ALPHABET
+from trainer.synth import catalogue, make_plate_patch, make_scene, preview_grid, random_text, render_plate
 from trainer.synth.__main__ import main as cli_main
+from trainer.synth.text import row_texts
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS_BY_NAME))
-def test_texts_match_their_format(fmt: str) -> None:
+def test_texts_match_their_format_for_every_format_of_every_country() -> None:
     rng = np.random.default_rng(123)
-    for _ in range(300):
-        text, name = random_text(rng, fmt)
-        assert name == fmt
-        assert FORMATS_BY_NAME[fmt].regex.match(text), (fmt, text)
-        assert len(text) <= 10 and set(text) <= set(ALPHABET)
+    cat = catalogue()
+    for fmt in cat.names:
+        for _ in range(30):
+            text, name = random_text(rng, fmt)
+            assert name == fmt
+            assert cat.entry(fmt).rule.regex.match(text), (fmt, text)
+            assert len(text) <= 10 and set(text) <= set(ALPHABET)
 
 
-def test_random_format_weights() -> None:
+def test_the_draw_follows_country_weights_and_format_shares() -> None:
     rng = np.random.default_rng(0)
-    names = [random_text(rng)[1] for _ in range(2000)]
-    share = {k: names.count(k) / len(names) for k in ("us", "hr", "gr", "de")}
-    assert 0.2 < share["us"] < 0.3 and 0.15 < share["hr"] < 0.25 and 0.1 < share["gr"] < 0.2
-    assert sum(n.startswith("uk") for n in names) / len(names) > 0.2
+    cat = catalogue()
+    names = [random_text(rng)[1] for _ in range(4000)]
+    countries = [cat.entry(n).country.code for n in names]
+    total = sum(c.weight for c in cat.countries.values())
+    for code in ("US", "BR", "DE"):
+        want = cat.countries[code].weight / total
+        assert abs(countries.count(code) / len(names) - want) < 0.25 * want + 0.01, code
+    assert len(set(countries)) >= 40  # every country takes part
 
 
-def test_uk_current_rules() -> None:
+def test_letters_left_out_by_a_format_never_appear() -> None:
+    """GB's random letters have no I, Q or Z; Croatian suffixes have no O, Q, W, X, Y; US serials have no O."""
     rng = np.random.default_rng(5)
-    for _ in range(200):
-        text, _ = random_text(rng, "uk_current")
-        assert "Z" not in text[:2] and not set(text[4:]) & set("IQ")
+    for _ in range(300):
+        gb = random_text(rng, "gb_current")[0]
+        assert not set(gb[4:]) & set("IQZ") and gb[0] not in "IQZ"
+        hr = random_text(rng, "hr")[0]
+        tail = hr[2:].lstrip("0123456789")
+        assert tail and not set(tail) & set("OQWXY")
+        assert "O" not in random_text(rng, "us_llldddd")[0]
 
 
-def test_us_and_croatian_letter_sets() -> None:
-    """US serials have no O and seldom I or Q; Croatian suffixes have no O, Q, W, X, Y."""
-    rng = np.random.default_rng(7)
-    us = "".join(random_text(rng, "us")[0] for _ in range(2000))
-    letters = [c for c in us if c.isalpha()]
-    assert "O" not in us and 0 < sum(c in "IQ" for c in letters) < 0.03 * len(letters)
-    assert set(letters) >= set("ABCDEFGHJKLMNPRSTUVWXYZ")
-    hr_tails = "".join(random_text(rng, "hr")[0].lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ").lstrip("0123456789")
-                       for _ in range(2000))
-    assert hr_tails and not set(hr_tails) & set("OQWXY0123456789")
-
-
-@pytest.mark.parametrize("fmt", ["hr", "gr", "de", "uk_current", "us"])
+@pytest.mark.parametrize("fmt", ["hr", "gr", "de", "gb_current", "us_dllldd", "br_mercosur", "in", "ru"])
 def test_render_plate(fmt: str) -> None:
     rng = np.random.default_rng(1)
     text, _ = random_text(rng, fmt)
@@ -54,9 +53,18 @@ def test_render_plate(fmt: str) -> None:
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 4 and rows == 1
     assert img[img.shape[0] // 2, img.shape[1] // 2, 3] == 255 and img[0, 0, 3] < 128
     two, rows2 = render_plate(rng, text, fmt, two_rows=True)
-    assert rows2 == (1 if fmt == "us" else 2)
-    if fmt != "us":
+    two_row_kind = catalogue().entry(fmt).spec.two_row_share > 0
+    assert rows2 == (2 if two_row_kind else 1)
+    if two_row_kind:
         assert two.shape[1] / two.shape[0] < 2.0
+        top, bottom = row_texts(text, fmt)
+        assert top and bottom and top + bottom == text
+
+
+def test_motorcycle_plates_are_always_two_rows() -> None:
+    rng = np.random.default_rng(2)
+    text, _ = random_text(rng, "br_mercosur_moto")
+    assert render_plate(rng, text, "br_mercosur_moto", two_rows=False)[1] == 2
 
 
 def _same(a, b) -> bool:
@@ -80,7 +88,7 @@ def test_scenes_quads_inside() -> None:
         for p in s.plates:
             assert p.quad.shape == (4, 2) and p.quad.dtype == np.float32
             assert (p.quad >= 0).all() and (p.quad[:, 0] < 320).all() and (p.quad[:, 1] < 240).all()
-            assert FORMATS_BY_NAME[p.format].regex.match(p.text) and p.rows in (1, 2)
+            assert catalogue().entry(p.format).rule.regex.match(p.text) and p.rows in (1, 2)
             # corners come clockwise TL, TR, BR, BL: positive signed area in image coordinates
             x, y = p.quad[:, 0], p.quad[:, 1]
             assert 0.5 * (x @ np.roll(y, -1) - y @ np.roll(x, -1)) > 0

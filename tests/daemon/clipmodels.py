@@ -25,7 +25,7 @@ import numpy as np
 FPS = 10.0
 WIDTH, HEIGHT = 320, 256  # multiples of 32: the detector is built at exactly the frame size
 #: (text, format) of the vehicles, in the order they pass.
-PLATES = (("AB12CDE", "uk_current"), ("ZG4821KT", "hr"), ("MXE7315", "gr"))
+PLATES = (("AB12CDE", "gb_current"), ("ZG4821KT", "hr"), ("MXE7315", "gr"))
 GAP = 5  # empty-road frames before, between and after the vehicles
 VISIBLE = 12  # frames each vehicle is in view
 

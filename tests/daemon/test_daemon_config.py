@@ -37,7 +37,7 @@ def test_device_config_keeps_within_the_detector_budget_and_is_what_the_benchmar
             "max_runs": det.max_detector_runs} == MODES["device_config"]
     from edge.model import read_metadata
 
-    macs = read_metadata(ROOT / "edge" / "models" / "detector.tflite")["macs"]
+    macs = read_metadata(ROOT / "edge" / "models" / "detector.tflite").macs
     assert 0 < det.max_detector_runs * macs <= 0.6e9  # the detector's budget per frame
 
 

@@ -1,0 +1,161 @@
+"""Plate formats as data: country files, their validation, format rules and format-aware decoding."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.formats import COUNTRIES_DIR, FormatError, FormatSet, load_countries, read_confidence
+from edge.plates import BLANK, READER_CLASSES, normalize
+
+
+def _columns(pattern: str, p: float = 0.9, alt: dict[int, dict[str, float]] | None = None) -> np.ndarray:
+    """Reader columns spelling ``pattern`` (``_`` blank, one blank column between characters); ``alt`` gives a
+    character's column other probabilities."""
+    seq = "_" + "_".join(pattern) + "_"
+    probs = np.full((len(seq), len(READER_CLASSES)), 1e-4, np.float32)
+    k = 0
+    for t, c in enumerate(seq):
+        probs[t, READER_CLASSES.index(c)] = p if c != "_" else 0.99
+        if c != "_":
+            for other, q in (alt or {}).get(k, {}).items():
+                probs[t, READER_CLASSES.index(other)] = q
+            k += 1
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def world() -> FormatSet:
+    return FormatSet.load(COUNTRIES_DIR)
+
+
+def test_shipped_country_files_cover_the_largest_latin_fleets() -> None:
+    codes = {c.code for c in load_countries(COUNTRIES_DIR)}
+    eu = set("AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE".split())
+    others = set("GB CH NO TR RU UA US CA MX BR AR IN ID AU ZA".split())
+    assert eu | others <= codes and len(codes) >= 30
+
+
+@pytest.mark.parametrize("text, fmt, shown", [
+    ("AB12CDE", "gb_current", "AB12 CDE"),
+    ("ZG1234AB", "hr", "ZG 1234-AB"),
+    ("IEP1025", "gr", "IEP-1025"),
+    ("ABC1D23", "br_mercosur", "ABC1D23"),
+])
+def test_formats_match_and_display(world: FormatSet, text: str, fmt: str, shown: str) -> None:
+    assert world.by_name[fmt].regex.match(text)
+    assert world.display(text, fmt) == shown
+
+
+def test_normalize_keeps_only_contract_characters() -> None:
+    assert normalize(" ab-12 cde\n") == "AB12CDE"
+
+
+def test_a_read_that_fits_is_kept(world: FormatSet) -> None:
+    read = world.decode(_columns("AB12CDE"), READER_CLASSES, BLANK)
+    assert read.text == "AB12CDE" and read.format is not None and read.cost == 0.0
+
+
+def test_a_lookalike_the_reader_half_saw_is_fixed_by_position() -> None:
+    # Brazil's Mercosur: LLL D L DD. The reader saw I at position 6 but also gave 1 a fair chance.
+    br = FormatSet([{"code": "BR", "name": "Brazil", "weight": 1, "classes": {},
+                     "formats": [{"name": "br_grey", "groups": ["LLL", "DDDD"], "separators": ["-"]}]}])
+    read = br.decode(_columns("NYL36I4", alt={5: {"1": 0.35}}), READER_CLASSES, BLANK)
+    assert (read.text, read.format, read.country) == ("NYL3614", "br_grey", "BR")
+    assert read.display == "NYL-3614" and 0 < read.cost < 2
+
+
+def test_a_sure_read_is_never_forced_into_a_format() -> None:
+    br = FormatSet([{"code": "BR", "name": "Brazil", "weight": 1, "classes": {},
+                     "formats": [{"name": "br_grey", "groups": ["LLL", "DDDD"], "separators": ["-"]}]}])
+    read = br.decode(_columns("NYL36I4", p=0.99), READER_CLASSES, BLANK)  # a vanity plate, read surely
+    assert (read.text, read.format) == ("NYL36I4", None)
+
+
+def test_letters_a_country_leaves_out_are_decided_by_the_format() -> None:
+    # A class without O: the round glyph in a letter position that excludes O is not kept as O.
+    fs = FormatSet([{"code": "XX", "name": "Test", "weight": 1, "classes": {"S": "ABCDEFGHJKLMNPRSTUVWXYZ"},
+                     "formats": [{"name": "xx", "groups": ["DDD", "SSS"], "separators": [" "]}]}])
+    read = fs.decode(_columns("123ODE", alt={3: {"D": 0.3}}), READER_CLASSES, BLANK)
+    assert read.text == "123DDE" and read.format == "xx"
+
+
+def test_one_confidence_is_the_geometric_mean_of_the_characters() -> None:
+    assert read_confidence((0.9, 0.9, 0.9)) == pytest.approx(0.9)
+    assert read_confidence((1.0, 0.25)) == pytest.approx(0.5)
+    assert read_confidence(()) == 0.0
+
+
+def test_metadata_round_trip_checks_its_hash(world: FormatSet) -> None:
+    meta = world.to_meta()
+    again = FormatSet.from_meta(meta, "reader.json")
+    assert again.country_codes == world.country_codes
+    meta["countries"][0]["name"] = "tampered"
+    with pytest.raises(FormatError, match="reader.json: formats.sha256"):
+        FormatSet.from_meta(meta, "reader.json")
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+COUNTRY_ZZ = """
+code: ZZ
+name: Zedland
+weight: 5
+classes:
+  K: ABCDEFGHJKLMNPRSTUVWXYZ
+style:
+  size_mm: [400, 100]
+  colours: [{background: "#FFD200", ink: "#000000"}]
+  typeface: generic
+  band: {kind: side, codes: [ZZ], share: 1.0}
+formats:
+  - name: zz
+    note: "test country: two letters, a dot, three digits, one letter"
+    groups: [KK, NDD, K]
+    separators: [".", " "]
+    gaps: [dot, gap]
+"""
+
+
+def test_a_country_added_from_a_folder_outside_the_package(tmp_path: Path) -> None:
+    from trainer.synth.render import render_plate
+    from trainer.synth.text import catalogue, random_text, use_countries
+
+    folder = tmp_path / "my-countries"
+    _write(folder, "zz.yaml", COUNTRY_ZZ)
+    fs = FormatSet.load(COUNTRIES_DIR).merged(FormatSet.load(folder))
+    assert "ZZ" in fs.country_codes
+    try:
+        use_countries(COUNTRIES_DIR, folder)
+        rng = np.random.default_rng(0)
+        text, name = random_text(rng, "zz")
+        assert name == "zz" and catalogue().entry("zz").rule.regex.match(text)
+        plate, rows = render_plate(rng, text, "zz", width_px=200)
+        assert 48 <= plate.shape[0] <= 52 and plate.shape[1:] == (200, 4) and rows == 1  # 400x100 mm, +-4 %
+        # Its format decodes reads: an O where Zedland's letters leave O out becomes the letter the reader also
+        # saw (with Zedland's file alone: other countries' formats may fit the misread exactly).
+        misread = text[:1] + "O" + text[2:]
+        read = FormatSet.load(folder).decode(_columns(misread, alt={1: {text[1]: 0.3}}), READER_CLASSES, BLANK)
+        assert read.text == text and read.country == "ZZ" and read.display == f"{text[:2]}.{text[2:5]} {text[5]}"
+    finally:
+        use_countries(COUNTRIES_DIR)
+
+
+@pytest.mark.parametrize("body, message", [
+    (COUNTRY_ZZ.replace("weight: 5", "weight: -1"), r"zz.yaml: weight: Input should be greater than or equal to 0"),
+    (COUNTRY_ZZ.replace("groups: [KK, NDD, K]", "groups: [KK, NDQ, K]"),
+     r"zz.yaml: .*formats\[0\] \(zz\).groups\[1\]: pattern 'NDQ': class 'Q' is not defined"),
+    (COUNTRY_ZZ.replace("typeface: generic", "typeface: generic\n  colour: red"), r"zz.yaml: style.colour: Extra"),
+    (COUNTRY_ZZ.replace("code: ZZ", "code: ZY"), r"zz.yaml: code: ZY does not match the file name"),
+    (COUNTRY_ZZ.replace('separators: [".", " "]', 'separators: ["."]'), r"zz.yaml: formats.0: .*separators: 1 given"),
+])
+def test_validation_errors_name_the_file_and_the_key(tmp_path: Path, body: str, message: str) -> None:
+    _write(tmp_path, "zz.yaml", body)
+    with pytest.raises(FormatError, match=message):
+        load_countries(tmp_path)
