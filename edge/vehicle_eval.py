@@ -522,7 +522,7 @@ def run_daemon(config: dict, workdir: Path, port: int, prefix: str, n_frames: in
                         proc.kill()
                         proc.wait()
                     raise RunError(f"timeout: the daemon did not finish the clip within {timeout_s:.0f} s "
-                                   f"(raise --timeout-s); its log: {daemon_log}")
+                                   f"(raise --timeout-s); last log lines:\n{_tail(daemon_log)}")
                 if now >= next_report:
                     events, stats = collector.snapshot()
                     done = stats.get("frames_inferred", 0) + stats.get("frames_skipped_stride", 0) \
@@ -656,8 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(args.fps, args.hold_s, args.gap_s, args.seed, args.limit, args.models, None, Path("."),
                    args.timeout_s, args.keep)
     try:
-        if args.models is not None and not args.models.is_dir():
-            raise LabelError(f"--models {args.models}: not a folder")
+        if args.models is not None:
+            missing = [n for n in ("detector.tflite", "reader.tflite") if not (args.models / n).is_file()]
+            if not args.models.is_dir() or missing:
+                raise LabelError(f"--models {args.models}: " + (f"no {', '.join(missing)} in this folder"
+                                                                 if args.models.is_dir() else "not a folder"))
         if args.config is not None:
             try:
                 opts.config = yaml.safe_load(args.config.read_text())

@@ -142,6 +142,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             if s.get("by_height"):
                 print(f"{'':<28}  exact by plate height (px): "
                       + ", ".join(f"{b['height_px']}: {b['exact']:.3f} ({b['n']})" for b in s["by_height"]))
+            if s.get("by_country"):
+                print(f"{'':<28}  exact by country: "
+                      + ", ".join(f"{c} {b['exact']:.2f} ({b['n']})" for c, b in s["by_country"].items()))
     if args.out:
         from trainer.report import write_pictures
 

@@ -19,7 +19,7 @@ from edge.detect import Detection, box_iou
 from edge.pipeline import Pipeline
 from edge.plates import normalize, similarity
 from trainer.data import jitter_quad
-from trainer.synth import make_plate_patch, make_scene
+from trainer.synth import catalogue, make_plate_patch, make_scene
 
 LENIENT = str.maketrans({"O": "0", "I": "1"})
 
@@ -143,12 +143,19 @@ def evaluate_synthetic_reader(pipeline: Pipeline, n: int, seed: int, progress: b
         reads = pipeline.read_detections(scene.image, [det])
         seen = None if plate.seen_height is None else round(plate.seen_height, 1)
         rows.append({"truth": plate.text, "read": reads[0].text if reads else "", "format": plate.format,
+                     "country": catalogue().entry(plate.format).country.code,
                      "ms": (time.perf_counter() - start) * 1000, "height": seen})
-    by_format = {}
-    for fmt in sorted({r["format"] for r in rows}):
-        sub = [r for r in rows if r["format"] == fmt]
-        by_format[fmt] = {"n": len(sub), "exact": sum(r["read"] == r["truth"] for r in sub) / len(sub)}
-    return {"summary": _summary(rows) | {"by_format": by_format}, "rows": rows}
+    return {"summary": _summary(rows) | {"by_format": _exact_by(rows, "format"), "by_country": _exact_by(rows, "country")},
+            "rows": rows}
+
+
+def _exact_by(rows: list[dict], key: str) -> dict[str, dict]:
+    """Exact match per value of ``key`` (format or country)."""
+    out = {}
+    for value in sorted({r[key] for r in rows}):
+        sub = [r for r in rows if r[key] == value]
+        out[value] = {"n": len(sub), "exact": sum(r["read"] == r["truth"] for r in sub) / len(sub)}
+    return out
 
 
 def evaluate_synthetic_scenes(pipeline: Pipeline, n: int, seed: int, progress: bool = True) -> dict:
