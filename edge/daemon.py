@@ -291,7 +291,8 @@ class Daemon:
         if self.gate is not None:
             self.gate.accept(frame.image)
         self._last_inferred_ts = frame.ts
-        obs = [Observation(r.text, r.confidence, r.detection.box, r.char_confidences or None, image=frame.image)
+        obs = [Observation(r.text, r.confidence, r.detection.box, r.char_confidences or None, image=frame.image,
+                           format=r.format)
                for r in reads if r.confidence >= det_cfg.min_confidence]
         events = self.tracker.update(obs, frame.ts)
         t3 = time.perf_counter()

@@ -55,7 +55,7 @@ MAX_EXPANSIONS = 4096
 _TOKEN = re.compile(r"(\[[A-Z0-9]+\]|[A-Z])(?:\{(\d+)(?:,(\d+))?\})?")
 _COLOUR = r"^#[0-9A-Fa-f]{6}$"
 Colour = Annotated[str, Field(pattern=_COLOUR)]
-GapMark = Literal["gap", "none", "dash", "dot", "crest", "seals", "emblem", "sticker", "flag"]
+GapMark = Literal["gap", "none", "dash", "dot", "stamp", "crest", "seals", "emblem", "sticker", "flag"]
 
 
 class FormatError(ValueError):

@@ -92,3 +92,18 @@ def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() ->
     reads, shown = read_as_video(pipe, np.zeros((720, 1280, 3), np.uint8), 0)
     assert pipe.restarted and shown == pipe.shown == 4  # one full turn of the 4 tiles, one a frame
     assert sorted(r.text for r in reads) == ["AB12CDE", "XY51ABC"]
+
+
+def test_formats_lists_one_line_per_country_of_the_model_set(untrained_models: Path, tmp_path: Path) -> None:
+    proc = run_edge("formats", "--models", str(untrained_models))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) >= 30
+    codes = [line.split()[0] for line in lines]
+    assert codes == sorted(codes) and all(len(c) == 2 and c.isupper() for c in codes)
+    assert any(line.startswith("BR  Brazil: ") and "br_mercosur LLL DLDD" in line for line in lines)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "zz.yaml").write_text("code: ZZ\nname: Zedland\nweight: 1\nformats: [{name: zz, groups: [LLQ]}]\n")
+    proc = run_edge("formats", "--models", str(untrained_models), "--countries", str(bad))
+    assert proc.returncode == 2 and "zz.yaml" in proc.stderr and "class 'Q' is not defined" in proc.stderr

@@ -65,3 +65,30 @@ def test_fast_int8_input_equals_generic_quantization(untrained_models: Path) -> 
     fast = (pixels ^ np.uint8(0x80)).view(np.int8).reshape(m.input.shape)
     generic = m.quantize(pixels.astype(np.float32) / 255.0)
     np.testing.assert_array_equal(fast, generic)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m.update(input="int8"), r"reader\.json: invalid metadata: input: "),
+    (lambda m: m.pop("reader"), r"reader\.json: invalid metadata: .*needs its 'reader' section"),
+    (lambda m: m["reader"].pop("formats"), r"reader\.json: invalid metadata: reader\.formats: Field required"),
+    (lambda m: m.update(extra_key=1), r"reader\.json: invalid metadata: extra_key: Extra inputs"),
+    (lambda m: m.update(schema=1), r"reader\.json: metadata schema 1 is not the supported 2"),
+])
+def test_malformed_metadata_names_the_file_and_the_key(model_copy: Path, damage, message: str) -> None:
+    """The metadata is one typed structure (edge.model.ModelMeta): any other shape is a ModelError, not a crash."""
+    meta_path = model_copy / "reader.json"
+    meta = json.loads(meta_path.read_text())
+    damage(meta)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=message):
+        Model(model_copy / "reader.tflite", "reader")
+
+
+def test_the_reader_carries_its_formats(untrained_models: Path) -> None:
+    from edge.formats import COUNTRIES_DIR, FormatSet
+    from edge.model import read_metadata, reader_formats
+
+    path = untrained_models / "reader.tflite"
+    carried = reader_formats(read_metadata(path), path)
+    assert carried.to_meta()["sha256"] == FormatSet.load(COUNTRIES_DIR).to_meta()["sha256"]
+    assert len(carried.country_codes) >= 30

@@ -9,7 +9,8 @@ from conftest import ROOT
 
 def test_edge_imports_no_tensorflow() -> None:
     code = (
-        "import sys, edge.__main__, edge.pipeline, edge.model, edge.detect, edge.recognize, edge.plates\n"
+        "import sys, edge.__main__, edge.pipeline, edge.model, edge.detect, edge.recognize, edge.plates, edge.formats\n"
+        "import edge.vehicle_eval\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'trainer'))\n"
         "print(','.join(bad))"
     )

@@ -56,7 +56,7 @@ def blend(img: np.ndarray, mask: np.ndarray, color, x: int = 0, y: int = 0, opac
 def _draw_row(ink: np.ndarray, deco: list, tokens: list, spec: FontSpec, x0: float, x1: float,
               cap_top: float, char_h: float, stretch: float, spacing: float) -> None:
     """Lay a token row out centred in [x0, x1], condensing it when too wide."""
-    unit = {"gap": 0.35, "none": 0.0, "dash": 0.28, "dot": 0.2, "crest": 0.5, "seals": 0.42, "emblem": 0.5,
+    unit = {"gap": 0.35, "none": 0.0, "dash": 0.28, "dot": 0.2, "stamp": 0.42, "crest": 0.5, "seals": 0.42, "emblem": 0.5,
             "sticker": 0.5, "flag": 0.45}
     widths = [unit[t] * char_h if t in unit else aspect(spec.path, t) * char_h * stretch for t in tokens]
     space = spacing * char_h
@@ -65,9 +65,12 @@ def _draw_row(ink: np.ndarray, deco: list, tokens: list, spec: FontSpec, x0: flo
     x = x0 + ((x1 - x0) - total * k) / 2
     for t, w in zip(tokens, widths):
         w *= k
-        if t == "dash":
-            cv2.rectangle(ink, (round(x + 0.1 * w), round(cap_top + 0.44 * char_h)),
-                          (round(x + 0.9 * w), round(cap_top + 0.56 * char_h)), 1.0, -1)
+        if t in ("dash", "stamp"):
+            inset = 0.1 if t == "dash" else 0.25
+            cv2.rectangle(ink, (round(x + inset * w), round(cap_top + 0.44 * char_h)),
+                          (round(x + (1 - inset) * w), round(cap_top + 0.56 * char_h)), 1.0, -1)
+            if t == "stamp":
+                deco.append((t, x, cap_top, w, char_h))
         elif t == "dot":
             cv2.circle(ink, (round(x + w / 2), round(cap_top + 0.5 * char_h)), max(1, round(0.07 * char_h)), 1.0, -1)
         elif t in ("crest", "seals", "emblem", "sticker", "flag"):
@@ -167,6 +170,12 @@ def _mark(img: np.ndarray, rng: np.random.Generator, kind: str, x: float, top: f
     """A mark drawn between groups: crest, seals, an emblem, a sticker or a small flag."""
     if kind == "crest":
         _crest(img, x, top, w, h)
+    elif kind == "stamp":  # a round official stamp pressed over the dash, above or below it
+        r = max(2, round(min(w * 0.48, h * 0.22)))
+        cy = round(top + h * (0.25 if rng.random() < 0.5 else 0.75))
+        shade = tuple(float(v) for v in rng.integers(110, 200) * np.ones(3) + rng.integers(-10, 10, 3))
+        cv2.circle(img, (round(x + w / 2), cy), r, shade, -1, cv2.LINE_AA)
+        cv2.circle(img, (round(x + w / 2), cy), max(1, r - 2), tuple(v * 0.8 for v in shade), 1, cv2.LINE_AA)
     elif kind == "seals":
         _seals(img, rng, x, top, w, h)
     else:
@@ -224,13 +233,22 @@ def _caption(img: np.ndarray, rng: np.random.Generator, texts: list[str], ink, y
     blend(img, m, ink, (W - m.shape[1]) // 2, round(y))
 
 
-def _tokens(groups: list[str], gaps: list[str], spec: FontSpec, format_name: str, first: int) -> list:
+#: Gap marks that stand on their own: at a two-row plate's row split they end the top row (the Croatian
+#: crest after the district code), where a gap or a dash is simply not drawn.
+STANDALONE_MARKS = ("crest", "seals", "emblem", "sticker", "flag")
+
+
+def _tokens(groups: list[str], gaps: list[str], spec: FontSpec, format_name: str, first: int,
+            last: bool = True) -> list:
     """A row's tokens: the glyphs of its groups (as the plate spells them) with the marks between them."""
     out: list = []
     for k, g in enumerate(groups):
         if k:
             out.append(gaps[first + k - 1])
         out.extend(_glyph_char(spec, c) for c in spelled(g, format_name, first + k))
+    split = first + len(groups) - 1
+    if not last and split < len(gaps) and gaps[split] in STANDALONE_MARKS:
+        out.append(gaps[split])
     return out
 
 
@@ -299,7 +317,8 @@ def render_plate(rng: np.random.Generator, text: str, format_name: str, two_rows
     gaps = fmt.per_gap(fmt.gaps, "gaps")
     if two_rows:
         cut = min(fmt.two_row_split, len(groups) - 1)
-        rows = [_tokens(groups[:cut], gaps, spec, format_name, 0), _tokens(groups[cut:], gaps, spec, format_name, cut)]
+        rows = [_tokens(groups[:cut], gaps, spec, format_name, 0, last=False),
+                _tokens(groups[cut:], gaps, spec, format_name, cut)]
     else:
         rows = [_tokens(groups, gaps, spec, format_name, 0)]
     room = H - top_room - bottom_room

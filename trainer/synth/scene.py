@@ -357,6 +357,42 @@ def paste_plate(img: np.ndarray, plate: np.ndarray, quad: np.ndarray) -> None:
     region[:] = region * (1 - a) + warped[..., :3].astype(np.float32) * a
 
 
+#: Share of plates of countries with a band code (Europe and neighbours) that carry the oval national sticker
+#: beside them, as cars driven abroad without the band must: its letters are never part of the text.
+OVAL_SHARE = 0.12
+
+
+def oval_sticker(rng: np.random.Generator, img: np.ndarray, quad: np.ndarray, format_name: str) -> None:
+    """The white oval with the country's distinguishing letters, left of the plate at ``quad`` (some of the
+    time, for countries whose style has a band with codes)."""
+    band = catalogue().entry(format_name).style.band
+    if band is None or not band.codes or band.kind == "mercosur" or rng.random() >= OVAL_SHARE:
+        return
+    code = band.codes[int(rng.integers(len(band.codes)))]
+    tl, tr, br, bl = quad.astype(np.float32)
+    down = ((bl - tl) + (br - tr)) / 2
+    right = ((tr - tl) + (br - bl)) / 2
+    h = float(np.linalg.norm(down))
+    if h < 4:
+        return
+    unit = right / max(1e-6, float(np.linalg.norm(right)))
+    ow, oh = 1.5 * h, 1.0 * h
+    gap = rng.uniform(0.1, 0.6) * h
+    centre = (tl + bl) / 2 - unit * (gap + ow / 2)
+    half_r, half_d = unit * ow / 2, down / np.linalg.norm(down) * oh / 2
+    oquad = np.float32([centre - half_r - half_d, centre + half_r - half_d, centre + half_r + half_d,
+                        centre - half_r + half_d])
+    size = (64, 96)
+    canvas = np.zeros((*size, 4), np.uint8)
+    cv2.ellipse(canvas, (48, 32), (46, 30), 0, 0, 360, (245, 245, 245, 255), -1, cv2.LINE_AA)
+    cv2.ellipse(canvas, (48, 32), (46, 30), 0, 0, 360, (20, 20, 20, 255), 2, cv2.LINE_AA)
+    scale = 1.3 if len(code) <= 2 else 0.9
+    (tw, th), _ = cv2.getTextSize(code, cv2.FONT_HERSHEY_DUPLEX, scale, 3)
+    cv2.putText(canvas, code, (48 - tw // 2, 32 + th // 2), cv2.FONT_HERSHEY_DUPLEX, scale, (15, 15, 15, 255), 3,
+                cv2.LINE_AA)
+    paste_plate(img, canvas, oquad)
+
+
 def _plate_width(rng: np.random.Generator, w: int) -> float:
     # Roadside and parking cameras frame whole cars: most plates are 4-15 % of the frame width. (A third of
     # plates at gate-camera scale, up to 60 %, read seed480 2 points better and US plates 5 points worse.)
@@ -439,6 +475,7 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
             draw_car(rng, img, cx, cy, float(np.linalg.norm(inst.quad[1] - inst.quad[0])), ph, cw, keep)
     _distractors(rng, img, list(keep))
     for inst, plate, _, _ in placed:  # plates last: a nearer car's body never hides a labelled plate
+        oval_sticker(rng, img, inst.quad, inst.format)
         paste_plate(img, plate, inst.quad)
     out = np.clip(img, 0, 255).astype(np.uint8)
     res_factor = rng.uniform(0.5, 1.0) if rng.random() < 0.15 else 1.0
@@ -474,6 +511,7 @@ def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 12
     if rng.random() < 0.85:
         cw = pw * CAR_WIDTH_MM / plate_width_mm(fmt, rows == 2) * rng.uniform(0.95, 1.2)
         draw_car(rng, img, cx, cy, pw, ph, cw, [(*quad.min(0), *quad.max(0))])
+    oval_sticker(rng, img, quad, fmt)
     paste_plate(img, plate, quad)
     out = np.clip(img, 0, 255).astype(np.uint8)
     plate_h = float(np.linalg.norm(quad[3] - quad[0]))
