@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from edge.formats import FormatError, load_countries
+
 #: Environment variable that overrides ``mqtt.password``.
 PASSWORD_ENV = "ANPR_MQTT_PASSWORD"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -279,6 +281,13 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> AppConfig:
         cfg.spool.path = base_dir / cfg.spool.path
     if cfg.detection.models is not None and not cfg.detection.models.is_absolute():
         cfg.detection.models = base_dir / cfg.detection.models
+    if cfg.detection.countries is not None:
+        if not cfg.detection.countries.is_absolute():
+            cfg.detection.countries = base_dir / cfg.detection.countries
+        try:  # checked here, so that check-config names a bad country file before the daemon starts
+            load_countries(cfg.detection.countries)
+        except FormatError as exc:
+            raise ConfigError(f"detection.countries: {exc}") from None
     if cfg.camera.type in ("file", "folder") and not Path(cfg.camera.path).is_absolute():
         cfg.camera.path = str(base_dir / cfg.camera.path)
     return cfg

@@ -18,6 +18,9 @@ MIN_TEXT_LEN = 3
 #: after every longer read of the frame, so that a badge never displaces a plate.
 SHORT_TEXT_LEN = 2
 SHORT_MIN_CONFIDENCE = 0.9
+#: Any read stands for a plate only at this confidence or more: below it the reader gave, on average, less than
+#: even odds to each of its characters (on both shared real sets, no top read that was right fell below 0.6).
+MIN_CONFIDENCE = 0.5
 #: A read that fits no known format (a vanity plate, an unknown country, or lettering that is no plate) is kept
 #: only when the reader is at least this sure of it: a format fit is evidence of a plate, a free text is not.
 FREE_MIN_CONFIDENCE = 0.6
@@ -75,9 +78,9 @@ def _candidate_rank(read: PlateText) -> tuple[bool, float]:
 
 
 def acceptable(read: PlateText) -> bool:
-    """Whether a read may stand for a plate at all (see MIN_TEXT_LEN, SHORT_*, FREE_MIN_CONFIDENCE)."""
+    """Whether a read may stand for a plate at all (see MIN_TEXT_LEN, SHORT_*, MIN_CONFIDENCE, FREE_MIN_CONFIDENCE)."""
     n = len(read.text)
-    if n < SHORT_TEXT_LEN:
+    if n < SHORT_TEXT_LEN or read.confidence < MIN_CONFIDENCE:
         return False
     if n == SHORT_TEXT_LEN:
         return read.format is not None and read.confidence >= SHORT_MIN_CONFIDENCE

@@ -83,11 +83,13 @@ def test_a_two_character_read_loses_to_a_longer_read_of_the_same_plate_and_ranks
 def test_a_free_text_needs_a_sure_read_and_a_format_fit_ranks_first() -> None:
     """Lettering that fits no format (a sign, a grille) is kept only when read surely, and a plate that fits a
     format ranks above a free text of the same score."""
-    sign, plate, vanity = (10.0, 10.0, 60.0, 30.0), (100.0, 10.0, 150.0, 30.0), (200.0, 10.0, 250.0, 30.0)
+    sign, plate, vanity, grille = ((10.0, 10.0, 60.0, 30.0), (100.0, 10.0, 150.0, 30.0), (200.0, 10.0, 250.0, 30.0),
+                                   (300.0, 10.0, 350.0, 30.0))
     reader = _BoxReader({sign: _read("OTW1", [0.9, 0.5, 0.4, 0.5]),
                          plate: _read("AB12CDE", [0.9] * 7, "gb_current"),
-                         vanity: _read("NEILDMND", [0.9] * 8)})
-    dets = [_det(sign, 0.9), _det(vanity, 0.8), _det(plate, 0.8)]
+                         vanity: _read("NEILDMND", [0.9] * 8),
+                         grille: _read("ODHN9", [0.5, 0.4, 0.4, 0.4, 0.4], "de")})  # fits, but barely seen
+    dets = [_det(sign, 0.9), _det(vanity, 0.8), _det(plate, 0.8), _det(grille, 0.95)]
     reads = Pipeline(None, reader).read_detections(np.zeros((100, 300, 3), np.uint8), dets)
     assert [r.text for r in reads] == ["AB12CDE", "NEILDMND"]
     assert reads[1].format is None and reads[1].display == "NEILDMND"

@@ -120,3 +120,17 @@ def test_missing_source_and_models_exit_codes(tmp_path: Path, untrained_models: 
     path.write_text(yaml.safe_dump(base))
     proc = edge_cli("run", "--config", str(path))
     assert proc.returncode == 4 and "picamera2" in proc.stdout, proc.stdout
+
+
+def test_a_bad_country_file_is_named_by_check_config(tmp_path: Path) -> None:
+    """detection.countries is checked with the configuration: the error names the key, the file and its key."""
+    (tmp_path / "countries").mkdir()
+    (tmp_path / "countries" / "zz.yaml").write_text("code: ZZ\nname: Zedland\nweight: 1\nformats: [{name: zz}]\n")
+    with pytest.raises(ConfigError, match=r"detection.countries: .*zz.yaml: formats.0.groups: Field required"):
+        parse_config({"camera": {"type": "file", "path": "clip.mp4"}, "detection": {"countries": "countries"}},
+                     tmp_path)
+    (tmp_path / "countries" / "zz.yaml").write_text(
+        "code: ZZ\nname: Zedland\nweight: 1\nformats: [{name: zz, groups: [LL, NDD]}]\n")
+    cfg = parse_config({"camera": {"type": "file", "path": "clip.mp4"}, "detection": {"countries": "countries"}},
+                       tmp_path)
+    assert cfg.detection.countries == tmp_path / "countries"

@@ -347,6 +347,8 @@ def paste_plate(img: np.ndarray, plate: np.ndarray, quad: np.ndarray) -> None:
     x0, y0 = np.floor(quad.min(0)).astype(int) - 1
     x1, y1 = np.ceil(quad.max(0)).astype(int) + 2
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
+    if x1 - x0 < 1 or y1 - y0 < 1:  # wholly outside the image (an oval sticker beside a plate at its edge)
+        return
     ph, pw = plate.shape[:2]
     src = np.float32([[0, 0], [pw, 0], [pw, ph], [0, ph]])
     hom = cv2.getPerspectiveTransform(src, (quad - np.float32([x0, y0])).astype(np.float32))
