@@ -221,7 +221,7 @@ class Daemon:
         crop = None
         if cfg.tracking.crop != "none":
             crop = lambda obs: jpeg_crop(obs, cfg.tracking.crop_quality)  # noqa: E731
-        self.tracker = Tracker(cfg.tracking, cfg.camera.id, crop, formats=pipeline.reader.formats)
+        self.tracker = Tracker(cfg.tracking, cfg.camera.id, crop, formats=pipeline.formats)
         self.error: BaseException | None = None
         self._last_inferred_ts = 0.0
         self.watchdog = Watchdog()

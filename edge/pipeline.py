@@ -116,6 +116,11 @@ class Pipeline:
         return cls(PlateDetector(det), PlateReader(rd, extra_formats, max_cost), refine=refine, tiles=tiles,
                    tiles_per_frame=tiles_per_frame, max_runs=max_runs)
 
+    @property
+    def formats(self) -> FormatSet:
+        """The plate formats this pipeline decodes with (the reader's, plus any added country files)."""
+        return self.reader.formats
+
     def read_detections(self, image: np.ndarray, detections: list[Detection]) -> list[PlateRead]:
         """Read the text of given detections; drop reads that cannot be plates; best first.
 

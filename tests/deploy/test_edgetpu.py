@@ -69,8 +69,7 @@ def test_variant_must_match_its_recorded_hash(with_variants: Path) -> None:
         f.write(b"\0")
     with pytest.raises(ModelError, match=r"detector_edgetpu\.tflite: sha256 .* does not match 'edgetpu_sha256'"):
         verify_edgetpu(det, read_metadata(det))
-    meta = read_metadata(det)
-    del meta["edgetpu_sha256"]
+    meta = read_metadata(det).model_copy(update={"edgetpu_sha256": None})
     with pytest.raises(ModelError, match=r"detector\.json: no 'edgetpu_sha256'.*edgetpu_hash\.py"):
         verify_edgetpu(det, meta)
 

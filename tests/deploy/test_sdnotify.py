@@ -146,6 +146,7 @@ class BlockingPipeline:
         self.hang = threading.Event()
         self.release = threading.Event()
         self.detector = self
+        self.formats = None  # no formats: events carry the bare text
 
     def detect(self, image: np.ndarray) -> list:
         if self.hang.is_set():
