@@ -18,10 +18,10 @@ classes (one upper-case letter each), e.g. the letters a series leaves out.
 Decoding (:meth:`FormatSet.decode`) takes the reader's per-column
 probabilities. The greedy read is the unconstrained text; the most probable
 text of the same length that fits a known format, character by character
-from the same columns, replaces it
-when it costs at most ``max_cost`` nats of log-probability. Otherwise the
-raw read stays, so a vanity plate or an unknown format is never forced into
-a format. A read's confidence is defined once, by :func:`read_confidence`.
+from the same columns, replaces it when it costs at most ``max_cost`` nats
+of log-probability. Otherwise the raw read stays, so a vanity plate or an
+unknown format is never forced into a format. A read's confidence is
+defined once, by :func:`read_confidence`.
 """
 from __future__ import annotations
 
