@@ -31,7 +31,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -139,6 +139,15 @@ class FormatSpec(_Strict):
     def patterns(self) -> list[str]:
         return [g if isinstance(g, str) else g.pattern for g in self.groups]
 
+    def part(self) -> dict[str, Any]:
+        """What the edge needs of this format (an entry of ``Country.format_part``)."""
+        return {"name": self.name, "groups": self.patterns, "separators": self.per_gap(self.separators, "separators"),
+                "share": self.share, "vehicle": self.vehicle}
+
+    def rule(self, code: str, classes: dict[str, str]) -> "PlateFormat":
+        """The compiled format of country ``code`` (without a prior: for drawing and rendering)."""
+        return PlateFormat.from_part(code, classes, self.part(), 0.0)
+
     def per_gap(self, value: str | list[str], what: str) -> list[str]:
         n = len(self.groups) - 1
         if isinstance(value, str):
@@ -209,8 +218,7 @@ class Country(_Strict):
     def format_part(self) -> dict[str, Any]:
         """What the edge needs of this country (carried in the reader's metadata)."""
         return {"code": self.code, "name": self.name, "weight": self.weight, "classes": dict(self.classes),
-                "formats": [{"name": f.name, "groups": f.patterns, "separators": f.per_gap(f.separators, "separators"),
-                             "share": f.share, "vehicle": f.vehicle} for f in self.formats if f.decode]}
+                "formats": [f.part() for f in self.formats if f.decode]}
 
 
 def _pydantic_message(exc: ValidationError) -> str:
@@ -342,6 +350,12 @@ class PlateFormat:
                 raise FormatError(f"format {self.name}: more than {MAX_EXPANSIONS} expansions")
         return sorted(set(s for s in seqs if s))
 
+    @classmethod
+    def from_part(cls, code: str, classes: dict[str, str], part: dict[str, Any], prior: float) -> "PlateFormat":
+        """A format from its metadata form (``FormatSpec.part``) and its country's code and classes."""
+        return cls(part["name"], code, tuple(part["groups"]), tuple(part["separators"]), tuple(sorted(classes.items())),
+                   prior)
+
     def split(self, text: str) -> list[str] | None:
         """The text's groups, or None when it does not fit."""
         m = self.regex.match(text)
@@ -399,11 +413,10 @@ class FormatSet:
         total_weight = sum(float(c.get("weight", 1.0)) for c in countries) or 1.0
         try:
             for c in countries:
-                classes = tuple(sorted(dict(c.get("classes", {})).items()))
                 fshare = sum(float(f.get("share", 1.0)) for f in c["formats"]) or 1.0
                 for f in c["formats"]:
                     prior = float(c.get("weight", 1.0)) / total_weight * float(f.get("share", 1.0)) / fshare
-                    fmt = PlateFormat(f["name"], c["code"], tuple(f["groups"]), tuple(f["separators"]), classes, prior)
+                    fmt = PlateFormat.from_part(c["code"], dict(c.get("classes", {})), f, prior)
                     fmt.expansions  # noqa: B018 - compile now, so a bad pattern fails at load
                     formats.append(fmt)
         except (KeyError, TypeError, ValueError) as exc:
@@ -475,8 +488,7 @@ class FormatSet:
         if not raw_text:
             return PlateText("", None, None, (), "")
         # Per character: log-probabilities over the alphabet at its peak column, in ALPHABET order.
-        order = [classes.index(c) for c in ALPHABET]
-        logp = np.log(np.maximum(columns[peaks][:, order], PROB_FLOOR))
+        logp = np.log(np.maximum(columns[peaks][:, _alphabet_order(classes)], PROB_FLOOR))
         raw_idx = np.array([ALPHABET.index(c) for c in raw_text])
         raw_lp = logp[np.arange(len(raw_text)), raw_idx]
         # Same length only: a character the reader saw is never dropped or invented, only swapped for a look-alike
@@ -494,6 +506,12 @@ class FormatSet:
                 return PlateText(text, fmt.name, fmt.country, probs, fmt.display(text) or text, max(0.0, cost))
         probs = tuple(float(np.exp(v)) for v in raw_lp)
         return PlateText(raw_text, None, None, probs, raw_text)
+
+
+@lru_cache(maxsize=8)
+def _alphabet_order(classes: str) -> np.ndarray:
+    """Indices of the reader's classes in ALPHABET order (computed once per class string, not per read)."""
+    return np.array([classes.index(c) for c in ALPHABET])
 
 
 def greedy_peaks(columns: np.ndarray, classes: str, blank: str) -> tuple[str, list[int]]:

@@ -120,9 +120,6 @@ class TensorSpec:
         scale, zp = d.get("quantization", (0.0, 0))
         return cls(tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]).name, float(scale), int(zp))
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
-
 
 class _Meta(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -7,6 +7,8 @@ Nothing here knows a country: every difference between plates is in the data.
 """
 from __future__ import annotations
 
+import unicodedata
+
 import cv2
 import numpy as np
 
@@ -161,8 +163,6 @@ def _glyph_char(spec: FontSpec, ch: str) -> str:
     """A list spelling's diacritic where the font has it, else its base letter."""
     if ch.isascii() or ch in spec.diacritics:
         return ch
-    import unicodedata
-
     return unicodedata.normalize("NFD", ch)[0]
 
 

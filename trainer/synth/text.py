@@ -57,8 +57,7 @@ class Catalogue:
         for c in countries:
             shares = sum(f.share for f in c.formats) or 1.0
             for f in c.formats:
-                rule = PlateFormat(f.name, c.code, tuple(f.patterns), tuple(f.per_gap(f.separators, "separators")),
-                                   tuple(sorted(c.classes.items())), 0.0)
+                rule = f.rule(c.code, c.classes)
                 exp = tuple(tuple(expand_group(p, c.classes)) for p in f.patterns)
                 self.entries[f.name] = Entry(c, f, rule, c.style_of(f), exp)
                 names.append(f.name)
