@@ -16,12 +16,16 @@ alternatives are separated by ``|``. Built-in classes: ``L`` (A-Z), ``D``
 classes (one upper-case letter each), e.g. the letters a series leaves out.
 
 Decoding (:meth:`FormatSet.decode`) takes the reader's per-column
-probabilities. The greedy read is the unconstrained text; the most probable
-text of the same length that fits a known format, character by character
-from the same columns, replaces it when it costs at most ``max_cost`` nats
-of log-probability. Otherwise the raw read stays, so a vanity plate or an
-unknown format is never forced into a format. A read's confidence is
-defined once, by :func:`read_confidence`.
+probabilities. The greedy read is the unconstrained text. The decoder fits
+the known formats to it, character by character from the same columns, and
+to every reading one edit away from it: one character's column taken as
+blank (a band's code, a stamp or a screw read as a character) or one blank
+stretch's surest column taken as a character (a narrow I the greedy read
+missed). The fit that costs least, counting the edit, replaces the raw read
+when it costs at most ``max_cost`` nats of log-probability. Otherwise the
+raw read stays, so a vanity plate or an unknown format is never forced into
+a format. A read's confidence is defined once, by :func:`read_confidence`;
+an edit that takes a column as blank counts that choice's probability in it.
 """
 from __future__ import annotations
 
@@ -383,10 +387,12 @@ class PlateText:
     display: str
     #: Nats of log-probability the format fit cost against the unconstrained read (0: the read fit as it was).
     cost: float = 0.0
+    #: Probabilities of the decoder's edits to the greedy read (for a column taken as blank, that of the blank).
+    edit_probs: tuple[float, ...] = ()
 
     @property
     def confidence(self) -> float:
-        return read_confidence(self.char_probs)
+        return read_confidence(self.char_probs + self.edit_probs)
 
 
 def read_confidence(char_probs: tuple[float, ...] | list[float]) -> float:
@@ -424,7 +430,7 @@ class FormatSet:
         # Most likely first: ties in decoding and matching go to the format the training draw favoured.
         self.formats: tuple[PlateFormat, ...] = tuple(sorted(formats, key=lambda f: -f.prior))
         self.by_name = {f.name: f for f in self.formats}
-        self._masks: dict[int, tuple[np.ndarray, list[PlateFormat]]] = {}
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray, list[PlateFormat]]] = {}
 
     @classmethod
     def from_countries(cls, countries: list[Country], source: str = "") -> "FormatSet":
@@ -469,43 +475,93 @@ class FormatSet:
         fmt = self.by_name.get(format_name or "")
         return (fmt.display(text) if fmt else None) or text
 
-    def _length_masks(self, n: int) -> tuple[np.ndarray, list[PlateFormat]]:
-        """(sequences, n, alphabet) allowed-character masks of every expansion of length n, most likely first."""
-        if n not in self._masks:
+    def _length_table(self, n: int) -> tuple[np.ndarray, np.ndarray, list[PlateFormat]]:
+        """Every expansion of length n as indices into a table of distinct allowed-character sets.
+
+        Returns (sets, n) int indices, the (distinct sets, alphabet) bool table and each sequence's format, most
+        likely first. Few distinct sets exist (digits, letters, letters without I/O/Q...), so a fit scores each
+        set once per position and then only adds up indices.
+        """
+        if n not in self._tables:
+            allowed_sets: dict[str, int] = {}
             rows, owners, seen = [], [], set()
             for fmt in self.formats:
                 for seq in fmt.expansions:
                     if len(seq) == n and seq not in seen:
                         seen.add(seq)
-                        rows.append([[c in allowed for c in ALPHABET] for allowed in seq])
+                        rows.append([allowed_sets.setdefault(a, len(allowed_sets)) for a in seq])
                         owners.append(fmt)
-            self._masks[n] = (np.array(rows, bool).reshape(len(rows), n, len(ALPHABET)), owners)
-        return self._masks[n]
+            table = np.array([[c in a for c in ALPHABET] for a in allowed_sets], bool).reshape(-1, len(ALPHABET))
+            self._tables[n] = (np.array(rows, np.int32).reshape(len(rows), n), table, owners)
+        return self._tables[n]
+
+    def _fit(self, logp: np.ndarray) -> tuple[float, PlateFormat, np.ndarray] | None:
+        """Most probable fit of (n, alphabet) log-probabilities to a format: (log-probability, format, characters),
+        or None when no format has that length."""
+        seqs, table, owners = self._length_table(len(logp))
+        if not owners:
+            return None
+        masked = np.where(table[:, None, :], logp[None], -np.inf)  # (sets, n, alphabet)
+        best = masked.max(axis=2)
+        fit = best[seqs, np.arange(len(logp))].sum(axis=1)
+        s = int(np.argmax(fit))  # ties go to the first: the format the training draw favoured
+        if not math.isfinite(fit[s]):
+            return None
+        chars = masked[seqs[s], np.arange(len(logp))].argmax(axis=1)
+        return float(fit[s]), owners[s], chars
 
     def decode(self, columns: np.ndarray, classes: str, blank: str, max_cost: float = DEFAULT_MAX_COST) -> PlateText:
         """Format-aware decoding of (timesteps, classes) reader probabilities (see the module doc)."""
         raw_text, peaks = greedy_peaks(columns, classes, blank)
         if not raw_text:
             return PlateText("", None, None, (), "")
-        # Per character: log-probabilities over the alphabet at its peak column, in ALPHABET order.
-        logp = np.log(np.maximum(columns[peaks][:, _alphabet_order(classes)], PROB_FLOOR))
-        raw_idx = np.array([ALPHABET.index(c) for c in raw_text])
-        raw_lp = logp[np.arange(len(raw_text)), raw_idx]
-        # Same length only: a character the reader saw is never dropped or invented, only swapped for a look-alike
-        # that the same column found plausible.
-        masks, owners = self._length_masks(len(raw_text))
-        if owners:
-            scored = np.where(masks, logp[None], -np.inf)  # (sequences, n, alphabet)
-            fit = scored.max(axis=2).sum(axis=1)
-            s = int(np.argmax(fit))
-            cost = float(raw_lp.sum() - fit[s])
-            if math.isfinite(cost) and cost <= max_cost:
-                fmt, chars = owners[s], scored[s].argmax(axis=1)
+        lp = np.log(np.maximum(columns, PROB_FLOOR))
+        lp_chars = lp[:, _alphabet_order(classes)]  # (timesteps, alphabet)
+        lp_blank = lp[:, classes.index(blank)]
+        best_char = lp_chars.max(axis=1)
+        best: tuple[float, PlateText] | None = None
+        for cols, edit_cost, edit_probs in _readings(peaks, best_char, lp_blank):
+            if edit_cost > max_cost:
+                continue
+            logp = lp_chars[cols]
+            fitted = self._fit(logp)
+            if fitted is None:
+                continue
+            fit, fmt, chars = fitted
+            cost = edit_cost + float(best_char[cols].sum() - fit)
+            if cost <= max_cost and (best is None or cost < best[0]):
                 text = "".join(ALPHABET[i] for i in chars)
                 probs = tuple(float(np.exp(logp[k, i])) for k, i in enumerate(chars))
-                return PlateText(text, fmt.name, fmt.country, probs, fmt.display(text) or text, max(0.0, cost))
-        probs = tuple(float(np.exp(v)) for v in raw_lp)
+                best = (cost, PlateText(text, fmt.name, fmt.country, probs, fmt.display(text) or text,
+                                        max(0.0, cost), edit_probs))
+        if best is not None:
+            return best[1]
+        probs = tuple(float(np.exp(v)) for v in best_char[peaks])
         return PlateText(raw_text, None, None, probs, raw_text)
+
+
+def _readings(peaks: list[int], best_char: np.ndarray, lp_blank: np.ndarray
+              ) -> list[tuple[list[int], float, tuple[float, ...]]]:
+    """The columns to read as characters: the greedy read's peaks, and every reading one edit away from it.
+
+    An edit takes a character's peak column as blank (a mark, a band's code or
+    a screw read as a character) or takes the surest column of a blank stretch
+    as a character (a narrow character the greedy read missed). Each reading
+    comes with what its edit costs in nats and, for a column taken as blank,
+    the probability of that choice (it counts in the read's confidence).
+    """
+    out: list[tuple[list[int], float, tuple[float, ...]]] = [(peaks, 0.0, ())]
+    for i, t in enumerate(peaks):
+        out.append((peaks[:i] + peaks[i + 1:], float(best_char[t] - lp_blank[t]), (float(np.exp(lp_blank[t])),)))
+    if len(peaks) >= MAX_CHARS:
+        return out
+    bounds = [-1, *peaks, len(best_char)]
+    for g in range(len(peaks) + 1):
+        stretch = [t for t in range(bounds[g] + 1, bounds[g + 1]) if best_char[t] < lp_blank[t]]
+        if stretch:
+            t = max(stretch, key=lambda k: best_char[k])
+            out.append((peaks[:g] + [t] + peaks[g:], float(lp_blank[t] - best_char[t]), ()))
+    return out
 
 
 @lru_cache(maxsize=8)

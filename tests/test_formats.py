@@ -73,6 +73,38 @@ def test_a_sure_read_is_never_forced_into_a_format() -> None:
     assert (read.text, read.format) == ("NYL36I4", None)
 
 
+def _one_format(groups: list[str]) -> FormatSet:
+    return FormatSet([{"code": "XX", "name": "Test", "weight": 1, "classes": {},
+                       "formats": [{"name": "xx", "groups": groups, "separators": [" "] * (len(groups) - 1)}]}])
+
+
+def test_a_mark_read_weakly_as_a_character_is_dropped_to_fit() -> None:
+    # The band's code before ZG162LC half read as B: the column is nearly as much blank as B.
+    cols = _columns("BZG162LC")
+    cols[1, READER_CLASSES.index(BLANK)] = cols[1, READER_CLASSES.index("B")] * 0.6
+    cols /= cols.sum(axis=1, keepdims=True)
+    read = _one_format(["LL", "DDD", "LL"]).decode(cols, READER_CLASSES, BLANK)
+    assert (read.text, read.format) == ("ZG162LC", "xx") and 0 < read.cost < 2
+    # The blank the decoder chose counts in the confidence: below that of the characters alone.
+    assert read.confidence < read_confidence(read.char_probs)
+
+
+def test_a_sure_extra_character_is_never_dropped() -> None:
+    read = _one_format(["LL", "DDD", "LL"]).decode(_columns("BZG162LC", p=0.99), READER_CLASSES, BLANK)
+    assert (read.text, read.format) == ("BZG162LC", None)
+
+
+def test_a_narrow_character_the_greedy_read_missed_is_put_back_to_fit() -> None:
+    # Greek MIE3047 read as ME3047: the blank column between M and E gave I a fair chance.
+    cols = _columns("ME3047")
+    cols[2, READER_CLASSES.index("I")] = cols[2, READER_CLASSES.index(BLANK)] * 0.5
+    cols /= cols.sum(axis=1, keepdims=True)
+    read = _one_format(["LLL", "DDDD"]).decode(cols, READER_CLASSES, BLANK)
+    assert (read.text, read.format) == ("MIE3047", "xx") and 0 < read.cost < 2
+    # A sure blank there: nothing is invented.
+    assert _one_format(["LLL", "DDDD"]).decode(_columns("ME3047"), READER_CLASSES, BLANK).text == "ME3047"
+
+
 def test_letters_a_country_leaves_out_are_decided_by_the_format() -> None:
     # A class without O: the round glyph in a letter position that excludes O is not kept as O.
     fs = FormatSet([{"code": "XX", "name": "Test", "weight": 1, "classes": {"S": "ABCDEFGHJKLMNPRSTUVWXYZ"},
