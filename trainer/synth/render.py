@@ -170,12 +170,14 @@ def _mark(img: np.ndarray, rng: np.random.Generator, kind: str, x: float, top: f
     """A mark drawn between groups: crest, seals, an emblem, a sticker or a small flag."""
     if kind == "crest":
         _crest(img, x, top, w, h)
-    elif kind == "stamp":  # a round official stamp pressed over the dash, above or below it
-        r = max(2, round(min(w * 0.48, h * 0.22)))
-        cy = round(top + h * (0.25 if rng.random() < 0.5 else 0.75))
-        shade = tuple(float(v) for v in rng.integers(110, 200) * np.ones(3) + rng.integers(-10, 10, 3))
-        cv2.circle(img, (round(x + w / 2), cy), r, shade, -1, cv2.LINE_AA)
-        cv2.circle(img, (round(x + w / 2), cy), max(1, r - 2), tuple(v * 0.8 for v in shade), 1, cv2.LINE_AA)
+    elif kind == "stamp":  # round official stamps pressed over the dash: often one above and one below it
+        r = max(2, round(min(w * 0.48, h * rng.uniform(0.17, 0.24))))
+        places = (0.25, 0.75) if rng.random() < 0.6 else ((0.25,) if rng.random() < 0.5 else (0.75,))
+        for place in places:
+            cy = round(top + h * place)
+            shade = tuple(float(v) for v in rng.integers(90, 200) * np.ones(3) + rng.integers(-10, 10, 3))
+            cv2.circle(img, (round(x + w / 2), cy), r, shade, -1, cv2.LINE_AA)
+            cv2.circle(img, (round(x + w / 2), cy), max(1, r - 2), tuple(v * 0.7 for v in shade), 1, cv2.LINE_AA)
     elif kind == "seals":
         _seals(img, rng, x, top, w, h)
     else:
@@ -210,7 +212,7 @@ def _band(img: np.ndarray, rng: np.random.Generator, band: Band, ppm: float, two
         cv2.rectangle(img, (fx, fy), (fx + fw, fy + fh), tuple(float(v) for v in rng.integers(0, 256, 3)), -1)
         cv2.circle(img, (round(bh * 0.8), round(bh / 2)), max(1, round(bh * 0.3)), (245, 245, 245), 1, cv2.LINE_AA)
         return 0.0, bh
-    band_w = rng.uniform(38, 46) * ppm * (0.8 if two_rows else 1.0)
+    band_w = rng.uniform(38, 50) * ppm * (0.8 if two_rows else 1.0)
     img[:, : round(band_w)] = colour
     code = band.codes[int(rng.integers(len(band.codes)))] if band.codes else ""
     if band.kind == "eu":
@@ -219,7 +221,9 @@ def _band(img: np.ndarray, rng: np.random.Generator, band: Band, ppm: float, two
             cv2.circle(img, (round(cx + r * np.cos(a)), round(cy + r * np.sin(a))), max(1, round(ppm * 2.2)),
                        EU_YELLOW, -1, cv2.LINE_AA)
     if code:
-        mask = text_mask(small, code, min(band_w * 0.5 / max(1, len(code) * 0.6), H * 0.22))
+        # Codes range from small print to letters a third of the plate's height (older and national bands).
+        mask = text_mask(small, code, min(band_w * rng.uniform(0.5, 0.8) / max(1, len(code) * 0.6),
+                                          H * rng.uniform(0.2, 0.32)))
         y = round(H * 0.58) if band.kind == "eu" else round(H / 2 - mask.shape[0] / 2)
         blend(img, mask, (245, 245, 245), round(band_w / 2 - mask.shape[1] / 2), y)
     return band_w, 0.0
