@@ -100,6 +100,14 @@ class Colours(_Strict):
     share: float = Field(1.0, ge=0)
 
 
+class GlyphForms(_Strict):
+    """Shares of a country's plates whose face draws a character in a form that fonts rarely have."""
+
+    serif_i: float = Field(0.0, ge=0, le=1, description="I with bars at top and bottom, so that it differs from 1")
+    upright_w: float = Field(0.0, ge=0, le=1,
+                             description="W with upright outer stems and its middle apex at full height")
+
+
 class Style(_Strict):
     """How a plate looks: size, colours, typeface, band and the marks that are not text."""
 
@@ -113,6 +121,9 @@ class Style(_Strict):
     captions: list[Caption] = Field(default_factory=list)
     marks: list[Literal["screws", "stickers", "frame", "emblem", "flag"]] = Field(default_factory=list)
     border: float = Field(0.8, ge=0, le=1, description="share of plates with a printed border line")
+    glyphs: GlyphForms = Field(default_factory=GlyphForms, description="character forms of the plate face")
+    fixed_pitch: float = Field(0.2, ge=0, le=1, description="share of plates whose face gives every character "
+                               "the same cell, so a narrow I or 1 stands alone in a wide one")
 
 
 class Group(_Strict):

@@ -78,9 +78,37 @@ def _font(path: str) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
+#: Drawn forms of characters that plate faces have and fonts rarely do (a country file's ``style.glyphs``).
+SERIF_I, UPRIGHT_W = "I/serif", "W/upright"
+
+
+def _form(path: str, name: str) -> np.ndarray:
+    """A drawn form built from the font's own strokes, so it keeps the face's weight."""
+    top, base = round(ABOVE * GLYPH_PX), round((1 + ABOVE) * GLYPH_PX)
+    if name == UPRIGHT_W:  # the face's M turned over: upright stems, the middle apex up at the cap line
+        m = glyph(path, "M").copy()
+        m[top:base] = m[top:base][::-1]
+        return m
+    stem = glyph(path, "I")
+    thick = max(2, stem.shape[1])
+    width = max(3 * thick, round(0.42 * GLYPH_PX))
+    out = np.zeros((stem.shape[0], width), np.float32)
+    x0 = (width - stem.shape[1]) // 2
+    out[:, x0: x0 + stem.shape[1]] = stem
+    bar = max(2, round(thick * 0.8))
+    out[top: top + bar] = 1.0
+    out[base - bar: base] = 1.0
+    return out
+
+
 @lru_cache(maxsize=8192)
 def glyph(path: str, ch: str) -> np.ndarray:
-    """Mask (float32 0..1) of one character: cap line at row ABOVE*G, baseline at (1+ABOVE)*G, ink-tight columns."""
+    """Mask (float32 0..1) of one character: cap line at row ABOVE*G, baseline at (1+ABOVE)*G, ink-tight columns.
+
+    ``ch`` may also name a drawn form (``SERIF_I``, ``UPRIGHT_W``).
+    """
+    if ch in (SERIF_I, UPRIGHT_W):
+        return _form(path, ch)
     font = _font(path)
     h = round((1 + ABOVE + BELOW) * GLYPH_PX)
     if ch == " ":

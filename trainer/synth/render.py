@@ -14,7 +14,7 @@ import numpy as np
 
 from edge.formats import Band, Style
 
-from .fonts import FontSpec, aspect, fonts_for, glyph, paste_glyph, text_mask
+from .fonts import SERIF_I, UPRIGHT_W, FontSpec, aspect, fonts_for, glyph, paste_glyph, text_mask
 from .text import catalogue, spelled, split_groups
 
 EU_YELLOW = (0, 204, 255)
@@ -56,11 +56,17 @@ def blend(img: np.ndarray, mask: np.ndarray, color, x: int = 0, y: int = 0, opac
 
 
 def _draw_row(ink: np.ndarray, deco: list, tokens: list, spec: FontSpec, x0: float, x1: float,
-              cap_top: float, char_h: float, stretch: float, spacing: float) -> None:
-    """Lay a token row out centred in [x0, x1], condensing it when too wide."""
+              cap_top: float, char_h: float, stretch: float, spacing: float, fixed_pitch: bool = False) -> None:
+    """Lay a token row out centred in [x0, x1], condensing it when too wide.
+
+    ``fixed_pitch``: every character takes the cell of a 0, a narrower one centred in it (as on faces where
+    an I stands alone in a wide cell).
+    """
     unit = {"gap": 0.35, "none": 0.0, "dash": 0.28, "dot": 0.2, "stamp": 0.42, "crest": 0.5, "seals": 0.42, "emblem": 0.5,
             "sticker": 0.5, "flag": 0.45}
-    widths = [unit[t] * char_h if t in unit else aspect(spec.path, t) * char_h * stretch for t in tokens]
+    cell = aspect(spec.path, "0") * char_h * stretch
+    widths = [unit[t] * char_h if t in unit else cell if fixed_pitch else aspect(spec.path, t) * char_h * stretch
+              for t in tokens]
     space = spacing * char_h
     total = sum(widths) + space * (len(tokens) - 1)
     k = min(1.0, (x1 - x0) / total)
@@ -78,7 +84,8 @@ def _draw_row(ink: np.ndarray, deco: list, tokens: list, spec: FontSpec, x0: flo
         elif t in ("crest", "seals", "emblem", "sticker", "flag"):
             deco.append((t, x, cap_top, w, char_h))
         elif t not in ("gap", "none"):
-            paste_glyph(ink, glyph(spec.path, t), x, cap_top, w, char_h)
+            gw = min(w, aspect(spec.path, t) * char_h * stretch * k) if fixed_pitch else w
+            paste_glyph(ink, glyph(spec.path, t), x + (w - gw) / 2, cap_top, gw, char_h)
         x += w + (space * k if t != "none" else 0.0)
 
 
@@ -243,13 +250,17 @@ STANDALONE_MARKS = ("crest", "seals", "emblem", "sticker", "flag")
 
 
 def _tokens(groups: list[str], gaps: list[str], spec: FontSpec, format_name: str, first: int,
-            last: bool = True) -> list:
-    """A row's tokens: the glyphs of its groups (as the plate spells them) with the marks between them."""
+            last: bool = True, forms: dict[str, str] | None = None) -> list:
+    """A row's tokens: the glyphs of its groups (as the plate spells them) with the marks between them.
+
+    ``forms`` maps a character to the drawn form this plate's face gives it (see ``fonts.SERIF_I``).
+    """
     out: list = []
+    forms = forms or {}
     for k, g in enumerate(groups):
         if k:
             out.append(gaps[first + k - 1])
-        out.extend(_glyph_char(spec, c) for c in spelled(g, format_name, first + k))
+        out.extend(forms.get(c) or _glyph_char(spec, c) for c in spelled(g, format_name, first + k))
     split = first + len(groups) - 1
     if not last and split < len(gaps) and gaps[split] in STANDALONE_MARKS:
         out.append(gaps[split])
@@ -319,23 +330,30 @@ def render_plate(rng: np.random.Generator, text: str, format_name: str, two_rows
         border -= rounded_rect((H, W), inset + line, inset + line, W - inset - line, H - inset - line, 0.008 * W)
         ink = np.clip(border, 0, 1)
     gaps = fmt.per_gap(fmt.gaps, "gaps")
+    forms = {}
+    if rng.random() < st.glyphs.serif_i:
+        forms["I"] = SERIF_I
+    if rng.random() < st.glyphs.upright_w:
+        forms["W"] = UPRIGHT_W
     if two_rows:
         cut = min(fmt.two_row_split, len(groups) - 1)
-        rows = [_tokens(groups[:cut], gaps, spec, format_name, 0, last=False),
-                _tokens(groups[cut:], gaps, spec, format_name, cut)]
+        rows = [_tokens(groups[:cut], gaps, spec, format_name, 0, last=False, forms=forms),
+                _tokens(groups[cut:], gaps, spec, format_name, cut, forms=forms)]
     else:
-        rows = [_tokens(groups, gaps, spec, format_name, 0)]
+        rows = [_tokens(groups, gaps, spec, format_name, 0, forms=forms)]
     room = H - top_room - bottom_room
     if two_rows:
         char_h = min(room * 0.4, H * st.char_height * 0.55) * rng.uniform(0.92, 1.03)
     else:
         char_h = min(room * 0.82, H * st.char_height) * rng.uniform(0.92, 1.03)
     stretch = rng.uniform(0.55, 0.68) / aspect(spec.path, "0")
+    fixed_pitch = bool(rng.random() < st.fixed_pitch)
     deco: list = []
     gap_y = (room - len(rows) * char_h) / (len(rows) + 1)
     for i, row in enumerate(rows):
         y = top_room + gap_y + i * (char_h + gap_y) + rng.uniform(-0.01, 0.01) * H
-        _draw_row(ink, deco, row, spec, left + 0.015 * W, W - 0.02 * W, y, char_h, stretch, rng.uniform(0.08, 0.2))
+        _draw_row(ink, deco, row, spec, left + 0.015 * W, W - 0.02 * W, y, char_h, stretch, rng.uniform(0.08, 0.2),
+                  fixed_pitch)
     for kind, x, y, w, h in deco:
         _mark(img, rng, kind, x, y, w, h)
     if "stickers" in st.marks and rng.random() < 0.5:  # registration / inspection stickers in a corner
