@@ -16,42 +16,29 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from edge.formats import FormatError, FormatSet, PlateFormat
-from edge.model import ACCELERATORS, ModelError, read_metadata, reader_formats
+from edge.images import MAX_IMAGE_PIXELS, ImageError, decode_image
+from edge.model import ACCELERATORS, DEFAULT_MODELS, ModelError, read_metadata, reader_formats
 from edge.pipeline import Pipeline, read_as_video
 
-DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
+def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1) -> Iterator[dict]:
+    """Yield one contract object per image path (see the README, 'Reading plates').
 
-def _load_image(path: str) -> np.ndarray:
-    """Decode an image file to BGR; raise ValueError naming the problem."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError("file not found" if not p.exists() else "not a regular file")
-    data = np.fromfile(p, np.uint8)
-    if data.size == 0:
-        raise ValueError("file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError("not a decodable image (truncated or not JPEG/PNG/BMP/WebP)")
-    return image
-
-
-def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1):
-    """Yield one contract object per image path (see GUIDE §3); ``frames`` != 1: see ``read_as_video``, and
-    ``latency_ms`` is per frame."""
+    An image that cannot be decoded, or is refused before decoding (see
+    ``edge.images``), gets an ``error`` object and the batch goes on.
+    ``frames`` != 1: see ``read_as_video``; ``latency_ms`` is then per frame.
+    """
     for path in paths:
         start = time.perf_counter()
         try:
-            image = _load_image(path)
-        except ValueError as exc:
+            image = decode_image(path)
+        except ImageError as exc:
             ms = (time.perf_counter() - start) * 1000
-            yield {"image": path, "plates": [], "error": {"type": "unreadable", "message": f"{path}: {exc}"},
+            yield {"image": path, "plates": [], "error": {"type": "unreadable", "message": str(exc)},
                    "latency_ms": round(ms, 2)}
             continue
         if frames == 1:
@@ -189,10 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the plates in image files",
         description="Read plates in image files. With --json, prints one JSON object per image per line: "
         '{"image", "plates": [{"text", "confidence", "box": [x1,y1,x2,y2], "display", "format"}], "latency_ms"}; '
-        'plates best first; an unreadable image gets an "error" object and the command goes on. '
-        "A summary goes to stderr.",
+        'plates best first; an unreadable image gets an "error" object and the command goes on: a missing or '
+        f"empty file, one that is not JPEG, PNG, BMP, WebP, TIFF or PNM, or one over {MAX_IMAGE_PIXELS / 1e6:g} "
+        "Mpx (refused from its header, before decoding). A summary goes to stderr.",
     )
-    rd.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, WebP)")
+    rd.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, WebP, TIFF, PNM)")
     rd.add_argument("--json", action="store_true", help="one JSON object per image (the read contract)")
     rd.add_argument("--models", type=Path, default=DEFAULT_MODELS,
                     help="directory with detector.tflite, reader.tflite and their .json metadata (default: shipped models)")

@@ -7,7 +7,8 @@ image, ``file<TAB>text[<TAB>x1<TAB>y1<TAB>x2<TAB>y2]``. One image is one
 vehicle: when a file has several rows, its first label counts and the others
 are ignored (counted on stderr). Labels are compared the way ``evaluate``
 compares them: upper-case, A-Z and 0-9 only. A missing image, an
-undecodable one or a bad row is an error naming the file and the line (exit 2).
+undecodable one (or one refused for its size, see ``edge.images``) or a bad
+row is an error naming the file and the line (exit 2).
 
 What it does, per set:
 
@@ -80,7 +81,11 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import PASSWORD_ENV, ConfigError, parse_config
-from edge.demo import ROOT, start_broker
+from edge.images import ImageError, decode_image
+from edge.mosquitto import start_broker
+
+#: Where the daemon is started from (``python -m edge run``).
+ROOT = Path(__file__).resolve().parents[1]
 
 FRAME_SIZE = (1280, 720)  # width, height
 GREY = 128
@@ -268,11 +273,11 @@ def letterbox(image: np.ndarray, size: tuple[int, int] = FRAME_SIZE) -> np.ndarr
 
 
 def _decode(path: Path, line: int) -> np.ndarray:
-    data = np.fromfile(path, np.uint8) if path.is_file() else np.empty(0, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise LabelError(f"{path.parent / 'labels.tsv'}:{line}: {path}: not a decodable image")
-    return image
+    """The photo of labels.tsv line ``line``; LabelError naming the line, the file and why it cannot be used."""
+    try:
+        return decode_image(path)
+    except ImageError as exc:
+        raise LabelError(f"{path.parent / 'labels.tsv'}:{line}: {exc}") from None
 
 
 def build_clip(vehicles: list[Vehicle], path: Path, fps: float = 10.0, hold_s: float = 1.0, gap_s: float = 2.0,
@@ -692,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edge-vehicle-eval-broker-") as tmp:
         try:
             broker, port = start_broker(Path(tmp))
-        except SystemExit as exc:  # edge.demo reports a missing or failing mosquitto this way
+        except SystemExit as exc:  # edge.mosquitto reports a missing or failing mosquitto this way
             print(f"{exc}", file=sys.stderr)
             return 1
         log(f"mosquitto on 127.0.0.1:{port}")

@@ -1,4 +1,4 @@
-"""The `python -m edge read --json` contract (GUIDE §3), run as a user runs it."""
+"""The `python -m edge read --json` contract (README, 'Reading plates'), run as a user runs it."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 
 from conftest import run_edge
+from edge.images import MAX_IMAGE_PIXELS
+from test_images import zero_png
 
 
 def _images(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -35,6 +37,26 @@ def test_one_json_object_per_image_with_errors_inline(untrained_models: Path, tm
     assert objs[2]["error"]["message"] == f"{missing}: file not found"
     assert objs[1]["plates"] == [] and objs[2]["plates"] == []
     assert "read 1 of 3 images" in proc.stderr
+
+
+def test_an_oversized_image_gets_an_error_object_and_the_batch_goes_on(untrained_models: Path,
+                                                                      tmp_path: Path) -> None:
+    """A 30000x30000 PNG of under 3 MB is refused from its header; decoded, it would take 2.7 GB."""
+    good, _, _ = _images(tmp_path)
+    big = tmp_path / "big.png"
+    big.write_bytes(zero_png(30000, 30000))
+    other = tmp_path / "other.png"
+    cv2.imwrite(str(other), np.full((360, 640, 3), 90, np.uint8))
+    proc = run_edge("read", "--json", "--models", str(untrained_models), str(good), str(big), str(other))
+    assert proc.returncode == 0, proc.stderr
+    objs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["image"] for o in objs] == [str(good), str(big), str(other)]
+    assert "error" not in objs[0] and "error" not in objs[2]
+    assert objs[1]["plates"] == [] and objs[1]["error"] == {
+        "type": "unreadable",
+        "message": f"{big}: too large to decode: 30000x30000 pixels (900.0 Mpx), more than the "
+                   f"{MAX_IMAGE_PIXELS / 1e6:g} Mpx an image may have"}
+    assert "read 2 of 3 images" in proc.stderr and "1 unreadable" in proc.stderr
 
 
 def test_exit_code_is_nonzero_only_when_nothing_was_read(untrained_models: Path, tmp_path: Path) -> None:
