@@ -2,9 +2,17 @@
 
 Every option has a description, bounds where it has any, and a default where
 one makes sense; an unknown key is an error (``extra="forbid"``), so a typo
-never passes silently. Errors name the key (``mqtt.port``) and the problem.
+never passes silently. The camera has one model per source type, chosen by
+``camera.type``, so a key of another type is an error too. Errors name the key
+(``mqtt.port``) and the problem, and never print the value of a secret.
 Secrets need not sit in the file: any string may be an environment placeholder
-``${NAME}``, and ``ANPR_MQTT_PASSWORD`` overrides ``mqtt.password``.
+``${NAME}`` (``${NAME:-default}`` when it may be unset), and
+``ANPR_MQTT_PASSWORD`` overrides ``mqtt.password``.
+
+The file is read by a YAML loader that refuses aliases (a few lines of them
+expand to billions of nodes), nesting deeper than any configuration needs and
+duplicate keys, and that reads a plain scalar given to a text key as the text
+written (``password: 0123`` is the string ``0123``, not the number 83).
 """
 from __future__ import annotations
 
@@ -12,16 +20,25 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from edge.formats import FormatError, load_countries
+from edge.yamlsafe import MAX_YAML_BYTES, YamlError, load_yaml
 
 #: Environment variable that overrides ``mqtt.password``.
 PASSWORD_ENV = "ANPR_MQTT_PASSWORD"
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: ``${NAME}``, or ``${NAME:-default}``: the default when NAME is unset or empty (as in a shell).
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: Largest configuration file read (a real one is a few kilobytes).
+MAX_CONFIG_BYTES = MAX_YAML_BYTES
+#: Keys whose values are never printed in an error.
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|credential|private|auth|api_?key|psk", re.IGNORECASE)
+#: Sections that hold secrets (the broker password, a camera URL with its password): the values of unknown keys
+#: in them are never printed, since an unknown key there is most likely a misspelt secret.
+_SECRET_SECTIONS = ("mqtt", "camera")
 
 
 class ConfigError(ValueError):
@@ -29,49 +46,134 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base of every section: unknown keys are errors."""
+    """Base of every section: unknown keys are errors; a number given to a text key is its text."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
-class CameraConfig(StrictModel):
+class _Camera(StrictModel):
+    """Keys every camera type takes."""
+
     id: str = Field("cam0", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
                     description="Camera id, sent in every event (letters, digits, _ . -).")
-    type: Literal["file", "folder", "v4l2", "rtsp", "picamera"] = Field(
-        description="file: a video file; folder: a folder of images; v4l2: a USB/V4L2 camera; "
-        "rtsp: an RTSP stream; picamera: the Raspberry Pi camera (needs picamera2).")
-    path: str = Field("", description="file/folder: its path; rtsp: the URL (rtsp://user:pass@host/stream); "
-                      "v4l2: a device path (/dev/video0) or index (0); picamera: unused.")
-    fps: float | None = Field(None, gt=0, le=120,
-                              description="folder: frames per second (default 10); file: overrides the clip's "
-                              "own rate; v4l2/picamera: the rate asked of the camera.")
-    loop: bool = Field(False, description="file/folder: start again at the end instead of stopping the daemon.")
-    realtime: bool = Field(True, description="file/folder: deliver frames at their rate like a live camera, "
-                           "dropping frames when inference is slower; false: as fast as inference takes them, "
-                           "dropping none (tests, batch runs).")
-    width: int | None = Field(None, ge=16, le=8192, description="v4l2/picamera: capture width in pixels.")
-    height: int | None = Field(None, ge=16, le=8192, description="v4l2/picamera: capture height in pixels.")
-    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="rtsp: RTP over the RTSP TCP connection, "
-                                                  "or over UDP.")
-    open_timeout_s: float = Field(10.0, gt=0, le=300, description="rtsp/v4l2: give up opening after this long.")
-    read_timeout_s: float = Field(5.0, gt=0, le=300,
-                                  description="rtsp/v4l2: a stream silent this long has dropped.")
+    type: str = Field(description="file: a video file; folder: a folder of images; v4l2: a USB/V4L2 camera; "
+                      "rtsp: an RTSP stream; picamera: the Raspberry Pi camera (needs picamera2). Each type takes "
+                      "only its own keys.")
+    queue_size: int = Field(2, ge=1, le=100, description="Frames waiting for inference; when full, the oldest "
+                            "is dropped and counted (live sources).")
+
+
+class _ReopenedCamera(_Camera):
+    """A source that is reopened with back-off when it drops or vanishes."""
+
     reconnect_min_s: float = Field(1.0, gt=0, le=600,
                                    description="First wait before reopening a dropped or vanished source.")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600,
                                    description="Longest wait between reopen attempts (the wait doubles up to it).")
-    queue_size: int = Field(2, ge=1, le=100, description="Frames waiting for inference; when full, the oldest "
-                            "is dropped and counted (live sources).")
 
     @model_validator(mode="after")
-    def _check(self) -> "CameraConfig":
-        if self.type in ("file", "folder", "rtsp") and not self.path:
-            raise ValueError(f"path: required for a '{self.type}' camera")
-        if self.type == "rtsp" and not self.path.startswith(("rtsp://", "rtsps://")):
-            raise ValueError("path: an rtsp camera needs an rtsp:// or rtsps:// URL")
+    def _check_backoff(self) -> "_ReopenedCamera":
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s: must not be less than reconnect_min_s")
         return self
+
+
+class _ClipCamera(_ReopenedCamera):
+    """A recording: a video file or a folder of images."""
+
+    path: str = Field(min_length=1, description="The file or folder; relative to the config file.")
+    loop: bool = Field(False, description="Start again at the end instead of stopping the daemon.")
+    realtime: bool = Field(True, description="Deliver frames at their rate like a live camera, dropping frames "
+                           "when inference is slower; false: as fast as inference takes them, dropping none "
+                           "(tests, batch runs).")
+
+
+def _former_path(data: Any, key: str) -> Any:
+    """``path`` was the one key of every camera type: read it as ``key`` so that older files stay valid."""
+    if isinstance(data, dict) and "path" in data:
+        data = dict(data)
+        value = data.pop("path")
+        if key in data:
+            raise ValueError(f"path: the former name of {key}; give {key} only")
+        if value not in ("", None):
+            data[key] = value
+    return data
+
+
+class FileCameraConfig(_ClipCamera):
+    """A video file (anything OpenCV's FFmpeg backend decodes)."""
+
+    type: Literal["file"]
+    fps: float | None = Field(None, gt=0, le=120, description="Overrides the clip's own frame rate.")
+
+
+class FolderCameraConfig(_ClipCamera):
+    """A folder of images, read in file-name order."""
+
+    type: Literal["folder"]
+    fps: float | None = Field(None, gt=0, le=120, description="Images per second (default 10).")
+
+
+class V4l2CameraConfig(_ReopenedCamera):
+    """A USB or other V4L2 camera."""
+
+    type: Literal["v4l2"]
+    device: str = Field("0", min_length=1, description="The device: a path (/dev/video0) or an index (0).")
+    fps: float | None = Field(None, gt=0, le=120, description="Frame rate asked of the camera.")
+    width: int | None = Field(None, ge=16, le=8192, description="Capture width in pixels.")
+    height: int | None = Field(None, ge=16, le=8192, description="Capture height in pixels.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path(cls, data: Any) -> Any:
+        return _former_path(data, "device")
+
+
+class RtspCameraConfig(_ReopenedCamera):
+    """An RTSP stream (an IP camera)."""
+
+    type: Literal["rtsp"]
+    url: str = Field(min_length=1, description="The stream: rtsp://user:pass@host/stream (or rtsps://).")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTP over the RTSP TCP connection, or "
+                                                  "over UDP.")
+    open_timeout_s: float = Field(10.0, gt=0, le=300, description="Give up opening after this long.")
+    read_timeout_s: float = Field(5.0, gt=0, le=300, description="A stream silent this long has dropped.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path(cls, data: Any) -> Any:
+        return _former_path(data, "url")
+
+    @model_validator(mode="after")
+    def _check_url(self) -> "RtspCameraConfig":
+        if not self.url.startswith(("rtsp://", "rtsps://")):
+            raise ValueError("url: an rtsp camera needs an rtsp:// or rtsps:// URL")
+        return self
+
+
+class PiCameraConfig(_Camera):
+    """The Raspberry Pi camera through picamera2; it is never reopened."""
+
+    type: Literal["picamera"]
+    fps: float | None = Field(None, gt=0, le=120, description="Frame rate asked of the camera.")
+    width: int | None = Field(None, ge=16, le=8192, description="Capture width in pixels (with height).")
+    height: int | None = Field(None, ge=16, le=8192, description="Capture height in pixels (with width).")
+
+    @model_validator(mode="after")
+    def _check_size(self) -> "PiCameraConfig":
+        # picamera2 takes a whole size: one side alone would be ignored.
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width: width and height go together")
+        return self
+
+
+_CAMERAS: tuple[type[_Camera], ...] = (FileCameraConfig, FolderCameraConfig, V4l2CameraConfig, RtspCameraConfig,
+                                       PiCameraConfig)
+#: The camera model of each ``camera.type``.
+CAMERA_TYPES: dict[str, type[_Camera]] = {get_args(m.model_fields["type"].annotation)[0]: m for m in _CAMERAS}
+#: One model per source type, chosen by ``type``: a key of another type is an error.
+CameraConfig = Annotated[Union[FileCameraConfig, FolderCameraConfig, V4l2CameraConfig, RtspCameraConfig,
+                               PiCameraConfig], Field(discriminator="type")]
 
 
 class MotionConfig(StrictModel):
@@ -228,38 +330,108 @@ class AppConfig(StrictModel):
 
 
 def redact_url(url: str) -> str:
-    """A URL with its password masked (``rtsp://user:********@host/...``), for logs and printouts."""
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:********@", url)
+    """A URL with its password masked (``rtsp://user:********@host/...``), for logs and printouts.
+
+    The password runs to the last ``@`` of the URL's authority (before the first ``/``, ``?`` or ``#``), as
+    FFmpeg reads it, so an ``@`` inside the password is masked with the rest.
+    """
+    return re.sub(r"(//[^:/?#]*):[^/?#]*@", r"\1:********@", url)
 
 
 def _substitute(node: Any, where: str) -> Any:
-    """Replace ``${NAME}`` placeholders in strings with environment values."""
+    """Replace ``${NAME}`` and ``${NAME:-default}`` placeholders in strings with environment values."""
     if isinstance(node, dict):
         return {k: _substitute(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
     if isinstance(node, list):
         return [_substitute(v, f"{where}[{i}]") for i, v in enumerate(node)]
     if isinstance(node, str):
         def value(m: re.Match[str]) -> str:
-            if m.group(1) not in os.environ:
-                raise ConfigError(f"{where}: environment variable {m.group(1)} is not set")
-            return os.environ[m.group(1)]
+            name, default = m.group(1), m.group(2)
+            if default is not None:
+                return os.environ.get(name) or default
+            if name not in os.environ:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            return os.environ[name]
 
         return _PLACEHOLDER.sub(value, node)
     return node
 
 
+def _text_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Dotted keys of the text (str, secret and path) fields of a model tree, camera types merged."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        for arg in get_args(field.annotation) or (field.annotation,):
+            if arg in (str, SecretStr) or (isinstance(arg, type) and issubclass(arg, Path)):
+                keys.add(prefix + name)
+            elif isinstance(arg, type) and issubclass(arg, BaseModel):
+                keys |= _text_keys(arg, f"{prefix}{name}.")
+    return keys
+
+
+def read_yaml(path: str | Path, text_keys: set[str] | None = None) -> Any:
+    """Parse a YAML configuration file safely (``edge.yamlsafe.load_yaml``); ConfigError names the file and, where
+    it can, the key and line. A plain scalar under one of ``text_keys`` (default: the text keys of AppConfig) is
+    read as the string written."""
+    try:
+        return load_yaml(path, _APP_TEXT_KEYS if text_keys is None else text_keys)
+    except YamlError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _shown(value: Any) -> Any:
+    """A rejected value as an error may show it: URL passwords and secret-like keys' values masked."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: "********" if _SECRET_KEY.search(str(k)) else _shown(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(v) for v in value]
+    return value
+
+
+def _camera_keys(keys: Any) -> list[str]:
+    """A camera's keys in reading order: id, type, its own keys, then those every source shares."""
+    shared = ("reconnect_min_s", "reconnect_max_s", "queue_size")
+    return [k for k in keys if k not in shared] + [k for k in shared if k in keys]
+
+
+def _got(e: Any, loc: list[str]) -> str:
+    """`` (got VALUE)`` for an error, or nothing where the value may be a secret or says nothing."""
+    kind = e["type"]
+    if kind in ("missing", "value_error", "union_tag_not_found"):
+        return ""
+    if any(_SECRET_KEY.search(part) for part in loc):
+        return ""
+    if kind == "extra_forbidden" and (len(loc) == 1 or loc[0] in _SECRET_SECTIONS):
+        return ""  # an unknown section, or an unknown key beside a secret: most likely a misspelt secret
+    value = e.get("ctx", {}).get("tag") if kind == "union_tag_invalid" else e.get("input")
+    shown = repr(_shown(value))
+    return f" (got {shown if len(shown) <= 100 else shown[:97] + '...'})"
+
+
 def _describe(err: ValidationError) -> str:
-    """One line per problem: ``key.path: what is wrong (got VALUE)``."""
+    """One line per problem: ``key.path: what is wrong (got VALUE)``; secrets are never shown."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = [str(p) for p in e["loc"]]
+        kind = e["type"]
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "value_error" and ":" in msg:
-            # Model validators name the field themselves ("path: required ...").
+        camera_type = None
+        if len(loc) >= 2 and loc[0] == "camera" and loc[1] in CAMERA_TYPES:
+            camera_type = loc.pop(1)  # the model pydantic chose by camera.type, not a key of the file
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("type")
+            msg = (f"must be one of {', '.join(CAMERA_TYPES)}" if kind == "union_tag_invalid"
+                   else f"Field required (one of {', '.join(CAMERA_TYPES)})")
+        elif kind == "extra_forbidden" and camera_type:
+            keys = ", ".join(_camera_keys(CAMERA_TYPES[camera_type].model_fields))
+            msg = f"not a key of a '{camera_type}' camera (its keys: {keys})"
+        elif kind == "value_error" and ": " in msg:
+            # Model validators name the field themselves ("url: an rtsp camera needs ...").
             field, _, msg = msg.partition(": ")
-            loc = f"{loc}.{field}" if loc else field
-        got = "" if e["type"] in ("missing", "value_error") else f" (got {e.get('input')!r})"
-        lines.append(f"{loc}: {msg}{got}")
+            loc.append(field)
+        lines.append(f"{'.'.join(loc)}: {msg}{_got(e, loc)}")
     return "\n".join(lines)
 
 
@@ -288,7 +460,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> AppConfig:
             load_countries(cfg.detection.countries)
         except FormatError as exc:
             raise ConfigError(f"detection.countries: {exc}") from None
-    if cfg.camera.type in ("file", "folder") and not Path(cfg.camera.path).is_absolute():
+    if isinstance(cfg.camera, _ClipCamera) and not Path(cfg.camera.path).is_absolute():
         cfg.camera.path = str(base_dir / cfg.camera.path)
     return cfg
 
@@ -296,12 +468,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> AppConfig:
 def load_config(path: str | Path) -> AppConfig:
     """Read, parse and validate a YAML config file; ConfigError names the file, key and problem."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    raw = read_yaml(p)
     try:
         return parse_config(raw, p.resolve().parent)
     except ConfigError as exc:
@@ -314,5 +481,10 @@ def resolved_yaml(cfg: AppConfig) -> str:
     if cfg.mqtt.password is not None:
         data["mqtt"]["password"] = "********"
     data["mqtt"]["topic_prefix"] = cfg.mqtt.prefix
-    data["camera"]["path"] = redact_url(cfg.camera.path)
+    if isinstance(cfg.camera, RtspCameraConfig):
+        data["camera"]["url"] = redact_url(cfg.camera.url)
+    data["camera"] = {k: data["camera"][k] for k in _camera_keys(data["camera"])}
     return yaml.safe_dump(data, sort_keys=False)
+
+
+_APP_TEXT_KEYS = _text_keys(AppConfig)

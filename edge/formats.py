@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.plates import ALPHABET, MAX_CHARS
+from edge.yamlsafe import YamlError, load_yaml
 
 BUILTIN_CLASSES = {"L": "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "D": "0123456789", "N": "123456789",
                    "X": "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"}
@@ -246,12 +247,10 @@ def _pydantic_message(exc: ValidationError) -> str:
 
 def load_country_file(path: Path) -> Country:
     """Read and validate one country file; errors name the file and the key."""
-    import yaml
-
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise FormatError(f"{path}: cannot read the country file: {exc}") from None
+        raw = load_yaml(path)
+    except YamlError as exc:
+        raise FormatError(f"cannot read the country file: {exc}") from None
     if not isinstance(raw, dict):
         raise FormatError(f"{path}: a country file is a mapping (code, name, weight, style, formats)")
     try:

@@ -22,11 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.config import CameraConfig, redact_url
+from edge.config import (CameraConfig, FileCameraConfig, FolderCameraConfig, PiCameraConfig, RtspCameraConfig,
+                         V4l2CameraConfig, redact_url)
+from edge.images import IMAGE_SUFFIXES, ImageError, decode_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 DEFAULT_FOLDER_FPS = 10.0
 #: Consecutive undecodable frames after which a video is taken as truncated there.
 MAX_BAD_FRAMES = 10
@@ -74,7 +75,9 @@ class Source:
         self.seq = 0
         self.reconnects = 0
         self.errors = 0
-        self.backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        # A Pi camera is never reopened: its configuration has no back-off keys.
+        self.backoff = (Backoff(1.0, 30.0) if isinstance(cfg, PiCameraConfig)
+                        else Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s))
 
     def frames(self, stop: threading.Event) -> Iterator[Frame]:
         raise NotImplementedError
@@ -89,7 +92,9 @@ class Source:
 class _Paced(Source):
     """Shared by file and folder: clip timestamps, optional real-time pacing, looping."""
 
-    def __init__(self, cfg: CameraConfig) -> None:
+    cfg: FileCameraConfig | FolderCameraConfig
+
+    def __init__(self, cfg: FileCameraConfig | FolderCameraConfig) -> None:
         super().__init__(cfg)
         self.finite = not cfg.loop
         self.droppable = cfg.realtime
@@ -188,37 +193,37 @@ class FolderSource(_Paced):
                 self._wait(stop, f"camera.path {folder}: no decodable image")
 
     def _decode(self, path: Path) -> np.ndarray | None:
+        """The image, or None after logging why not: unreadable, undecodable, or refused before decoding
+        for its size (``edge.images``), so that one such file cannot take the daemon down."""
         try:
-            data = np.fromfile(path, np.uint8)
-        except OSError as exc:
+            return decode_image(path)
+        except ImageError as exc:
             self.errors += 1
-            log.warning("%s (seq %d): cannot be read (%s), skipped", path, self.seq, exc.strerror or exc)
+            log.warning("%s (seq %d): %s, skipped", path, self.seq, exc.reason)
             return None
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if image is None:
-            self.errors += 1
-            log.warning("%s (seq %d): not a decodable image (empty, truncated or corrupt), skipped", path, self.seq)
-        return image
 
 
 class StreamSource(Source):
     """An RTSP URL or a V4L2 device through OpenCV, reopened with back-off when it drops."""
 
-    def __init__(self, cfg: CameraConfig) -> None:
+    cfg: RtspCameraConfig | V4l2CameraConfig
+
+    def __init__(self, cfg: RtspCameraConfig | V4l2CameraConfig) -> None:
         super().__init__(cfg)
-        self.name = redact_url(cfg.path) if cfg.type == "rtsp" else (cfg.path or "0")
+        self.name = redact_url(cfg.url) if isinstance(cfg, RtspCameraConfig) else cfg.device
 
     def _open(self) -> cv2.VideoCapture:
-        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.cfg.open_timeout_s * 1000),
-                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.cfg.read_timeout_s * 1000)]
-        if self.cfg.type == "rtsp":
+        cfg = self.cfg
+        if isinstance(cfg, RtspCameraConfig):
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
+                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.read_timeout_s * 1000)]
             # OpenCV's FFmpeg backend takes demuxer options only from this variable.
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{self.cfg.rtsp_transport}"
-            return cv2.VideoCapture(self.cfg.path, cv2.CAP_FFMPEG, timeouts)
-        dev = self.cfg.path or "0"
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{cfg.rtsp_transport}"
+            return cv2.VideoCapture(cfg.url, cv2.CAP_FFMPEG, timeouts)
+        dev = cfg.device
         cap = cv2.VideoCapture(int(dev) if dev.isdigit() else dev, cv2.CAP_V4L2)
-        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.cfg.width), (cv2.CAP_PROP_FRAME_HEIGHT, self.cfg.height),
-                            (cv2.CAP_PROP_FPS, self.cfg.fps)):
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, cfg.width), (cv2.CAP_PROP_FRAME_HEIGHT, cfg.height),
+                            (cv2.CAP_PROP_FPS, cfg.fps)):
             if value:
                 cap.set(prop, value)
         return cap
@@ -250,7 +255,9 @@ class StreamSource(Source):
 class PiCameraSource(Source):
     """The Raspberry Pi camera through picamera2 (imported only when chosen)."""
 
-    def __init__(self, cfg: CameraConfig) -> None:
+    cfg: PiCameraConfig
+
+    def __init__(self, cfg: PiCameraConfig) -> None:
         super().__init__(cfg)
         try:
             from picamera2 import Picamera2  # noqa: F401  (checked here, used in frames)

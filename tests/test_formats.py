@@ -1,6 +1,7 @@
 """Plate formats as data: country files, their validation, format rules and format-aware decoding."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,15 @@ def test_validation_errors_name_the_file_and_the_key(tmp_path: Path, body: str, 
     _write(tmp_path, "zz.yaml", body)
     with pytest.raises(FormatError, match=message):
         load_countries(tmp_path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("code: ZZ\nname: &n Zedland\nweight: 1\nformats: []\nnote: *n\n", "YAML aliases (*n) are not accepted"),
+    ("code: ZZ\nname: Zedland\nname: Zed\n", "name: duplicate key at line 3 (first at line 2)"),
+])
+def test_a_country_file_is_read_as_safely_as_a_configuration(tmp_path: Path, body: str, message: str) -> None:
+    # A country folder is user input too (the daemon's detection.countries): no alias is expanded, no key repeats.
+    (tmp_path / "zz.yaml").write_text(body)
+    with pytest.raises(FormatError, match=re.escape(message)) as err:
+        load_countries(tmp_path)
+    assert "zz.yaml" in str(err.value)

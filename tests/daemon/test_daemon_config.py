@@ -24,13 +24,13 @@ def edge_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAMERA_PASSWORD", "secret")
     cfg = load_config(EXAMPLE)
-    assert cfg.camera.type == "rtsp" and "secret" in cfg.camera.path
+    assert cfg.camera.type == "rtsp" and cfg.camera.url == "rtsp://viewer:secret@192.168.1.20:554/stream1"
     assert cfg.detection.motion.enabled and cfg.mqtt.prefix == "anpr/gate-pi"
     assert cfg.spool.path == Path("/var/lib/edge-anpr/spool.sqlite")
 
 
 def test_device_config_keeps_within_the_detector_budget_and_is_what_the_benchmark_measures() -> None:
-    from edge.bench import MODES
+    from tools.bench import MODES
 
     det = load_config(ROOT / "deploy" / "config.device.yaml").detection
     assert {"tiles": det.tiles, "refine": det.refine, "tiles_per_frame": det.tiles_per_frame,
@@ -52,7 +52,11 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     ({"camera": {"type": "file", "path": "x", "fsp": 3}}, "camera.fsp"),
     ({"camera": {"type": "file", "path": "x"}, "mqtt": {"port": 0}}, "mqtt.port"),
     ({"camera": {"type": "webcam", "path": "x"}}, "camera.type"),
-    ({"camera": {"type": "rtsp", "path": "http://x"}}, "camera.path"),
+    ({"camera": {"type": "rtsp", "url": "http://x"}}, "camera.url"),
+    ({"camera": {"type": "rtsp"}}, "camera.url"),
+    ({"camera": {"type": "v4l2", "rtsp_transport": "udp"}}, "camera.rtsp_transport"),
+    ({"camera": {"type": "picamera", "loop": True}}, "camera.loop"),
+    ({"camera": {"path": "x"}}, "camera.type"),
     ({"camera": {"type": "file"}}, "camera.path"),
     ({"camera": {"type": "file", "path": "x"}, "tracking": {"confirm_frames": 0}}, "tracking.confirm_frames"),
     ({"camera": {"type": "file", "path": "x"}, "mqtt": {"tls": {"ca_certs": "/nonexistent.pem"}}},
@@ -82,13 +86,14 @@ def test_password_from_placeholder_and_env_override(monkeypatch: pytest.MonkeyPa
 
 def test_check_config_prints_resolved_and_masks_secrets(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"camera": {"type": "rtsp", "path": "rtsp://u:pw@host/s"},
+    path.write_text(yaml.safe_dump({"camera": {"type": "rtsp", "url": "rtsp://u:p@ss@host/s"},
                                     "mqtt": {"username": "u", "password": "hunter2"}}))
     proc = edge_cli("check-config", str(path))
     assert proc.returncode == 0, proc.stderr
     out = yaml.safe_load(proc.stdout)
     assert out["tracking"]["confirm_frames"] == 2 and out["mqtt"]["password"] == "********"
-    assert "hunter2" not in proc.stdout and "pw@" not in proc.stdout
+    assert out["camera"]["url"] == "rtsp://u:********@host/s"
+    assert "hunter2" not in proc.stdout and "p@ss" not in proc.stdout and "ss@" not in proc.stdout
 
 
 def test_invalid_config_exits_2_naming_the_key(tmp_path: Path) -> None:
