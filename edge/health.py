@@ -16,11 +16,9 @@ back when it fails.
 from __future__ import annotations
 
 import os
-import ssl
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -28,9 +26,8 @@ import numpy as np
 
 from edge.config import AppConfig
 from edge.formats import FormatSet
+from edge.model import DEFAULT_MODELS
 from edge.pipeline import Pipeline
-
-DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
 
 @dataclass
@@ -86,18 +83,10 @@ def check_spool(cfg: AppConfig) -> str:
 
 def check_broker(cfg: AppConfig, timeout_s: float) -> str:
     """Connect and wait for the broker's CONNACK; the client id differs from the daemon's, so it stays connected."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    from edge.publish import describe_connect_error, make_client  # paho only when this check runs
 
     m = cfg.mqtt
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-anpr-{m.device_id}-health")
-    if m.username is not None:
-        client.username_pw_set(m.username, m.password.get_secret_value() if m.password else None)
-    if m.tls is not None:
-        client.tls_set(ca_certs=str(m.tls.ca_certs) if m.tls.ca_certs else None,
-                       certfile=str(m.tls.certfile) if m.tls.certfile else None,
-                       keyfile=str(m.tls.keyfile) if m.tls.keyfile else None, cert_reqs=ssl.CERT_REQUIRED)
-        client.tls_insecure_set(m.tls.insecure)
+    client = make_client(m, f"edge-anpr-{m.device_id}-health")  # the daemon's credentials and TLS
     client.connect_timeout = timeout_s
     answer: dict = {}
     done = threading.Event()
@@ -106,16 +95,25 @@ def check_broker(cfg: AppConfig, timeout_s: float) -> str:
         answer["reason"] = reason
         done.set()
 
+    def on_disconnect(c, userdata, flags, reason, properties) -> None:
+        answer.setdefault("closed", reason)  # before any CONNACK: the broker hung up on us
+        done.set()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     where = f"{m.host}:{m.port}{' (TLS)' if m.tls else ''}"
     try:
         client.connect(m.host, m.port, keepalive=max(5, int(timeout_s) + 5))
-    except (OSError, ssl.SSLError) as exc:  # refused, unreachable, name unknown, certificate rejected
-        raise RuntimeError(f"{where}: cannot connect: {exc}") from None
+    except OSError as exc:  # refused, unreachable, name unknown, certificate rejected (ssl.SSLError)
+        raise RuntimeError(f"{where}: cannot connect: {describe_connect_error(exc, m.tls is not None)}") from None
     client.loop_start()
     try:
         if not done.wait(timeout_s):
             raise RuntimeError(f"{where}: no answer (CONNACK) within {timeout_s:.0f} s")
+        if "reason" not in answer:
+            hint = "" if m.tls else " (a TLS port spoken to without TLS?)"
+            raise RuntimeError(f"{where}: the broker closed the connection before accepting it: "
+                               f"{answer['closed']}{hint}")
         reason = answer["reason"]
         if reason.is_failure:
             raise RuntimeError(f"{where}: connection refused: {reason}"

@@ -77,6 +77,8 @@ def test_clip_gives_one_new_and_one_end_per_vehicle(clip: Path, truth: dict, bro
     stats = subscriber.stats()
     assert stats and stats[-1]["frames_inferred"] == truth["frames"] and stats[-1]["frames_dropped"] == 0
     assert stats[-1]["spool_depth"] == 0 and stats[-1]["published"] == 6
+    assert stats[-1]["broker_failures"] == 0 and stats[-1]["broker_last_error"] is None
+    assert stats[-1]["spool_write_failures"] == stats[-1]["spool_memory_depth"] == 0
     assert {"p50", "p95"} <= set(stats[-1]["latency_ms"]["detect"]) and "uptime_s" in stats[-1]
     disco = [m for m in subscriber.messages if m.topic.startswith("homeassistant/sensor/edge_anpr_test/")]
     assert {m.topic.split("/")[-2] for m in disco} == {"last_plate", "fps"}
@@ -277,11 +279,11 @@ def test_rtsp_drop_and_return(clip: Path, truth: dict, broker: Broker, subscribe
 
     procs = serve()
     try:
-        cfg = base_config(clip, broker.port, tmp_path,
-                          camera={"type": "rtsp", "path": f"rtsp://127.0.0.1:{client_port}/cam",
-                                  "rtsp_transport": "udp", "read_timeout_s": 2, "open_timeout_s": 3,
-                                  "reconnect_min_s": 0.5, "reconnect_max_s": 1},
-                          tracking={"reappear_window_s": 0})
+        cfg = base_config(clip, broker.port, tmp_path, tracking={"reappear_window_s": 0})
+        # The whole camera section: the clip's file keys (path, realtime) are not keys of an rtsp camera.
+        cfg["camera"] = {"id": "lane1", "type": "rtsp", "url": f"rtsp://127.0.0.1:{client_port}/cam",
+                         "rtsp_transport": "udp", "read_timeout_s": 2, "open_timeout_s": 3,
+                         "reconnect_min_s": 0.5, "reconnect_max_s": 1}
         d = DaemonProc(cfg, tmp_path)
         d.wait_log(r"rtsp \S+: opened", 30)
         wait_for(lambda: subscriber.events(), 30, "an event from the stream")
