@@ -1,4 +1,4 @@
-"""Evaluation arithmetic and pictures: confusions, accuracy by height, gallery and charts."""
+"""Evaluation arithmetic, its printed table and pictures: confusions, accuracy by height, gallery and charts."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trainer.evaluate import _summary, by_height, confusions
+from trainer.evaluate import _summary, by_height, confusions, summary_table
 from trainer.report import write_pictures
 
 
@@ -45,3 +45,20 @@ def test_pictures_are_written_and_gallery_leaves_the_json(tmp_path: Path) -> Non
     for p in written:
         img = cv2.imread(str(p))
         assert img is not None and img.shape[0] > 50
+
+
+def test_summary_table_prints_a_dash_where_a_figure_is_missing() -> None:
+    no_boxes = [{k: v for k, v in r.items() if k != "found"} for r in _rows()]
+    report = {"models/int8": {
+        "setA": {"summary": _summary(_rows())},
+        "unboxed": {"summary": _summary(no_boxes) | {"latency_ms_median": None}},
+        "synthetic_scenes": {"summary": {"scenes": 4, "plates": 0, "det_recall": None, "read_recall": None,
+                                         "false_reads_per_scene": 0.0}},
+    }}
+    table = summary_table(report)
+    assert "None" not in table and "nan" not in table
+    rows = {line.split()[1]: line.split()[2:] for line in table.splitlines()[1:] if line.startswith("models")}
+    assert rows["setA"] == ["4", "0.250", "0.750", "0.679", "0.667", "5.5"]
+    assert rows["unboxed"] == ["4", "0.250", "0.750", "0.679", "-", "-"]
+    # Scenes have no lenient match and no character accuracy; no plates, so no recall either.
+    assert rows["synthetic_scenes"] == ["0", "-", "-", "-", "-", "-"]

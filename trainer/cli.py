@@ -8,14 +8,94 @@
   python -m trainer export        --kind reader|detector --run DIR --data FILE.npz --out DIR [--install edge/models]
   python -m trainer evaluate      --models DIR [--models DIR ...] [--set FOLDER ...] [--synthetic N] --out report.json
 
-TensorFlow is imported only by the verbs that need it.
+TensorFlow is imported only by the verbs that need it (train, export). `train` resumes a stopped
+run when rerun with the same --run; `train --help` has the details.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import sys
+import textwrap
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+#: What TensorFlow writes to stderr while it starts on a machine with no GPU to use: its C++ logging's
+#: notes (INFO lines, the line about logging before initialisation), the CPU-feature note and the
+#: failed CUDA start (``cuInit``) with its kin. Warnings and errors other than these still get through.
+_TF_START_NOISE = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|^I\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+    r"|^To enable the following instructions: .* in other operations, rebuild TensorFlow"
+    r"|^[EW]\d{4} .*(failed call to cuInit|Could not find cuda drivers|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|TF-TRT Warning: Could not find TensorRT|computation_placer\.cc.*already registered)"
+)
+
+
+def gpu_wanted() -> bool:
+    """Whether a CUDA GPU may be used: CUDA_VISIBLE_DEVICES names one or, unset, an NVIDIA driver is loaded."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return visible.strip() not in ("", "-1")
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+def drop_tf_start_noise(text: str) -> str:
+    """``text`` without the lines of TensorFlow's start-up noise (``_TF_START_NOISE``)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _TF_START_NOISE.search(line.rstrip("\n")))
+
+
+@contextlib.contextmanager
+def _stderr_filtered() -> Iterator[None]:
+    """Pass what is written to file descriptor 2 (C++ libraries included) through ``drop_tf_start_noise``.
+
+    Lines are forwarded as they come, so a crash inside still shows what led to it.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                kept = drop_tf_start_noise(line.decode(errors="replace"))
+                if kept:
+                    os.write(saved, kept.encode())
+
+    reader = threading.Thread(target=forward, daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the reader drains it and stops
+        reader.join(timeout=5)
+        os.close(saved)
+
+
+def start_tensorflow_quietly() -> None:
+    """Import Keras (TensorFlow under it) and find the devices, without TensorFlow's start-up noise.
+
+    Only where no GPU is wanted (``gpu_wanted``): there a failed CUDA start is expected, and its lines are
+    dropped; with a GPU in play everything TensorFlow prints gets through, as it may be the reason the GPU
+    goes unused. Must run before anything imports TensorFlow.
+    """
+    if gpu_wanted() or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # INFO lines once TensorFlow's logging is set up
+    with _stderr_filtered():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA start (cuInit) happens here, inside the filter
 
 
 def _use_countries(args: argparse.Namespace) -> None:
@@ -90,16 +170,18 @@ def _write_scenes(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    start_tensorflow_quietly()
     from trainer.train import train
 
     info = train(args.kind, args.data, args.run, epochs=args.epochs, batch=args.batch, minutes=args.minutes,
                  lr=args.lr, threads=args.threads, seed=args.seed, verbose=args.verbose, init=args.init,
-                 transplant=args.transplant)
+                 transplant=args.transplant, max_steps=args.max_steps, fresh=args.fresh)
     print(json.dumps(info, indent=2))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    start_tensorflow_quietly()
     from trainer.export import export, install
 
     report = export(args.kind, args.run, args.data, args.out, n_rep=args.calibration, countries=args.countries)
@@ -126,25 +208,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             res["synthetic_plates"] = ev.evaluate_synthetic_reader(pipe, args.synthetic, args.seed)
             res["synthetic_scenes"] = ev.evaluate_synthetic_scenes(pipe, max(1, args.synthetic // 4), args.seed)
         report[name] = res
-    print(f"{'models':<28}{'set':<18}{'n':>6}{'exact':>8}{'lenient':>9}{'chars':>7}{'det@.5':>8}{'ms':>7}")
-    for name, res in report.items():
-        for set_name, r in res.items():
-            s = r["summary"]
-            n = s.get("images", s.get("plates", 0))
-            exact = s.get("exact", s.get("read_recall")) or 0.0
-            det = s.get("det_recall")
-            print(f"{name[-27:]:<28}{set_name:<18}{n:>6}{exact:>8.3f}{s.get('lenient', float('nan')):>9.3f}"
-                  f"{s.get('char_accuracy', float('nan')):>7.3f}{det if det is None else round(det, 3)!s:>8}"
-                  f"{s.get('latency_ms_median') or float('nan'):>7.1f}")
-            if s.get("confusions"):
-                print(f"{'':<28}  most confused (truth>read): "
-                      + ", ".join(f"{a}>{b} {k}" for a, b, k in s["confusions"][:8]))
-            if s.get("by_height"):
-                print(f"{'':<28}  exact by plate height (px): "
-                      + ", ".join(f"{b['height_px']}: {b['exact']:.3f} ({b['n']})" for b in s["by_height"]))
-            if s.get("by_country"):
-                print(f"{'':<28}  exact by country: "
-                      + ", ".join(f"{c} {b['exact']:.2f} ({b['n']})" for c, b in s["by_country"].items()))
+    print(ev.summary_table(report))
     if args.out:
         from trainer.report import write_pictures
 
@@ -159,18 +223,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default, unless its text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if "default" in text or action.required or nothing or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The trainer's argument parser: one sub-command per verb, every option with its help and default."""
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, formatter_class=_Help)
     sub = p.add_subparsers(dest="verb", required=True)
 
-    sy = sub.add_parser("synth", help="make synthetic training sets or preview grids")
+    sy = sub.add_parser("synth", help="make synthetic training sets or preview grids", formatter_class=_Help)
     sy.add_argument("--countries", type=Path, action="append", default=[], metavar="DIR",
                     help="folder of your own country files (*.yaml), drawn besides the shipped countries/ (a file "
-                         "replaces the shipped country of the same code); repeatable")
+                         "replaces the shipped country of the same code); repeatable (default: the shipped ones only)")
     sy_sub = sy.add_subparsers(dest="what", required=True)
-    data = sy_sub.add_parser("data", help="write a training set (.npz) for one network")
-    data.add_argument("--kind", choices=["reader", "detector"], required=True)
+    data = sy_sub.add_parser("data", help="write a training set (.npz) for one network", formatter_class=_Help)
+    data.add_argument("--kind", choices=["reader", "detector"], required=True, help="the network the set is for")
     data.add_argument("--n", type=int, required=True, help="number of samples")
     data.add_argument("--seed", type=int, default=0, help="sample i uses seed (SEED, i): held-out sets take another SEED")
     data.add_argument("--workers", type=int, default=2, help="worker processes")
@@ -178,73 +254,105 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reader: draw plates from a fixed pool of N texts (a quick learnability check); 0: all random")
     data.add_argument("--backgrounds", type=Path, default=None, metavar="DIR",
                       help="optional folder of your own background pictures (streets, car parks; no readable plates "
-                           "in them): used for 70 %% of backgrounds instead of procedural ones")
-    data.add_argument("--out", type=Path, required=True)
-    prev = sy_sub.add_parser("preview", help="write a PNG grid of synthetic samples to look at")
-    prev.add_argument("--kind", choices=["plates", "scenes"], default="plates")
+                           "in them): used for 70 %% of backgrounds instead of procedural ones (default: procedural "
+                           "only)")
+    data.add_argument("--out", type=Path, required=True, help="the .npz to write (and OUT.json describing it)")
+    prev = sy_sub.add_parser("preview", help="write a PNG grid of synthetic samples to look at", formatter_class=_Help)
+    prev.add_argument("--kind", choices=["plates", "scenes"], default="plates", help="what to show")
     prev.add_argument("--country", default=None, metavar="CODE",
                       help="plates of one country only (ISO 3166-1 alpha-2 code of a country file), each format "
-                           "in turn")
-    prev.add_argument("--n", type=int, default=32)
-    prev.add_argument("--seed", type=int, default=0)
-    prev.add_argument("--out", type=Path, default=Path("preview.png"))
-    sc = sy_sub.add_parser("scenes", help="write synthetic camera frames as JPEG with a labels.tsv (demo, tests)")
-    sc.add_argument("--n", type=int, default=6)
-    sc.add_argument("--seed", type=int, default=2026)
-    sc.add_argument("--width", type=int, default=1280)
-    sc.add_argument("--height", type=int, default=720)
-    sc.add_argument("--out", type=Path, required=True)
-    cl = sy_sub.add_parser("clip", help="write a synthetic camera clip (MPEG-4) with known plates, for demos")
-    cl.add_argument("--vehicles", type=int, default=3)
-    cl.add_argument("--seed", type=int, default=7)
-    cl.add_argument("--width", type=int, default=1280)
-    cl.add_argument("--height", type=int, default=720)
-    cl.add_argument("--fps", type=float, default=8.0)
-    cl.add_argument("--out", type=Path, required=True)
+                           "in turn (default: all countries)")
+    prev.add_argument("--n", type=int, default=32, help="number of samples in the grid")
+    prev.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    prev.add_argument("--out", type=Path, default=Path("preview.png"), help="the PNG to write")
+    sc = sy_sub.add_parser("scenes", help="write synthetic camera frames as JPEG with a labels.tsv (demo, tests)",
+                           formatter_class=_Help)
+    sc.add_argument("--n", type=int, default=6, help="number of frames")
+    sc.add_argument("--seed", type=int, default=2026, help="frame i uses seed (SEED, i)")
+    sc.add_argument("--width", type=int, default=1280, help="frame width in pixels")
+    sc.add_argument("--height", type=int, default=720, help="frame height in pixels")
+    sc.add_argument("--out", type=Path, required=True, help="folder to write the frames and labels.tsv into")
+    cl = sy_sub.add_parser("clip", help="write a synthetic camera clip (MPEG-4) with known plates, for demos",
+                           formatter_class=_Help)
+    cl.add_argument("--vehicles", type=int, default=3, help="vehicles that drive through, one after another")
+    cl.add_argument("--seed", type=int, default=7, help="seed of the clip")
+    cl.add_argument("--width", type=int, default=1280, help="frame width in pixels")
+    cl.add_argument("--height", type=int, default=720, help="frame height in pixels")
+    cl.add_argument("--fps", type=float, default=8.0, help="frames per second")
+    cl.add_argument("--out", type=Path, required=True, help="the .mp4 to write")
     sy.set_defaults(func=_synth)
 
-    tr = sub.add_parser("train", help="train one network; rerun the same command to resume")
-    tr.add_argument("--kind", choices=["reader", "detector"], required=True)
+    tr = sub.add_parser(
+        "train", formatter_class=_Help,
+        help="train one network; rerun the same command to resume",
+        description=textwrap.fill(
+            "Train one network in a run folder. Each epoch's end and a stop (--minutes, --max-steps) write "
+            "RUN/checkpoint.npz: weights, optimizer state (the learning-rate schedule follows its step count), "
+            "epoch and step. Rerunning with the same --run resumes there, with the run's own --batch, --lr, "
+            "--seed, --init and --transplant (giving other values is refused); a finished run says so and "
+            "exits, unless --epochs asks for more. --fresh starts over.", 78, break_on_hyphens=False))
+    tr.add_argument("--kind", choices=["reader", "detector"], required=True, help="the network to train")
     tr.add_argument("--data", type=Path, required=True, help=".npz from `synth data`")
-    tr.add_argument("--run", type=Path, required=True, help="run directory (checkpoints, log.csv, model.keras)")
-    tr.add_argument("--epochs", type=int, default=20)
-    tr.add_argument("--batch", type=int, default=32)
-    tr.add_argument("--minutes", type=float, default=55.0, help="stop after this much training time")
-    tr.add_argument("--lr", type=float, default=2e-3)
-    tr.add_argument("--threads", type=int, default=2)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--run", type=Path, required=True,
+                    help="run folder: checkpoint.npz, best.weights.h5, model.keras, log.csv, train.json")
+    tr.add_argument("--epochs", type=int, default=None,
+                    help="epochs of the whole run (default: 20 for a new run, a resumed run's own; more than a "
+                         "finished run's trains on at the schedule's final learning rate)")
+    tr.add_argument("--batch", type=int, default=None,
+                    help="samples per training step (default: 32 for a new run, a resumed run's own)")
+    tr.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate of the cosine schedule (default: 0.002 for a new run, a resumed "
+                         "run's own)")
+    tr.add_argument("--minutes", type=float, default=55.0,
+                    help="stop this session after this much time, checkpointing; rerun to resume")
+    tr.add_argument("--max-steps", type=int, default=None, metavar="N",
+                    help="stop this session after N training steps, checkpointing; rerun to resume "
+                         "(default: no limit)")
+    tr.add_argument("--fresh", action="store_true",
+                    help="start the run over: delete its checkpoint, best weights, model.keras, log.csv and "
+                         "train.json first (default: resume where there is a checkpoint)")
+    tr.add_argument("--threads", type=int, default=2, help="CPU threads for training")
+    tr.add_argument("--seed", type=int, default=None,
+                    help="seed of the initial weights, the data order and the augmentation (default: 0 for a new "
+                         "run, a resumed run's own)")
     tr.add_argument("--init", type=Path, default=None, metavar="MODELS",
                     help="start from an exported int8 model instead of random weights: a model set directory "
                          "(e.g. edge/models, the shipped models) or a .tflite file. Fine-tunes it on --data; "
-                         "its BatchNorm stays frozen (folded at export)")
-    tr.add_argument("--transplant", type=float, default=0.0, metavar="P",
+                         "its BatchNorm stays frozen (folded at export) (default: random weights)")
+    tr.add_argument("--transplant", type=float, default=None, metavar="P",
                     help="detector: share of training crops that get a plate from another scene pasted in, "
-                         "away from its car (default 0: off; see the model card for what 0.5 measured)")
+                         "away from its car (default: 0, off, for a new run; see the model card for what 0.5 "
+                         "measured)")
     tr.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
-                    help="1: progress bar (default), 2: one line per epoch (for logs), 0: quiet")
+                    help="1: progress bar, 2: a line every 1/20 epoch and one per epoch (for logs), 0: quiet")
     tr.set_defaults(func=_train)
 
-    ex = sub.add_parser("export", help="export float and int8 TFLite with metadata, checked against Keras")
-    ex.add_argument("--kind", choices=["reader", "detector"], required=True)
-    ex.add_argument("--run", type=Path, required=True)
+    ex = sub.add_parser("export", help="export float and int8 TFLite with metadata, checked against Keras",
+                        formatter_class=_Help)
+    ex.add_argument("--kind", choices=["reader", "detector"], required=True, help="the network to export")
+    ex.add_argument("--run", type=Path, required=True, help="run folder of `train` (its model.keras is exported)")
     ex.add_argument("--data", type=Path, required=True, help="set for int8 calibration and the agreement check")
     ex.add_argument("--out", type=Path, required=True, help="writes OUT/float and OUT/int8")
-    ex.add_argument("--install", type=Path, default=None, help="also copy the int8 set into this models directory")
+    ex.add_argument("--install", type=Path, default=None,
+                    help="also copy the int8 set into this models directory (default: no copy)")
     ex.add_argument("--countries", type=Path, action="append", default=None, metavar="DIR",
                     help="reader: the country folders it was trained with (default: what --data's sidecar records, "
                          "else the shipped countries/)")
     ex.add_argument("--calibration", type=int, default=1000, metavar="N",
-                    help="samples drawn from --data to calibrate the int8 ranges (default 1000)")
+                    help="samples drawn from --data to calibrate the int8 ranges")
     ex.set_defaults(func=_export)
 
-    ev = sub.add_parser("evaluate", help="score model sets through the edge pipeline")
+    ev = sub.add_parser("evaluate", help="score model sets through the edge pipeline", formatter_class=_Help)
     ev.add_argument("--models", type=Path, action="append", required=True, help="model set directory (repeatable)")
-    ev.add_argument("--set", type=Path, action="append", default=[], help="folder with labels.tsv (repeatable)")
-    ev.add_argument("--synthetic", type=int, default=0, help="also score N held-out synthetic plates (and N/4 scenes)")
+    ev.add_argument("--set", type=Path, action="append", default=[],
+                    help="folder with labels.tsv (repeatable) (default: none)")
+    ev.add_argument("--synthetic", type=int, default=0,
+                    help="also score N held-out synthetic plates (and N/4 scenes); 0: none")
     ev.add_argument("--seed", type=int, default=999, help="seed of the held-out synthetic data")
-    ev.add_argument("--limit", type=int, default=None, help="first N images of each set")
-    ev.add_argument("--threads", type=int, default=2)
-    ev.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    ev.add_argument("--limit", type=int, default=None, help="first N images of each set (default: all)")
+    ev.add_argument("--threads", type=int, default=2, help="CPU threads of the edge interpreters")
+    ev.add_argument("--out", type=Path, default=None,
+                    help="write the JSON report here, with its pictures beside it (default: print only)")
     ev.set_defaults(func=_evaluate)
     return p
 

@@ -5,6 +5,7 @@ so float and int8 model sets are compared on equal terms.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import Counter
@@ -178,3 +179,34 @@ def evaluate_synthetic_scenes(pipeline: Pipeline, n: int, seed: int, progress: b
     return {"summary": {"scenes": n, "plates": total, "det_recall": found / total if total else None,
                         "read_recall": read_ok / total if total else None,
                         "false_reads_per_scene": false_pos / n if n else 0.0}}
+
+
+def _figure(value: float | None, width: int, decimals: int) -> str:
+    """``value`` right-aligned in ``width`` columns, or ``-`` where there is no such figure."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.{decimals}f}"
+
+
+def summary_table(report: dict) -> str:
+    """The report as the table `trainer evaluate` prints: a row per model set and set, ``-`` for a figure
+    the set does not have (no lenient match for scenes, no boxes to find, no latency)."""
+    lines = [f"{'models':<28}{'set':<18}{'n':>6}{'exact':>8}{'lenient':>9}{'chars':>7}{'det@.5':>8}{'ms':>7}"]
+    for name, res in report.items():
+        for set_name, r in res.items():
+            s = r["summary"]
+            n = s.get("images", s.get("plates", 0))
+            exact = s["exact"] if "exact" in s else s.get("read_recall")
+            lines.append(f"{name[-27:]:<28}{set_name:<18}{n:>6}{_figure(exact, 8, 3)}{_figure(s.get('lenient'), 9, 3)}"
+                         f"{_figure(s.get('char_accuracy'), 7, 3)}{_figure(s.get('det_recall'), 8, 3)}"
+                         f"{_figure(s.get('latency_ms_median'), 7, 1)}")
+            if s.get("confusions"):
+                lines.append(f"{'':<28}  most confused (truth>read): "
+                             + ", ".join(f"{a}>{b} {k}" for a, b, k in s["confusions"][:8]))
+            if s.get("by_height"):
+                lines.append(f"{'':<28}  exact by plate height (px): "
+                             + ", ".join(f"{b['height_px']}: {b['exact']:.3f} ({b['n']})" for b in s["by_height"]))
+            if s.get("by_country"):
+                lines.append(f"{'':<28}  exact by country: "
+                             + ", ".join(f"{c} {b['exact']:.2f} ({b['n']})" for c, b in s["by_country"].items()))
+    return "\n".join(lines)

@@ -1,16 +1,37 @@
 """Train the detector or the reader on a synthetic set, resumably, within a time budget.
 
-A run directory holds everything: ``backup/`` (Keras BackupAndRestore, so a
-killed run resumes where it stopped), ``best.weights.h5``, ``model.keras``
-(the final model), ``log.csv`` (per-epoch metrics) and ``train.json``
-(what was trained on, for how long, and the final metrics).
+A run directory holds everything:
+
+- ``checkpoint.npz``: the training state (model weights, optimizer state with its
+  step counter, which the learning-rate schedule follows, the epoch and the step
+  within it, the wall time spent, the run's arguments and its sessions), written
+  at the end of every epoch and when a session stops early; always replaced
+  whole (temporary file, then rename), so a kill never leaves half of one;
+- ``best.weights.h5``: the weights that scored best on the validation split so far;
+- ``model.keras``: the model of the last session (``trainer export`` reads it);
+- ``log.csv``: one row per epoch (1-based), a stopped epoch's part and its rest
+  in two rows;
+- ``train.json``: what was trained on, each session's true wall time and their
+  sum, and the final metrics.
+
+Rerunning the same command resumes from ``checkpoint.npz``; ``fresh=True``
+starts over.
 """
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import gc
 import json
 import math
+import os
+import shutil
+import sys
 import time
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import keras
 import numpy as np
@@ -23,36 +44,63 @@ from trainer.nets import build_detector, build_reader, count_macs
 
 DETECTOR_CROP = 256  # the detector is fully convolutional: train on crops, export at full size
 
+CHECKPOINT = "checkpoint.npz"
+#: Version of the checkpoint's layout; a newer trainer refuses one it cannot read rather than guess.
+CHECKPOINT_FORMAT = 1
+#: A new run's arguments where none are given; a resumed run keeps those it was started with.
+RUN_DEFAULTS = {"epochs": 20, "batch": 32, "lr": 2e-3, "seed": 0, "val_fraction": 0.05, "transplant": 0.0}
+#: Floor of the cosine learning-rate schedule, as a share of the peak rate.
+LR_FLOOR = 0.02
+
 
 class _Batches(keras.utils.PyDataset):
-    """Shuffled mini-batches from in-memory uint8 arrays, with the kind's augmentation."""
+    """Mini-batches from in-memory uint8 arrays, with the kind's augmentation.
+
+    The order of epoch ``e`` and each batch's augmentation draw from
+    ``(seed, e)`` and ``(seed, e, batch)``: nothing depends on what was fetched
+    before, so a resumed run sees exactly the batches an uninterrupted one would.
+    ``skip``: batches of the first epoch already trained before a resume (the
+    sequence then holds the rest of that epoch only).
+    """
 
     def __init__(self, kind: str, x: np.ndarray, y: np.ndarray, batch: int, seed: int, train: bool,
-                 transplant: float = 0.0) -> None:
+                 transplant: float = 0.0, epoch: int = 0, skip: int = 0) -> None:
         super().__init__()
-        self.kind, self.x, self.y, self.batch, self.train = kind, x, y, batch, train
+        self.kind, self.x, self.y, self.batch, self.seed, self.train = kind, x, y, batch, seed, train
         #: Detector: share of crops that get a plate from another scene pasted in (``transplant_plate``).
         self.transplant = transplant
-        self.rng = np.random.default_rng(seed)
-        self.order = np.arange(len(x))
-        if train:
-            self.rng.shuffle(self.order)
+        #: The epoch being trained (0-based, as Keras counts); set by ``_Session`` as each epoch begins.
+        self.epoch = epoch
+        self.skip = skip
+        self._order: tuple[int, np.ndarray] | None = None
 
-    def __len__(self) -> int:
+    @property
+    def full_len(self) -> int:
+        """Batches in a whole epoch."""
         return math.ceil(len(self.x) / self.batch)
 
-    def on_epoch_end(self) -> None:
-        if self.train:
-            self.rng.shuffle(self.order)
+    def __len__(self) -> int:
+        return self.full_len - self.skip
+
+    def order(self) -> np.ndarray:
+        """Sample order of the current epoch."""
+        if not self.train:
+            return np.arange(len(self.x))
+        cached = self._order
+        if cached is None or cached[0] != self.epoch:
+            cached = (self.epoch, np.random.default_rng((self.seed, self.epoch)).permutation(len(self.x)))
+            self._order = cached  # one assignment: a prefetching thread sees the old pair or the new one
+        return cached[1]
 
     def __getitem__(self, i: int):
-        idx = np.sort(self.order[i * self.batch : (i + 1) * self.batch])
+        i += self.skip
+        idx = np.sort(self.order()[i * self.batch : (i + 1) * self.batch])
         x, y = self.x[idx], self.y[idx]
         if self.kind == "reader":
             return x[..., None].astype(np.float32) / 255.0, y
-        return self._detector_batch(x, y)
+        return self._detector_batch(x, y, np.random.default_rng((self.seed, self.epoch, i)))
 
-    def _detector_batch(self, x: np.ndarray, y: np.ndarray):
+    def _detector_batch(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
         s = DETECTOR_STRIDE
         c = DETECTOR_CROP
         xs = np.empty((len(x), c, c, 3), np.float32)
@@ -61,17 +109,17 @@ class _Batches(keras.utils.PyDataset):
         for k in range(len(x)):
             if self.train:
                 # Crop origins on the stride grid, so image and mask stay aligned.
-                oy = int(self.rng.integers(0, (x.shape[1] - c) // s + 1)) * s
-                ox = int(self.rng.integers(0, (x.shape[2] - c) // s + 1)) * s
+                oy = int(rng.integers(0, (x.shape[1] - c) // s + 1)) * s
+                ox = int(rng.integers(0, (x.shape[2] - c) // s + 1)) * s
             else:
                 oy = ox = 0
             xi = x[k, oy : oy + c, ox : ox + c]
             yi = y[k, oy // s : (oy + c) // s, ox // s : (ox + c) // s]
-            if self.train and self.transplant > 0 and self.rng.random() < self.transplant:
+            if self.train and self.transplant > 0 and rng.random() < self.transplant:
                 xi, yi = xi.copy(), yi.copy()
-                j = int(self.rng.integers(len(x)))
-                transplant_plate(self.rng, xi, yi, x[j], y[j], s)
-            if self.train and self.rng.random() < 0.5:
+                j = int(rng.integers(len(x)))
+                transplant_plate(rng, xi, yi, x[j], y[j], s)
+            if self.train and rng.random() < 0.5:
                 xi, yi = xi[:, ::-1], yi[:, ::-1]
             xs[k] = xi / 255.0
             ys[k, ..., 0] = yi / 255.0
@@ -130,53 +178,210 @@ class _PlateAccuracy(keras.callbacks.Callback):
         self.x = x[..., None].astype(np.float32) / 255.0
         self.truth = ["".join(READER_CLASSES[k] for k in row if READER_CLASSES[k] != BLANK) for row in y]
 
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        probs = self.model.predict(self.x, batch_size=256, verbose=0)
+    def measure(self, model: keras.Model, label: str) -> float:
+        """Exact match of ``model`` on the validation plates, printed under ``label``."""
+        probs = model.predict(self.x, batch_size=256, verbose=0)
         reads = [decode_ctc(p, READER_CLASSES, BLANK).text for p in probs]
         acc = float(np.mean([r == t for r, t in zip(reads, self.truth)]))
+        print(f"{label}: val plate accuracy {acc:.4f}", flush=True)
+        return acc
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        acc = self.measure(self.model, f"epoch {epoch + 1}")
         if logs is not None:
             logs["val_plate_accuracy"] = acc
-        print(f"epoch {epoch + 1}: val plate accuracy {acc:.4f}", flush=True)
 
 
-class _LogProgress(keras.callbacks.Callback):
-    """One log line every ``every`` batches with rate and ETA (for background runs: --verbose 2)."""
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through a temporary file renamed over it: readers see the old file or the new, whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
-    def __init__(self, every: int, steps: int) -> None:
+
+def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
+    """``_atomic_write`` for Keras savers, which take a path and insist on its suffix."""
+    tmp = path.with_name(f".tmp.{path.name}")
+    save(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Run:
+    """A run directory's training state: what ``checkpoint.npz`` holds, and how it is read and written."""
+
+    def __init__(self, run_dir: Path, state: dict, weights: list[np.ndarray] | None = None,
+                 opt_vars: list[np.ndarray] | None = None) -> None:
+        self.dir = run_dir
+        #: JSON-able: format, kind, data, samples, args, steps_per_epoch, frozen_layers, epoch (completed),
+        #: step (batches done of the next epoch), global_step, wall_s, best, sessions.
+        self.state = state
+        self.weights = weights
+        self.opt_vars = opt_vars
+
+    @property
+    def path(self) -> Path:
+        return self.dir / CHECKPOINT
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "_Run | None":
+        """The run's checkpoint, or None where there is none; a damaged one is an error naming the file."""
+        path = run_dir / CHECKPOINT
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                state = json.loads(str(z["state"]))
+                weights = [z[f"w{i}"] for i in range(state["n_weights"])]
+                opt_vars = [z[f"o{i}"] for i in range(state["n_opt_vars"])]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: unreadable checkpoint ({e}); --fresh starts the run over") from e
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this trainer reads "
+                             f"{CHECKPOINT_FORMAT}; --fresh starts the run over")
+        return cls(run_dir, state, weights, opt_vars)
+
+    def capture(self, model: keras.Model) -> None:
+        """Take the model's and its optimizer's current values as the state to write."""
+        self.weights = model.get_weights()
+        self.opt_vars = [np.asarray(keras.ops.convert_to_numpy(v)) for v in model.optimizer.variables]
+
+    def write(self) -> None:
+        """Replace ``checkpoint.npz`` with the current state, whole."""
+        assert self.weights is not None and self.opt_vars is not None
+        self.state |= {"n_weights": len(self.weights), "n_opt_vars": len(self.opt_vars)}
+        arrays = {f"w{i}": w for i, w in enumerate(self.weights)}
+        arrays |= {f"o{i}": v for i, v in enumerate(self.opt_vars)}
+        arrays["state"] = np.array(json.dumps(self.state))
+        _atomic_write(self.path, lambda f: np.savez(f, **arrays))
+
+    def restore(self, model: keras.Model) -> None:
+        """Put the checkpoint's weights and optimizer state (its step counter included) into ``model``."""
+        assert self.weights is not None and self.opt_vars is not None
+        current = model.get_weights()
+        if [w.shape for w in current] != [w.shape for w in self.weights]:
+            raise ValueError(f"{self.path}: its weights do not fit this {self.state['kind']} network "
+                             "(another architecture); --fresh starts the run over")
+        model.set_weights(self.weights)
+        opt = model.optimizer
+        opt.build(model.trainable_variables)
+        if [tuple(v.shape) for v in opt.variables] != [v.shape for v in self.opt_vars]:
+            raise ValueError(f"{self.path}: its optimizer state does not fit this network; "
+                             "--fresh starts the run over")
+        for var, value in zip(opt.variables, self.opt_vars):
+            var.assign(value)
+
+
+class _Session(keras.callbacks.Callback):
+    """One session of a run: counts epochs and steps, stops at the session's limits, keeps the best
+    weights, logs each epoch and writes the checkpoint at each epoch's end and at a stop."""
+
+    def __init__(self, run: _Run, monitor: str, deadline: float, max_steps: int | None, started: float,
+                 wall_before: float, verbose: int) -> None:
         super().__init__()
-        self.every, self.steps = every, steps
+        self.run, self.monitor, self.deadline, self.max_steps = run, monitor, deadline, max_steps
+        self.started, self.wall_before, self.verbose = started, wall_before, verbose
+        self.seq: _Batches | None = None
+        self.steps_this_session = 0
+        #: Why the session ended: "epochs" (all done), "minutes" or "max-steps".
+        self.stopped_by = "epochs"
+        self.epoch_start = 0.0
+        #: 1-based epochs this session trained in, first and last (the same one where it stopped within it).
+        self.first_epoch = self.last_epoch = run.state["epoch"] + 1
+
+    @property
+    def state(self) -> dict:
+        return self.run.state
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.epoch, self.start = epoch, time.monotonic()
+        assert self.seq is not None
+        self.seq.epoch = epoch
+        self.last_epoch = epoch + 1
+        self.epoch_start = time.monotonic()
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        if (batch + 1) % self.every == 0:
-            rate = (batch + 1) / (time.monotonic() - self.start)
-            eta = (self.steps - batch - 1) / rate
-            loss = (logs or {}).get("loss", float("nan"))
-            print(f"epoch {self.epoch + 1} step {batch + 1}/{self.steps} loss {loss:.4f} "
-                  f"{rate:.2f} steps/s, epoch ETA {eta / 60:.1f} min", flush=True)
+        assert self.seq is not None
+        self.state["step"] = self.seq.skip + batch + 1
+        self.state["global_step"] += 1
+        self.steps_this_session += 1
+        if self.verbose == 2:
+            self._progress(logs or {})
+        if self.model.stop_training:
+            return
+        where = f"epoch {self.seq.epoch + 1} step {self.state['step']}/{self.state['steps_per_epoch']}"
+        if self.max_steps is not None and self.steps_this_session >= self.max_steps:
+            print(f"step limit ({self.max_steps}) reached at {where}; stopping", flush=True)
+            self.stopped_by, self.model.stop_training = "max-steps", True
+        elif time.monotonic() > self.deadline:
+            print(f"time limit reached at {where}; stopping", flush=True)
+            self.stopped_by, self.model.stop_training = "minutes", True
+
+    def _progress(self, logs: dict) -> None:
+        """One log line every 1/20 epoch with rate and ETA (for background runs: --verbose 2)."""
+        n = self.state["steps_per_epoch"]
+        done = self.state["step"] - self.seq.skip  # steps of this epoch run in this session
+        if done % max(1, n // 20):
+            return
+        rate = done / max(time.monotonic() - self.epoch_start, 1e-9)
+        eta = (n - self.state["step"]) / rate
+        print(f"epoch {self.seq.epoch + 1} step {self.state['step']}/{n} loss {logs.get('loss', float('nan')):.4f} "
+              f"{rate:.2f} steps/s, epoch ETA {eta / 60:.1f} min", flush=True)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = dict(logs or {})
+        complete = self.state["step"] >= self.state["steps_per_epoch"]
+        value = logs.get(self.monitor)
+        if value is not None and (self.state["best"] is None or value > self.state["best"]):
+            _atomic_save(self.dir / "best.weights.h5", self.model.save_weights)
+            self.state["best"] = float(value)
+        if complete:
+            self.state["epoch"], self.state["step"] = epoch + 1, 0
+        self.checkpoint()
+        self._log_row(epoch + 1, complete, logs)
+
+    @property
+    def dir(self) -> Path:
+        return self.run.dir
+
+    def checkpoint(self, ended: str | None = None, capture: bool = True) -> None:
+        """Write the training state, with this session's record brought up to date.
+
+        ``capture=False`` keeps the weights and optimizer state last captured: the session's end record,
+        written after the model may have been given its best weights instead of its last.
+        """
+        wall = time.monotonic() - self.started
+        self.state["wall_s"] = round(self.wall_before + wall, 1)
+        self.state["sessions"][-1] |= {"wall_s": round(wall, 1), "epochs": [self.first_epoch, self.last_epoch],
+                                       "end_step": self.state["global_step"], "steps": self.steps_this_session,
+                                       "ended": ended}
+        if capture:
+            self.run.capture(self.model)
+        self.run.write()
+
+    def _log_row(self, epoch: int, complete: bool, logs: dict) -> None:
+        path = self.dir / "log.csv"
+        keys = sorted(logs)
+        new = not path.is_file() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["epoch", "complete", "global_step", *keys])
+            w.writerow([epoch, int(complete), self.state["global_step"], *(logs[k] for k in keys)])
 
 
-class _TimeLimit(keras.callbacks.Callback):
-    """Stop after ``minutes`` of training (checked after every batch)."""
-
-    def __init__(self, minutes: float) -> None:
-        super().__init__()
-        self.deadline = time.monotonic() + minutes * 60
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        if time.monotonic() > self.deadline and not self.model.stop_training:
-            print(f"time limit reached at step {batch + 1}; stopping", flush=True)
-            self.model.stop_training = True
-
-
-def _score(model: keras.Model, val_seq: "_Batches", accuracy: "_PlateAccuracy | None") -> dict:
+def _score(model: keras.Model, val_seq: _Batches, accuracy: _PlateAccuracy | None, label: str) -> dict:
     """Validation loss and metrics, named as in the training logs (val_*)."""
     logs = {f"val_{k}": float(v) for k, v in model.evaluate(val_seq, verbose=0, return_dict=True).items()}
     if accuracy is not None:
-        accuracy.set_model(model)
-        accuracy.on_epoch_end(-1, logs)
+        logs["val_plate_accuracy"] = accuracy.measure(model, label)
     return logs
 
 
@@ -186,8 +391,12 @@ def _set_threads(threads: int) -> None:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # fixed once TensorFlow has started in this process: keep what it has
+            print(f"note: TensorFlow already started in this process; --threads {threads} not applied",
+                  file=sys.stderr)
     elif backend == "torch":
         import torch
 
@@ -204,50 +413,152 @@ def build_for(kind: str) -> keras.Model:
     raise ValueError(f"unknown kind '{kind}', expected 'detector' or 'reader'")
 
 
+def _run_args(run: _Run | None, given: dict, data: Path, samples: int) -> dict:
+    """The run's arguments: a new run's from ``given`` (defaults for the unset), a resumed run's its own.
+
+    A value given explicitly that differs from the resumed run's own is refused: it would change the
+    data stream or the model under the optimizer's feet.
+    """
+    if run is None:
+        return {k: (RUN_DEFAULTS[k] if given.get(k) is None else given[k]) for k in RUN_DEFAULTS} | {
+            "init": None if given.get("init") is None else str(given["init"])}
+    own = run.state["args"]
+    where = run.path
+    if run.state["samples"] != samples:
+        raise ValueError(f"{where}: the run was trained on {run.state['samples']} samples of "
+                         f"{run.state['data']}, {data} has {samples}; use that set, or --fresh to start over")
+    if Path(data).resolve() != Path(run.state["data"]).resolve():
+        print(f"note: the run was trained on {run.state['data']}; continuing on {data} (same size)",
+              file=sys.stderr)
+    for key in ("batch", "lr", "seed", "val_fraction", "transplant", "init"):
+        value = given.get(key)
+        if value is not None and (str(value) if key == "init" else value) != own[key]:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{where}: {flag} {value} differs from the run's own {own[key]}; a resumed run keeps "
+                             "its arguments (leave the flag out, or --fresh to start over with new ones)")
+    epochs = own["epochs"] if given.get("epochs") is None else given["epochs"]
+    return own | {"epochs": epochs}
+
+
+def _refuse_unresumable(run_dir: Path) -> None:
+    """Refuse a folder holding a model or a record but no checkpoint (a run of an older trainer, or
+    another folder) rather than overwrite it."""
+    found = [n for n in ("model.keras", "train.json", "backup") if (run_dir / n).exists()]
+    if found:
+        raise ValueError(f"{run_dir}: holds {', '.join(found)} but no {CHECKPOINT} to resume from (a run of "
+                         "an older trainer, or another folder); pass --fresh to start it over, or another --run")
+
+
+def _clear(run_dir: Path) -> None:
+    """Remove what a run folder holds from an earlier run, so a new one starts clean."""
+    for name in (CHECKPOINT, "best.weights.h5", "model.keras", "log.csv", "train.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # BackupAndRestore's folder, from older trainers
+
+
+def _finished_info(run_dir: Path, run: _Run) -> dict:
+    """train.json of a finished run (the state's summary where it is missing)."""
+    record = run_dir / "train.json"
+    if record.is_file():
+        try:
+            return json.loads(record.read_text())
+        except ValueError:
+            pass
+    return {"kind": run.state["kind"], "epochs_run": run.state["epoch"], "finished": True}
+
+
 def train(
     kind: str,
     data: Path,
     run_dir: Path,
-    epochs: int = 20,
-    batch: int = 32,
+    epochs: int | None = None,
+    batch: int | None = None,
     minutes: float = 55.0,
-    lr: float = 2e-3,
+    lr: float | None = None,
     threads: int = 2,
-    seed: int = 0,
-    val_fraction: float = 0.05,
+    seed: int | None = None,
+    val_fraction: float | None = None,
     verbose: int = 2,
     init: Path | None = None,
-    transplant: float = 0.0,
+    transplant: float | None = None,
+    max_steps: int | None = None,
+    fresh: bool = False,
 ) -> dict:
-    """Train ``kind`` on the set at ``data``; resumes if ``run_dir`` holds a backup.
+    """Train ``kind`` on the set at ``data`` in ``run_dir``, resuming from its checkpoint if it has one.
 
+    ``epochs``: the run's total; a finished run asked for no more returns its record without training,
+    one asked for more trains on at the schedule's final learning rate. ``batch``, ``lr``, ``seed``,
+    ``val_fraction``, ``init``, ``transplant``: a new run's arguments (None: ``RUN_DEFAULTS``); a resumed
+    run keeps its own and refuses different ones. ``minutes`` and ``max_steps`` (optimizer steps) bound
+    this session: it then checkpoints and stops, and the next call resumes at that step.
     ``init``: an exported int8 model (a model set directory or a .tflite file) to start from
-    (see ``trainer.from_tflite``); a resumed run continues from its own backup instead.
-    ``transplant``: detector only, the share of training crops given a plate from another scene.
+    (see ``trainer.from_tflite``). ``transplant``: detector only, the share of training crops given a
+    plate from another scene. ``fresh``: start over, deleting the run's checkpoint, best weights, model,
+    log and record. Returns what ``train.json`` holds.
     """
-    _set_threads(threads)
-    keras.utils.set_random_seed(seed)
+    started = time.monotonic()
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max-steps {max_steps}: must be at least 1")
+    if kind not in ("reader", "detector"):
+        raise ValueError(f"unknown kind '{kind}', expected 'detector' or 'reader'")
     run_dir.mkdir(parents=True, exist_ok=True)
+    run = None if fresh else _Run.load(run_dir)
+    if run is None and not fresh:
+        _refuse_unresumable(run_dir)
+    if run is not None and run.state["kind"] != kind:
+        raise ValueError(f"{run.path}: a {run.state['kind']} run, not a {kind} one; another --run, or --fresh")
     d = load_set(data)
-    n_val = max(1, int(len(d["x"]) * val_fraction))
-    train_seq = _Batches(kind, d["x"][n_val:], d["y"][n_val:], batch, seed, train=True, transplant=transplant)
-    val_seq = _Batches(kind, d["x"][:n_val], d["y"][:n_val], batch, seed, train=False)
+    given = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "val_fraction": val_fraction,
+             "init": init, "transplant": transplant}
+    args = _run_args(run, given, data, int(len(d["x"])))
+    if run is not None and run.state["epoch"] >= args["epochs"]:
+        print(f"{run_dir}: finished, {run.state['epoch']} epochs done ({args['epochs']} asked for); "
+              f"--epochs above {run.state['epoch']} trains more, --fresh starts over", file=sys.stderr)
+        return _finished_info(run_dir, run)
+    if run is None:  # only now that the data and the arguments are known good
+        _clear(run_dir)
+
+    _set_threads(threads)
+    keras.utils.set_random_seed(args["seed"])
+    n_val = max(1, int(len(d["x"]) * args["val_fraction"]))
+    x_train, y_train = d["x"][n_val:], d["y"][n_val:]
+    val_seq = _Batches(kind, d["x"][:n_val], d["y"][:n_val], args["batch"], args["seed"], train=False)
+    steps_per_epoch = math.ceil(len(x_train) / args["batch"])
 
     model = build_for(kind)
-    if init is not None:
-        from trainer.from_tflite import load_int8_weights
+    if run is None:
+        if args["init"] is not None:
+            from trainer.from_tflite import load_int8_weights
 
-        source = init / f"{kind}.tflite" if init.is_dir() else init
-        if not source.is_file():
-            raise FileNotFoundError(f"--init {init}: no {source.name} there")
-        load_int8_weights(model, source)
-    steps = epochs * len(train_seq)
+            source = Path(args["init"])
+            source = source / f"{kind}.tflite" if source.is_dir() else source
+            if not source.is_file():
+                raise FileNotFoundError(f"--init {args['init']}: no {source.name} there")
+            load_int8_weights(model, source)
+        # The schedule spans the epochs planned at the start; a run extended later trains on at its floor.
+        args["decay_steps"] = args["epochs"] * steps_per_epoch
+        state = {"format": CHECKPOINT_FORMAT, "kind": kind, "data": str(data), "samples": int(len(d["x"])),
+                 "args": args, "steps_per_epoch": steps_per_epoch, "epochs_planned": args["epochs"],
+                 # By index: layer names differ between builds in one process, indices do not.
+                 "frozen_layers": [i for i, layer in enumerate(model.layers) if not layer.trainable],
+                 "epoch": 0, "step": 0, "global_step": 0, "wall_s": 0.0, "best": None, "sessions": []}
+        run = _Run(run_dir, state)
+    else:
+        state = run.state
+        for i in state["frozen_layers"]:  # as --init froze them (its file is not needed to resume)
+            model.layers[i].trainable = False
+        state["epochs_planned"] = args["epochs"]
+        if state["sessions"] and state["sessions"][-1].get("ended") is None:
+            state["sessions"][-1]["ended"] = "interrupted"  # killed: its time up to its last checkpoint counts
+        print(f"resuming {run_dir} at epoch {state['epoch'] + 1} step {state['step']} "
+              f"({state['step']} of {steps_per_epoch} steps of that epoch done, global step "
+              f"{state['global_step']}, {state['wall_s'] / 60:.1f} min so far)", file=sys.stderr, flush=True)
     # BatchNorm's moving statistics are what the exported model uses: make them settle within the run,
     # also in a short one (the default momentum 0.99 needs a few thousand steps).
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = min(0.99, max(0.5, 1.0 - 10.0 / steps))
-    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps, alpha=0.02, warmup_target=None)
+            layer.momentum = min(0.99, max(0.5, 1.0 - 10.0 / args["decay_steps"]))
+    schedule = keras.optimizers.schedules.CosineDecay(args["lr"], decay_steps=args["decay_steps"], alpha=LR_FLOOR)
     opt = keras.optimizers.Adam(schedule)
     if kind == "reader":
         model.compile(opt, ctc_loss)
@@ -255,52 +566,74 @@ def train(
     else:
         model.compile(opt, detector_loss, metrics=[keras.metrics.MeanMetricWrapper(plate_iou, name="iou")])
         monitor = "val_iou"
-    # The accuracy callback runs first, so the checkpoint below sees its figure.
-    callbacks = [_PlateAccuracy(d["x"][:n_val][:2000], d["y"][:n_val][:2000])] if kind == "reader" else []
-    callbacks += [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "best.weights.h5"), monitor=monitor, mode="max",
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        _TimeLimit(minutes),
-    ]
-    if verbose == 2:
-        callbacks.append(_LogProgress(max(1, len(train_seq) // 20), len(train_seq)))
-    start = time.monotonic()
-    hist = model.fit(train_seq, validation_data=val_seq, epochs=epochs, callbacks=callbacks, verbose=verbose)
-    wall = time.monotonic() - start
-    # A time-limited run may stop mid-epoch, after the last checkpoint: keep whichever weights score better.
-    final = _score(model, val_seq, callbacks[0] if kind == "reader" else None)
+    if run.weights is not None:
+        run.restore(model)
+    state["sessions"].append({"started": _now(), "start_step": state["global_step"], "wall_s": 0.0, "ended": None})
+
+    accuracy = _PlateAccuracy(d["x"][:n_val][:2000], d["y"][:n_val][:2000]) if kind == "reader" else None
+    session = _Session(run, monitor, started + minutes * 60, max_steps, started,
+                       wall_before=sum(s.get("wall_s", 0.0) for s in state["sessions"][:-1]), verbose=verbose)
+    # The accuracy callback runs first, so the session's best weights and log see its figure.
+    callbacks = ([accuracy] if accuracy else []) + [session]
+    # shuffle=False: Keras would shuffle the batches from Python's global random state, which a resumed
+    # process does not share; ``_Batches`` shuffles the samples of each epoch from the seed instead.
+    first = state["epoch"]
+    if state["step"]:  # stopped mid-epoch: the rest of that epoch first
+        seq = _Batches(kind, x_train, y_train, args["batch"], args["seed"], train=True,
+                       transplant=args["transplant"], epoch=first, skip=state["step"])
+        session.seq = seq
+        model.fit(seq, validation_data=val_seq, initial_epoch=first, epochs=first + 1, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+    if state["epoch"] < args["epochs"] and not model.stop_training:
+        seq = _Batches(kind, x_train, y_train, args["batch"], args["seed"], train=True,
+                       transplant=args["transplant"], epoch=state["epoch"])
+        session.seq = seq
+        model.fit(seq, validation_data=val_seq, initial_epoch=state["epoch"], epochs=args["epochs"],
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
+    finished = state["epoch"] >= args["epochs"]
+    # A stop inside an epoch leaves that epoch's data iterator behind; collected at exit, after Python's
+    # state is gone, TensorFlow warns about it. Collect it now.
+    gc.collect()
+
+    # A run stopped mid-epoch may end after its best checkpoint: keep whichever weights score better.
+    final = _score(model, val_seq, accuracy, "last weights")
     best = run_dir / "best.weights.h5"
     if best.is_file():
         last = model.get_weights()
         model.load_weights(best)
-        at_best = _score(model, val_seq, callbacks[0] if kind == "reader" else None)
+        at_best = _score(model, val_seq, accuracy, "best weights")
         # Ties (e.g. no whole plate right yet in a short run) go to the lower loss.
         if (at_best[monitor], -at_best["val_loss"]) > (final[monitor], -final["val_loss"]):
             final = at_best
         else:
             model.set_weights(last)
-    model.save(run_dir / "model.keras")
+    _atomic_save(run_dir / "model.keras", model.save)
+    # The checkpoint keeps the training state (captured at the last epoch's end or stop), not the pick above.
+    session.checkpoint(ended="finished" if finished else session.stopped_by, capture=False)
+    sessions = state["sessions"]
     info = {
         "kind": kind,
         "data": str(data),
         "samples": int(len(d["x"])),
-        "epochs_run": len(hist.history.get("loss", [])),
-        "epochs_planned": epochs,
-        "batch": batch,
-        "lr": lr,
+        "epochs_run": state["epoch"],
+        "epochs_planned": args["epochs"],
+        "finished": finished,
+        "stopped_by": "epochs" if finished else session.stopped_by,
+        "step_in_epoch": state["step"],
+        "steps_per_epoch": steps_per_epoch,
+        "global_step": state["global_step"],
+        "batch": args["batch"],
+        "lr": args["lr"],
+        "lr_decay_steps": args["decay_steps"],
+        "seed": args["seed"],
         "threads": threads,
-        "init": str(init) if init is not None else None,
-        "transplant": transplant,
-        "wall_s_this_session": round(wall, 1),
+        "init": args["init"],
+        "transplant": args["transplant"],
+        "sessions": sessions,
+        "wall_s_this_session": sessions[-1]["wall_s"],
+        "wall_s_total": round(sum(s["wall_s"] for s in sessions), 1),
         "val": final,
         "macs_train_input": count_macs(model),
     }
-    prev = run_dir / "train.json"
-    if prev.is_file():
-        info["wall_s_total"] = round(json.loads(prev.read_text()).get("wall_s_total", 0) + wall, 1)
-    else:
-        info["wall_s_total"] = round(wall, 1)
-    prev.write_text(json.dumps(info, indent=2))
+    _atomic_write(run_dir / "train.json", lambda f: f.write(json.dumps(info, indent=2).encode()))
     return info
