@@ -48,6 +48,9 @@ require_root
 if [ ! -f "$SRC/pyproject.toml" ] || [ ! -d "$SRC/edge" ]; then
     die "$SRC: not an edge-anpr checkout (no pyproject.toml, edge/)"
 fi
+# The release's pip install (lib.sh: stage_release) takes the versions the tests passed with, not the newest.
+[ -f "$HERE/constraints.txt" ] || die "$HERE/constraints.txt: not found (it pins the versions a release installs)"
+export PIP_CONSTRAINT="$HERE/constraints.txt"
 
 # 1. System packages: venv support; on a Raspberry Pi the camera stack comes from Debian.
 if [ "$apt" = 1 ]; then

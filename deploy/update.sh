@@ -51,6 +51,11 @@ if [ "$do_release" = 0 ] && [ -z "$models_src" ] && [ "$check" = 0 ]; then
 fi
 case $keep in ''|*[!0-9]*|0|1) die "--keep: a number of at least 2 (the current one and one to roll back to)" 2 ;; esac
 [ -L "$OPT/current" ] || die "$OPT/current: no release installed; run deploy/install.sh first"
+if [ "$do_release" = 1 ]; then
+    # The release's pip install (lib.sh: stage_release) takes the versions the tests passed with, not the newest.
+    [ -f "$HERE/constraints.txt" ] || die "$HERE/constraints.txt: not found (it pins the versions a release installs)"
+    export PIP_CONSTRAINT="$HERE/constraints.txt"
+fi
 [ -f "$CONFIG" ] || die "$CONFIG: no configuration; run deploy/install.sh first"
 
 restart_service() {

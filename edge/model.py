@@ -16,10 +16,16 @@ missing it runs the CPU models after one warning.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +39,8 @@ from edge.formats import FormatError, FormatSet
 METADATA_SCHEMA = 2
 ACCELERATORS = ("cpu", "edgetpu")
 EDGETPU_LIBRARY = "libedgetpu.so.1"
+#: The model set shipped with the package, used when none is named.
+DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,58 @@ def interpreter_class() -> Any:
                 "no TFLite runtime found: install ai-edge-litert (pip install ai-edge-litert)"
             ) from exc
     return Interpreter
+
+
+#: Lines the TFLite runtime prints on its own to stderr (file descriptor 2, from C++) when it loads a model:
+#: the XNNPACK notice, once per process. Neither ai-edge-litert nor tflite-runtime offers a setting that
+#: silences it (TF_CPP_MIN_LOG_LEVEL does not), and it would land in the middle of every command's output
+#: and in the daemon's log.
+RUNTIME_NOTICES = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def runtime_notices_dropped() -> Iterator[None]:
+    """Run the block with fd 2 diverted to a file; after it, write back all of it but ``RUNTIME_NOTICES``.
+
+    Only the runtime's notices go: anything else written to stderr meanwhile (by any thread) comes out
+    after the block, in its order. Where fd 2 cannot be diverted (closed, no temporary file), the block
+    just runs.
+    """
+    with _stderr_lock, contextlib.ExitStack() as stack:
+        try:
+            diverted = stack.enter_context(tempfile.TemporaryFile())
+            _flush_stderr()
+            saved = os.dup(2)
+        except OSError:
+            saved = -1
+        if saved < 0:
+            yield
+            return
+        os.dup2(diverted.fileno(), 2)
+        try:
+            yield
+        finally:
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+            diverted.seek(0)
+            kept = b"".join(line for line in diverted.read().splitlines(keepends=True)
+                            if line.rstrip(b"\r\n") not in RUNTIME_NOTICES)
+            while kept:
+                try:
+                    kept = kept[os.write(2, kept):]
+                except OSError:  # stderr went away meanwhile: nothing left to show it on
+                    break
+
+
+def _flush_stderr() -> None:
+    """Flush Python's stderr buffer to fd 2 (before fd 2 changes), if there is one to flush."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except (OSError, ValueError):  # closed or broken: nothing buffered can reach fd 2 anyway
+        pass
 
 
 def edgetpu_path(tflite_path: Path) -> Path:
@@ -255,9 +315,11 @@ class Model:
         self.run_path = verify_edgetpu(self.path, self.meta) if delegate is not None else self.path
         self.accelerator = "edgetpu" if delegate is not None else "cpu"
         try:
-            self._interp = interpreter_class()(model_path=str(self.run_path), num_threads=num_threads,
-                                               experimental_delegates=[delegate] if delegate is not None else None)
-            self._interp.allocate_tensors()
+            with runtime_notices_dropped():  # the runtime announces XNNPACK from allocate_tensors
+                self._interp = interpreter_class()(model_path=str(self.run_path), num_threads=num_threads,
+                                                   experimental_delegates=[delegate] if delegate is not None
+                                                   else None)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.run_path}: the TFLite runtime cannot load it: {exc}") from exc
         inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()

@@ -1,6 +1,7 @@
 """Detector pre-processing (letterbox) and post-processing (mask -> quads -> boxes)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from edge.detect import Detection, Letterbox, PlateDetector, letterbox, mask_to_detections, merge_tiles, order_quad, rect_quad
@@ -39,6 +40,19 @@ def test_mask_to_detections_maps_back_to_frame_pixels() -> None:
     assert abs(dets[0].score - 0.9) < 1e-6
 
 
+def _coverage(quad: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:
+    """The share of each detector cell (height/stride, width/stride) that ``quad`` covers, in [0, 1].
+
+    What a perfect detector outputs; the trainer's training target is the same map (trainer.data.plate_mask),
+    drawn here with OpenCV alone so that the edge's tests need no trainer.
+    """
+    sub = 4  # 4 x 4 sub-cells per cell, averaged
+    fine = np.zeros((height // stride * sub, width // stride * sub), np.uint8)
+    cv2.fillPoly(fine, [np.round(np.asarray(quad, np.float32) / stride * sub * 8).astype(np.int32)], 255,
+                 lineType=cv2.LINE_8, shift=3)
+    return cv2.resize(fine, (width // stride, height // stride), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+
+
 class _Oracle(PlateDetector):
     """A detector that sees one known frame rectangle perfectly at any zoom (its coverage map)."""
 
@@ -55,13 +69,11 @@ class _Oracle(PlateDetector):
         return pixels, self.lb
 
     def probabilities(self, pixels):
-        from trainer.data import plate_mask
-
         self.runs += 1
         if self.quad is None or self.runs > 1 and self.quad is _HIDDEN:
             return np.zeros((self.height // 4, self.width // 4), np.float32)
         q = (self.quad - np.float32(self.lb.offset)) * self.lb.scale
-        return plate_mask([q], self.height, self.width, self.stride)
+        return _coverage(q, self.height, self.width, self.stride)
 
 
 _HIDDEN = np.float32([[601, 403], [667, 403], [667, 436], [601, 436]])

@@ -8,9 +8,15 @@ keep its JSON contract on the result.
 """
 from __future__ import annotations
 
+import collections
 import json
+import re
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -19,29 +25,59 @@ import pytest
 
 from conftest import ROOT, run_edge
 
+pytest.importorskip("tensorflow", reason="the training end to end needs the trainer's TensorFlow")
 pytestmark = pytest.mark.slow
 
+#: Keras's line at the start of each epoch (``--verbose 2``).
+EPOCH = re.compile(r"Epoch (\d+)/(\d+)$")
 
-def _trainer(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, f"trainer {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+def _trainer(progress: Callable[[str], None], *args: str, timeout: float = 900) -> None:
+    """``python -m trainer ARGS`` as a user runs it; each step and each epoch is shown on the terminal as it starts.
+
+    The whole chain takes minutes: without these lines ``make test`` would show nothing new meanwhile.
+    """
+    step = " ".join(a for a in args[:4] if not a.startswith("--") or a == "--kind")
+    progress(f"end to end: trainer {step}")
+    start = time.monotonic()
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True)
+        killer = threading.Timer(timeout, proc.kill)  # a hung step fails the test instead of the whole run
+        killer.start()
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+        try:
+            for line in proc.stdout:
+                tail.append(line)
+                if m := EPOCH.match(line.strip()):
+                    progress(f"end to end: trainer {step}: epoch {m[1]} of {m[2]} ({time.monotonic() - start:.0f} s)")
+            proc.wait()
+        finally:
+            killer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stderr.seek(0)
+        errors = stderr.read()
+    assert proc.returncode == 0, (f"trainer {' '.join(args)} failed (exit {proc.returncode}; killed after "
+                                  f"{timeout:.0f} s if negative):\n{''.join(tail)[-2000:]}\n{errors[-3000:]}")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, progress: Callable[[str], None]) -> Path:
     work = tmp_path_factory.mktemp("e2e")
     # A pool of 4 texts: enough for a tiny CTC reader to learn in a minute what it reads.
-    _trainer("synth", "data", "--kind", "reader", "--n", "800", "--seed", "1", "--texts", "4",
+    _trainer(progress, "synth", "data", "--kind", "reader", "--n", "800", "--seed", "1", "--texts", "4",
              "--out", str(work / "reader.npz"))
-    _trainer("synth", "data", "--kind", "detector", "--n", "96", "--seed", "2", "--out", str(work / "detector.npz"))
-    _trainer("train", "--kind", "reader", "--data", str(work / "reader.npz"), "--run", str(work / "run_reader"),
-             "--epochs", "15", "--batch", "32", "--lr", "3e-3", "--verbose", "0")
-    _trainer("train", "--kind", "detector", "--data", str(work / "detector.npz"), "--run",
-             str(work / "run_detector"), "--epochs", "2", "--batch", "8", "--verbose", "0")
+    _trainer(progress, "synth", "data", "--kind", "detector", "--n", "96", "--seed", "2",
+             "--out", str(work / "detector.npz"))
+    _trainer(progress, "train", "--kind", "reader", "--data", str(work / "reader.npz"), "--run",
+             str(work / "run_reader"), "--epochs", "15", "--batch", "32", "--lr", "3e-3", "--verbose", "2")
+    _trainer(progress, "train", "--kind", "detector", "--data", str(work / "detector.npz"), "--run",
+             str(work / "run_detector"), "--epochs", "2", "--batch", "8", "--verbose", "2")
     for kind in ("reader", "detector"):
-        _trainer("export", "--kind", kind, "--run", str(work / f"run_{kind}"), "--data", str(work / f"{kind}.npz"),
-                 "--out", str(work / "export"))
+        _trainer(progress, "export", "--kind", kind, "--run", str(work / f"run_{kind}"), "--data",
+                 str(work / f"{kind}.npz"), "--out", str(work / "export"))
     return work
 
 

@@ -3,6 +3,7 @@ that verifies but fails the health check is rolled back; the health verb against
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,25 @@ def test_update_check_reports_an_unreachable_broker(root: Path, broker: Broker) 
     assert proc.returncode == 1, proc.stdout
     assert "FAIL  broker: 127.0.0.1:1: cannot connect" in proc.stdout
     assert "health: 3 of 4 checks passed; failed: broker" in proc.stdout
+
+
+def test_the_deploy_readme_shows_what_the_check_prints(broker: Broker, tmp_path: Path) -> None:
+    """deploy/README's example of `update.sh --check` on a fresh install (the shipped models): the same lines."""
+    root = tmp_path / "root"
+    assert install(root, ROOT / "edge" / "models").returncode == 0
+    write_config(root, broker.port)
+    proc = script("update.sh", root, "--check")
+    assert proc.returncode == 0, proc.stdout
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    shown = re.search(r"\n(ok +models: .*?\nhealth: .*?)\n", readme, re.S)
+    assert shown, "deploy/README.md: no example of the health check's output"
+
+    def checks(text: str) -> list[str]:  # each check's outcome and name, and the summary
+        return re.findall(r"^((?:ok|FAIL) +\w+):|^(health: .*)$", text, re.M)
+
+    assert checks(shown.group(1)) == checks(proc.stdout), proc.stdout
+    plates = re.search(r"test frame read in \d+ ms \((\d+ plates?)\)", proc.stdout)
+    assert plates and f"({plates.group(1)})" in shown.group(1), (plates, shown.group(1))
 
 
 def test_health_checks_credentials(untrained_models: Path, tmp_path: Path) -> None:

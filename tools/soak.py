@@ -1,4 +1,4 @@
-"""Soak benchmark: ``python -m edge.soak --minutes 30`` (what ``make soak`` runs).
+"""Soak benchmark: ``python -m tools.soak --minutes 30`` (what ``make soak`` runs).
 
 The daemon runs on a looping 720p clip against a private mosquitto for the
 given time while this samples its resident memory every few seconds and a
@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.demo import PREFIX, ROOT, start_broker
+from tools.demo import PREFIX, ROOT, start_broker
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -36,6 +36,7 @@ def _rss_mb(pid: int) -> float | None:
 
 
 def run(clip: Path, minutes: float, sample_s: float, warmup_s: float) -> dict:
+    """The daemon on ``clip`` (looping) for ``minutes``, its RSS sampled every ``sample_s``: the result dict."""
     with tempfile.TemporaryDirectory(prefix="edge-soak-") as tmp:
         workdir = Path(tmp)
         broker, port = start_broker(workdir)
@@ -93,7 +94,8 @@ def run(clip: Path, minutes: float, sample_s: float, warmup_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edge.soak", description=__doc__,
+    """``python -m tools.soak [--minutes M] [--out FILE] ...``."""
+    ap = argparse.ArgumentParser(prog="python -m tools.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", type=Path, default=ROOT / "demo" / "clip.mp4")
     ap.add_argument("--minutes", type=float, default=30.0)

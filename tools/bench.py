@@ -1,4 +1,4 @@
-"""Benchmark the shipped (or given) model set on this machine: ``python -m edge.bench``.
+"""Benchmark the shipped (or given) model set on this machine: ``python -m tools.bench`` (``make bench``).
 
 Prints a table and writes JSON (and a PNG chart beside it): detector and
 reader latency (median, p95) with 1 and 2 interpreter threads, end-to-end
@@ -6,8 +6,8 @@ milliseconds and fps per 1280x720 frame, peak RSS of this process, model
 sizes and MACs, a Raspberry Pi estimate from the MACs (assumptions stated),
 and, when the labelled real sets and their scorer are present beside the
 checkout (../shared), accuracy and ms per image of ``edge read`` on them
-next to OpenALPR 2.3's reference figures. Runs on the device too (no
-trainer needed), so a Pi can be measured the same way.
+next to OpenALPR 2.3's reference figures. Needs no trainer: run from a
+checkout on a Pi, it measures the Pi the same way.
 """
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.__main__ import DEFAULT_MODELS
-from edge.model import model_paths, read_metadata
+from edge.model import DEFAULT_MODELS, model_paths, read_metadata
 from edge.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,6 +171,7 @@ def real_sets(models: Path, sets: list[Path], scorer: Path) -> dict:
 
 
 def print_table(r: dict) -> None:
+    """The result of ``run`` (and ``real_sets``) as a table on stdout."""
     print(f"machine: {r['machine']['processor']} ({r['machine']['platform']})")
     for kind, m in r["models"].items():
         macs = f"{m['macs'] / 1e6:.1f} MMAC" if m.get("macs") else "-"
@@ -207,7 +207,8 @@ def print_table(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edge.bench", description=__doc__,
+    """``python -m tools.bench [--models DIR] [--repeat N] [--out FILE] ...``."""
+    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model set directory (default: shipped)")
     ap.add_argument("--repeat", type=int, default=50, help="timed runs per measurement")

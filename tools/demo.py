@@ -1,4 +1,4 @@
-"""The product end to end on this machine: ``python -m edge.demo`` (what ``make demo`` runs).
+"""The product end to end on this machine: ``python -m tools.demo`` (what ``make demo`` runs).
 
 Starts a private mosquitto on a free loopback port, runs the daemon
 (``python -m edge run``) on the synthetic clip shipped in demo/ with the
@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pwd
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,42 +21,10 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.mosquitto import start_broker
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "anpr/demo"
-
-
-def _mosquitto() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-    if not found:
-        raise SystemExit("error: mosquitto is not installed (Debian/Raspberry Pi OS: sudo apt-get install mosquitto)")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    conf = workdir / "mosquitto.conf"
-    # Run as ourselves: started by root, mosquitto would switch to a user that cannot read the temp dir.
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
-    log = open(workdir / "mosquitto.log", "wb")
-    proc = subprocess.Popen([_mosquitto(), "-c", str(conf)], stdout=log, stderr=log)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-    proc.terminate()
-    raise SystemExit(f"error: mosquitto did not start: {(workdir / 'mosquitto.log').read_text()[-500:]}")
 
 
 def _print_event(msg: mqtt.MQTTMessage, raw: bool) -> dict | None:
@@ -78,6 +42,7 @@ def _print_event(msg: mqtt.MQTTMessage, raw: bool) -> dict | None:
 
 
 def run(clip: Path, models: Path | None, raw: bool, timeout: float) -> int:
+    """The daemon on ``clip`` against a private broker, every plate event printed; returns the daemon's exit code."""
     truth = json.loads(Path(str(clip) + ".json").read_text())
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as tmp:
         workdir = Path(tmp)
@@ -132,7 +97,8 @@ def run(clip: Path, models: Path | None, raw: bool, timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edge.demo", description=__doc__,
+    """``python -m tools.demo [--clip FILE] [--models DIR] [--json] [--timeout S]``."""
+    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", type=Path, default=ROOT / "demo" / "clip.mp4", help="video with <clip>.json truth beside it")
     ap.add_argument("--models", type=Path, default=None, help="model set directory (default: the shipped models)")
