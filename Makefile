@@ -18,12 +18,13 @@ export APT_LOCK_TIMEOUT ?= 600
 # The slowest tests are listed at the end of every run.
 PYTEST := -m pytest -q --durations=15
 
-.PHONY: help demo read-demo test test-edge bench soak clean
+.PHONY: help demo read-demo test test-edge lint bench soak clean
 help:
 	@echo "make demo       - the daemon on the demo clip with the shipped models, a local mosquitto, the events printed"
 	@echo "make read-demo  - read the demo images with the shipped models (one JSON line per image)"
 	@echo "make test       - the test suite: unit, train -> quantize -> edge, emulated device on a real broker"
 	@echo "make test-edge  - the edge's tests in $(EDGE_VENV), the edge alone without TensorFlow (as on a Pi)"
+	@echo "make lint       - ruff (lint and import order) and mypy (types) on the checkout, as configured in pyproject.toml"
 	@echo "make bench      - latency, fps, RSS, sizes and MACs of the shipped models -> bench/results.json"
 	@echo "make soak       - the daemon on a looping 720p clip for SOAK_MIN minutes (default 30) -> bench/soak.json"
 
@@ -34,7 +35,7 @@ $(VENV)/.edge: pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(CONSTRAINTS) $(VENV)/.edge
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[daemon,trainer,test]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[daemon,trainer,test,lint]'
 	touch $@
 
 $(EDGE_VENV)/.edge: pyproject.toml $(CONSTRAINTS)
@@ -59,6 +60,11 @@ test: $(VENV)/.dev
 test-edge: $(EDGE_VENV)/.edge
 	@bash tools/apt_ensure.sh $(APT_TEST)
 	$(EDGE_VENV)/bin/python $(PYTEST)
+
+# mypy checks the trainer too, so it needs the trainer's packages (their types): the full .venv.
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.edge
 	$(PY) -m tools.bench --out bench/results.json

@@ -136,7 +136,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def describe_format(fmt: PlateFormat) -> str:
     """A format as ``name PATTERN`` with its groups and display separators, e.g. ``gr GGG-NDDD``."""
     shown = fmt.groups[0]
-    for sep, g in zip(fmt.separators, fmt.groups[1:]):
+    for sep, g in zip(fmt.separators, fmt.groups[1:], strict=False):
         shown += (sep if sep.strip() else " ") + g
     return f"{fmt.name} {shown}"
 
@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, WebP, TIFF, PNM)")
     rd.add_argument("--json", action="store_true", help="one JSON object per image (the read contract)")
     rd.add_argument("--models", type=Path, default=DEFAULT_MODELS,
-                    help="directory with detector.tflite, reader.tflite and their .json metadata (default: shipped models)")
+                    help="directory with detector.tflite, reader.tflite and their .json metadata "
+                         "(default: shipped models)")
     rd.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads (default 2)")
     rd.add_argument("--refine", type=int, default=4, metavar="N",
                     help="zoomed second detector pass for the best N small plates of an image: tighter boxes, "

@@ -20,7 +20,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -72,7 +72,7 @@ class _ReopenedCamera(_Camera):
                                    description="Longest wait between reopen attempts (the wait doubles up to it).")
 
     @model_validator(mode="after")
-    def _check_backoff(self) -> "_ReopenedCamera":
+    def _check_backoff(self) -> _ReopenedCamera:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s: must not be less than reconnect_min_s")
         return self
@@ -145,7 +145,7 @@ class RtspCameraConfig(_ReopenedCamera):
         return _former_path(data, "url")
 
     @model_validator(mode="after")
-    def _check_url(self) -> "RtspCameraConfig":
+    def _check_url(self) -> RtspCameraConfig:
         if not self.url.startswith(("rtsp://", "rtsps://")):
             raise ValueError("url: an rtsp camera needs an rtsp:// or rtsps:// URL")
         return self
@@ -160,7 +160,7 @@ class PiCameraConfig(_Camera):
     height: int | None = Field(None, ge=16, le=8192, description="Capture height in pixels (with width).")
 
     @model_validator(mode="after")
-    def _check_size(self) -> "PiCameraConfig":
+    def _check_size(self) -> PiCameraConfig:
         # picamera2 takes a whole size: one side alone would be ignored.
         if (self.width is None) != (self.height is None):
             raise ValueError("width: width and height go together")
@@ -172,8 +172,10 @@ _CAMERAS: tuple[type[_Camera], ...] = (FileCameraConfig, FolderCameraConfig, V4l
 #: The camera model of each ``camera.type``.
 CAMERA_TYPES: dict[str, type[_Camera]] = {get_args(m.model_fields["type"].annotation)[0]: m for m in _CAMERAS}
 #: One model per source type, chosen by ``type``: a key of another type is an error.
-CameraConfig = Annotated[Union[FileCameraConfig, FolderCameraConfig, V4l2CameraConfig, RtspCameraConfig,
-                               PiCameraConfig], Field(discriminator="type")]
+CameraConfig = Annotated[
+    FileCameraConfig | FolderCameraConfig | V4l2CameraConfig | RtspCameraConfig | PiCameraConfig,
+    Field(discriminator="type"),
+]
 
 
 class MotionConfig(StrictModel):
@@ -214,7 +216,7 @@ class DetectionConfig(StrictModel):
     motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
 
     @model_validator(mode="after")
-    def _check(self) -> "DetectionConfig":
+    def _check(self) -> DetectionConfig:
         # The cap stops zoomed looks only: the whole frame and the frame's tiles always run.
         if self.max_detector_runs and self.tiles >= 2 and not 0 < self.tiles_per_frame < self.max_detector_runs:
             raise ValueError(f"max_detector_runs: {self.max_detector_runs} runs a frame cannot hold the whole frame "
@@ -258,7 +260,7 @@ class TlsConfig(StrictModel):
     insecure: bool = Field(False, description="Skip the broker hostname check (testing only).")
 
     @model_validator(mode="after")
-    def _check(self) -> "TlsConfig":
+    def _check(self) -> TlsConfig:
         for key in ("ca_certs", "certfile", "keyfile"):
             path = getattr(self, key)
             if path is not None and not path.is_file():
@@ -295,7 +297,7 @@ class MqttConfig(StrictModel):
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant discovery.")
 
     @model_validator(mode="after")
-    def _check(self) -> "MqttConfig":
+    def _check(self) -> MqttConfig:
         if self.topic_prefix is not None and (self.topic_prefix.endswith("/") or set("#+") & set(self.topic_prefix)):
             raise ValueError("topic_prefix: no trailing '/' and no '+' or '#'")
         return self

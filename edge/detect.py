@@ -82,9 +82,9 @@ class Detection:
     box: tuple[float, float, float, float]
     score: float
     #: Other boxes of the same plate from other detector passes (tiles, zoomed looks), best guess first.
-    alternatives: tuple["Detection", ...] = ()
+    alternatives: tuple[Detection, ...] = ()
 
-    def candidates(self) -> tuple["Detection", ...]:
+    def candidates(self) -> tuple[Detection, ...]:
         """This box and its alternatives, each without alternatives of its own."""
         return (replace(self, alternatives=()), *self.alternatives)
 
@@ -136,7 +136,8 @@ def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return _intersection(a, b) / small if small > 0 else 0.0
 
 
-def _clear_of_cut_edges(box: tuple[float, ...], window: tuple[float, ...], frame_wh: tuple[int, int], pad: float) -> bool:
+def _clear_of_cut_edges(box: tuple[float, ...], window: tuple[float, ...], frame_wh: tuple[int, int],
+                        pad: float) -> bool:
     """Whether ``box`` stays ``pad`` inside every edge of ``window`` that cuts the frame (not a frame edge)."""
     fw, fh = frame_wh
     return ((window[0] == 0.0 or box[0] > window[0] + pad) and (window[1] == 0.0 or box[1] > window[1] + pad)
@@ -214,7 +215,8 @@ class PlateDetector:
                 # A plate cut by the tile's edge is only part of a plate: the whole frame (or the next tile) has it.
                 height = width * self.height / self.width
                 inner = (max(0.0, centre[0] - width / 2), max(0.0, centre[1] - height / 2),
-                         min(float(frame_wh[0]), centre[0] + width / 2), min(float(frame_wh[1]), centre[1] + height / 2))
+                         min(float(frame_wh[0]), centre[0] + width / 2),
+                         min(float(frame_wh[1]), centre[1] + height / 2))
                 pad = 1.5 * self.stride / lb.scale
                 tiled += [d for d in found if _clear_of_cut_edges(d.box, inner, frame_wh, pad)]
             dets = merge_tiles(dets, tiled)
@@ -226,7 +228,8 @@ class PlateDetector:
             out.append(d)
         return out
 
-    def refine_candidates(self, image: np.ndarray, det: Detection, max_runs: int | None = None) -> tuple[Detection, int]:
+    def refine_candidates(self, image: np.ndarray, det: Detection,
+                          max_runs: int | None = None) -> tuple[Detection, int]:
         """``det`` with each candidate box looked at again zoomed in (``refine``), and the detector runs spent.
 
         The refined main box becomes the detection's box; every box, first
@@ -241,14 +244,15 @@ class PlateDetector:
                 refined.append(self.refine(image, d))
             else:
                 refined.append(d)
-        ordered = [refined[0], first[0], *[x for pair in zip(first[1:], refined[1:]) for x in pair]]
+        ordered = [refined[0], first[0], *[x for pair in zip(first[1:], refined[1:], strict=True) for x in pair]]
         unique: list[Detection] = []
         for d in ordered:
             if all(not np.array_equal(d.quad, u.quad) for u in unique):
                 unique.append(d)
         return replace(unique[0], score=det.score, alternatives=tuple(unique[1:])), used
 
-    def tile_windows(self, frame_wh: tuple[int, int], columns: int, overlap: float = 0.15) -> list[tuple[tuple[float, float], float]]:
+    def tile_windows(self, frame_wh: tuple[int, int], columns: int,
+                     overlap: float = 0.15) -> list[tuple[tuple[float, float], float]]:
         """(centre, width) of ``columns`` overlapping columns of windows with the detector's aspect."""
         fw, fh = frame_wh
         tw = fw / columns * (1 + overlap)
@@ -262,9 +266,10 @@ class PlateDetector:
         """The model input showing ``width`` frame pixels around ``centre`` (outside the frame: black)."""
         scale = self.width / width
         ox, oy = centre[0] - width / 2, centre[1] - self.height / scale / 2
-        m = np.float32([[scale, 0, -ox * scale], [0, scale, -oy * scale]])
+        m = np.array([[scale, 0, -ox * scale], [0, scale, -oy * scale]], np.float32)
         # warpAffine has no area filter: tiles shrunk below the frame's size alias a little more than the letterbox.
-        out = cv2.warpAffine(image, m, (self.width, self.height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        out = cv2.warpAffine(image, m, (self.width, self.height), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT)
         return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), Letterbox(scale, (ox, oy))
 
     def _zoom_helps(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> bool:
@@ -293,5 +298,6 @@ class PlateDetector:
         inside = [d for d in found if x1 <= (d.box[0] + d.box[2]) / 2 <= x2 and y1 <= (d.box[1] + d.box[3]) / 2 <= y2]
         if not inside:
             return det
-        best = min(inside, key=lambda d: np.hypot((d.box[0] + d.box[2]) / 2 - centre[0], (d.box[1] + d.box[3]) / 2 - centre[1]))
+        best = min(inside, key=lambda d: np.hypot((d.box[0] + d.box[2]) / 2 - centre[0],
+                                                  (d.box[1] + d.box[3]) / 2 - centre[1]))
         return Detection(best.quad, best.box, det.score)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -40,7 +40,7 @@ class Topics:
     discovery_prefix: str = "homeassistant"
 
     @classmethod
-    def from_config(cls, cfg: MqttConfig) -> "Topics":
+    def from_config(cls, cfg: MqttConfig) -> Topics:
         """The topics of an ``mqtt`` configuration section."""
         return cls(cfg.prefix, cfg.device_id, cfg.discovery.prefix)
 

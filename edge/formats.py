@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,6 +61,8 @@ _TOKEN = re.compile(r"(\[[A-Z0-9]+\]|[A-Z])(?:\{(\d+)(?:,(\d+))?\})?")
 _COLOUR = r"^#[0-9A-Fa-f]{6}$"
 Colour = Annotated[str, Field(pattern=_COLOUR)]
 GapMark = Literal["gap", "none", "dash", "dot", "stamp", "crest", "seals", "emblem", "sticker", "flag"]
+#: A per-gap value: a display separator or a gap mark.
+_Gap = TypeVar("_Gap", bound=str)
 
 
 class FormatError(ValueError):
@@ -160,11 +162,11 @@ class FormatSpec(_Strict):
         return {"name": self.name, "groups": self.patterns, "separators": self.per_gap(self.separators, "separators"),
                 "share": self.share, "vehicle": self.vehicle}
 
-    def rule(self, code: str, classes: dict[str, str]) -> "PlateFormat":
+    def rule(self, code: str, classes: dict[str, str]) -> PlateFormat:
         """The compiled format of country ``code`` (without a prior: for drawing and rendering)."""
         return PlateFormat.from_part(code, classes, self.part(), 0.0)
 
-    def per_gap(self, value: str | list[str], what: str) -> list[str]:
+    def per_gap(self, value: _Gap | list[_Gap], what: str) -> list[_Gap]:
         n = len(self.groups) - 1
         if isinstance(value, str):
             return [value] * n
@@ -173,7 +175,7 @@ class FormatSpec(_Strict):
         return list(value)
 
     @model_validator(mode="after")
-    def _gaps_fit(self) -> "FormatSpec":
+    def _gaps_fit(self) -> FormatSpec:
         self.per_gap(self.separators, "separators")
         self.per_gap(self.gaps, "gaps")
         if self.two_row_share > 0 and self.two_row_split >= len(self.groups):
@@ -206,7 +208,7 @@ class Country(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _formats_ok(self) -> "Country":
+    def _formats_ok(self) -> Country:
         names = [f.name for f in self.formats]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -365,7 +367,7 @@ class PlateFormat:
         return sorted(set(s for s in seqs if s))
 
     @classmethod
-    def from_part(cls, code: str, classes: dict[str, str], part: dict[str, Any], prior: float) -> "PlateFormat":
+    def from_part(cls, code: str, classes: dict[str, str], part: dict[str, Any], prior: float) -> PlateFormat:
         """A format from its metadata form (``FormatSpec.part``) and its country's code and classes."""
         return cls(part["name"], code, tuple(part["groups"]), tuple(part["separators"]), tuple(sorted(classes.items())),
                    prior)
@@ -381,7 +383,7 @@ class PlateFormat:
         if groups is None:
             return None
         out = groups[0]
-        for sep, g in zip(self.separators, groups[1:]):
+        for sep, g in zip(self.separators, groups[1:], strict=False):
             out += sep + g
         return out
 
@@ -443,15 +445,15 @@ class FormatSet:
         self._tables: dict[int, tuple[np.ndarray, np.ndarray, list[PlateFormat]]] = {}
 
     @classmethod
-    def from_countries(cls, countries: list[Country], source: str = "") -> "FormatSet":
+    def from_countries(cls, countries: list[Country], source: str = "") -> FormatSet:
         return cls([c.format_part() for c in countries], source)
 
     @classmethod
-    def load(cls, *folders: Path | str | None) -> "FormatSet":
+    def load(cls, *folders: Path | str | None) -> FormatSet:
         """Formats of the country files in ``folders`` (see :func:`load_countries`)."""
         return cls.from_countries(load_countries(*folders), ", ".join(str(f) for f in folders if f))
 
-    def merged(self, other: "FormatSet") -> "FormatSet":
+    def merged(self, other: FormatSet) -> FormatSet:
         """This set with ``other``'s countries added (a country in both: ``other``'s file wins)."""
         codes = {c["code"] for c in other.countries}
         return FormatSet([c for c in self.countries if c["code"] not in codes] + other.countries,
@@ -463,7 +465,7 @@ class FormatSet:
         return {"sha256": hashlib.sha256(body.encode()).hexdigest(), "countries": self.countries}
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], source: str = "") -> "FormatSet":
+    def from_meta(cls, meta: dict[str, Any], source: str = "") -> FormatSet:
         countries = meta.get("countries")
         if not isinstance(countries, list):
             raise FormatError(f"{source}: formats.countries must be a list")
@@ -570,7 +572,7 @@ def _readings(peaks: list[int], best_char: np.ndarray, lp_blank: np.ndarray
         stretch = [t for t in range(bounds[g] + 1, bounds[g + 1]) if best_char[t] < lp_blank[t]]
         if stretch:
             t = max(stretch, key=lambda k: best_char[k])
-            out.append((peaks[:g] + [t] + peaks[g:], float(lp_blank[t] - best_char[t]), ()))
+            out.append(([*peaks[:g], t, *peaks[g:]], float(lp_blank[t] - best_char[t]), ()))
     return out
 
 

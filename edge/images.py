@@ -23,8 +23,9 @@ import io
 import os
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 #: Pixels an image may have: 50 Mpx, above 8K video (7680x4320, 33 Mpx) and 48 Mpx phone photos.
 #: Decoded as BGR that is at most 150 MB.
@@ -227,7 +228,7 @@ def image_size(data: bytes | BinaryIO) -> tuple[str, int, int]:
     f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     f.seek(0)
     kind, parse = _parser(f.read(16))
-    if parse is None:
+    if kind is None or parse is None:
         raise ImageError("<image>", f"not a decodable image (not {FORMATS})")
     try:
         width, height = parse(f)

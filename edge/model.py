@@ -37,6 +37,8 @@ from edge.formats import FormatError, FormatSet
 
 #: Version 2: typed sections, and the reader carries its plate formats.
 METADATA_SCHEMA = 2
+#: The two models of a set.
+ModelKind = Literal["detector", "reader"]
 ACCELERATORS = ("cpu", "edgetpu")
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 #: The model set shipped with the package, used when none is named.
@@ -64,7 +66,7 @@ def interpreter_class() -> Any:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+            from tflite_runtime.interpreter import Interpreter
         except ImportError as exc:
             raise ModelError(
                 "no TFLite runtime found: install ai-edge-litert (pip install ai-edge-litert)"
@@ -129,7 +131,7 @@ def edgetpu_path(tflite_path: Path) -> Path:
     return tflite_path.with_name(f"{tflite_path.stem}_edgetpu.tflite")
 
 
-def verify_edgetpu(tflite_path: Path, meta: "ModelMeta") -> Path:
+def verify_edgetpu(tflite_path: Path, meta: ModelMeta) -> Path:
     """The Edge TPU variant of ``tflite_path``, checked against ``edgetpu_sha256`` in its metadata."""
     tpu, meta_path = edgetpu_path(tflite_path), tflite_path.with_suffix(".json")
     if not tpu.is_file():
@@ -151,7 +153,7 @@ def load_edgetpu_delegate() -> tuple[Any | None, str]:
         from ai_edge_litert.interpreter import load_delegate
     except ImportError:
         try:
-            from tflite_runtime.interpreter import load_delegate  # type: ignore[no-redef]
+            from tflite_runtime.interpreter import load_delegate
         except ImportError:
             return None, "no TFLite runtime with load_delegate is installed"
     try:
@@ -176,7 +178,7 @@ class TensorSpec:
     zero_point: int
 
     @classmethod
-    def from_detail(cls, d: dict[str, Any]) -> "TensorSpec":
+    def from_detail(cls, d: dict[str, Any]) -> TensorSpec:
         scale, zp = d.get("quantization", (0.0, 0))
         return cls(tuple(int(v) for v in d["shape"]), np.dtype(d["dtype"]).name, float(scale), int(zp))
 
@@ -225,7 +227,7 @@ class ReaderMeta(_Meta):
     formats: FormatsMeta
 
     @model_validator(mode="after")
-    def _blank_in_classes(self) -> "ReaderMeta":
+    def _blank_in_classes(self) -> ReaderMeta:
         if self.blank not in self.classes:
             raise ValueError(f"blank {self.blank!r} is not one of the classes")
         return self
@@ -235,7 +237,7 @@ class ModelMeta(_Meta):
     """The metadata sidecar of one model (``NAME.json``): written by ``trainer.export``, read here."""
 
     schema_version: int = Field(alias="schema")
-    kind: Literal["detector", "reader"]
+    kind: ModelKind
     version: str
     file: str
     sha256: str
@@ -250,7 +252,7 @@ class ModelMeta(_Meta):
     reader: ReaderMeta | None = None
 
     @model_validator(mode="after")
-    def _section_of_kind(self) -> "ModelMeta":
+    def _section_of_kind(self) -> ModelMeta:
         if getattr(self, self.kind) is None:
             raise ValueError(f"a {self.kind} needs its '{self.kind}' section")
         return self

@@ -69,7 +69,7 @@ class MotionGate:
         if self._ref is None or thumb.shape != self._ref.shape:
             return True
         changed = np.count_nonzero(cv2.absdiff(thumb, self._ref) > self.cfg.pixel_delta)
-        return changed >= self.cfg.min_changed * thumb.size
+        return bool(changed >= self.cfg.min_changed * thumb.size)
 
     def accept(self, image: np.ndarray) -> None:
         """Make ``image`` the reference (it was inferred)."""

@@ -109,7 +109,7 @@ class Pipeline:
     @classmethod
     def from_dir(cls, models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu", refine: int = 4,
                  tiles: int = 2, tiles_per_frame: int = 0, max_runs: int = 0, extra_formats: FormatSet | None = None,
-                 max_cost: float = DEFAULT_MAX_COST) -> "Pipeline":
+                 max_cost: float = DEFAULT_MAX_COST) -> Pipeline:
         """Load the detector and reader of a model set directory (see ``edge.model.load_model_set``);
         ``extra_formats`` adds country files to the formats the reader carries."""
         det, rd = load_model_set(models_dir, num_threads, accelerator)

@@ -24,6 +24,7 @@ and TLS, for the daemon and for ``python -m edge health`` alike.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -31,7 +32,8 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -282,10 +284,9 @@ class Publisher:
         self._stopping = True
         if self.connected.is_set():
             info = self.client.publish(self.topics.status, STATUS_OFFLINE, qos=1, retain=True)
-            try:
+            # RuntimeError: the connection went away meanwhile, and the broker sends the will instead.
+            with contextlib.suppress(RuntimeError):
                 info.wait_for_publish(timeout=3)
-            except RuntimeError:
-                pass  # the connection went away meanwhile: the broker sends the will instead
         self.client.disconnect()
         self.client.loop_stop()
         self._settle()

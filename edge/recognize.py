@@ -47,7 +47,7 @@ def decode_ctc(probs: np.ndarray, classes: str, blank: str) -> PlateText:
     is its peak over its run, and the confidence is ``read_confidence`` of them.
     """
     text, peaks = greedy_peaks(probs, classes, blank)
-    char_probs = tuple(float(probs[t, classes.index(c)]) for t, c in zip(peaks, text))
+    char_probs = tuple(float(probs[t, classes.index(c)]) for t, c in zip(peaks, text, strict=True))
     return PlateText(text, None, None, char_probs, text)
 
 

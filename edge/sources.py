@@ -18,12 +18,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from edge.config import (CameraConfig, FileCameraConfig, FolderCameraConfig, PiCameraConfig, RtspCameraConfig,
-                         V4l2CameraConfig, redact_url)
+from edge.config import (
+    CameraConfig,
+    FileCameraConfig,
+    FolderCameraConfig,
+    PiCameraConfig,
+    RtspCameraConfig,
+    V4l2CameraConfig,
+    redact_url,
+)
 from edge.images import IMAGE_SUFFIXES, ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -113,7 +121,7 @@ class _Paced(Source):
 class FileSource(_Paced):
     """A video file (anything OpenCV's FFmpeg backend decodes)."""
 
-    def __init__(self, cfg: CameraConfig) -> None:
+    def __init__(self, cfg: FileCameraConfig) -> None:
         super().__init__(cfg)
         if not Path(cfg.path).is_file():
             raise SourceError(f"camera.path: video file not found: {cfg.path}")
@@ -160,7 +168,7 @@ class FileSource(_Paced):
 class FolderSource(_Paced):
     """A folder of images, in file-name order, at ``camera.fps``."""
 
-    def __init__(self, cfg: CameraConfig) -> None:
+    def __init__(self, cfg: FolderCameraConfig) -> None:
         super().__init__(cfg)
         if not Path(cfg.path).is_dir():
             raise SourceError(f"camera.path: image folder not found: {cfg.path}")
@@ -271,7 +279,7 @@ class PiCameraSource(Source):
         from picamera2 import Picamera2
 
         cam = Picamera2()
-        main = {"format": "RGB888"}  # picamera2's RGB888 is B, G, R in memory: what OpenCV expects
+        main: dict[str, Any] = {"format": "RGB888"}  # picamera2's RGB888 is B, G, R in memory: what OpenCV expects
         if self.cfg.width and self.cfg.height:
             main["size"] = (self.cfg.width, self.cfg.height)
         controls = {"FrameRate": self.cfg.fps} if self.cfg.fps else {}

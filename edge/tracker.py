@@ -56,8 +56,9 @@ import datetime as dt
 import math
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from edge.config import TrackingConfig
 from edge.detect import box_iou
@@ -132,7 +133,7 @@ class Event:
 
 def iso_utc(ts: float) -> str:
     """ISO 8601 UTC with milliseconds and a Z."""
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 iou = box_iou  # one definition, in edge.detect
@@ -166,7 +167,7 @@ class Track:
         weights = obs.char_confidences if obs.char_confidences and len(obs.char_confidences) == n \
             else (obs.confidence,) * n
         positions = self.votes.setdefault(n, [defaultdict(float) for _ in range(n)])
-        for pos, (ch, w) in enumerate(zip(obs.text, weights)):
+        for pos, (ch, w) in enumerate(zip(obs.text, weights, strict=True)):
             positions[pos][ch] += w
         self.length_weight[n] += obs.confidence
         self.length_reads[n] += 1
@@ -193,7 +194,7 @@ class Track:
         if all_weight <= 0 or weight <= 0 or not positions:
             return text, 0.0, agree
         log_share = 0.0
-        for ch, pos in zip(text, positions):
+        for ch, pos in zip(text, positions, strict=True):
             total = sum(pos.values())
             if pos[ch] <= 0 or total <= 0:  # every read of the position had confidence 0
                 return text, 0.0, agree
@@ -287,7 +288,7 @@ class Tracker:
     def _maybe_confirm(self, track: Track) -> Event | None:
         if track.confirmed or track.silent:
             return None
-        text, conf, agree = voted = track.voted()
+        text, _, _ = voted = track.voted()
         if not self._confident(track, voted):
             return None
         seen = self.recent.get(text)
@@ -330,5 +331,5 @@ class Tracker:
                      best.confidence if best else 0.0, track.crop)
 
     def _new_id(self, ts: float) -> str:
-        stamp = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3]
+        stamp = dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y%m%dT%H%M%S%f")[:-3]
         return f"{self.camera}-{stamp}Z-{uuid.uuid4().hex[:6]}"

@@ -70,9 +70,10 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -220,7 +221,7 @@ class Layout:
 
 
 def frames_of(seconds: float, fps: float) -> int:
-    return int(round(seconds * fps))
+    return round(seconds * fps)
 
 
 def schedule(vehicles: list[Vehicle], fps: float, hold_s: float, gap_s: float,
@@ -240,17 +241,20 @@ def schedule(vehicles: list[Vehicle], fps: float, hold_s: float, gap_s: float,
     deferred: list[Vehicle] = []
     last_slot: dict[str, int] = {}
     order: list[tuple[Vehicle, bool]] = []
+
+    def ok(v: Vehicle, slot: int) -> bool:
+        return slot - last_slot.get(v.label, -min_slots) >= min_slots
+
     while pending or deferred:
         slot = len(order)
-        ok = lambda v: slot - last_slot.get(v.label, -min_slots) >= min_slots  # noqa: E731
-        pick = next((v for v in deferred if ok(v)), None)
+        pick = next((v for v in deferred if ok(v, slot)), None)
         if pick is not None:
             deferred.remove(pick)
         else:
-            while pending and not ok(pending[0]):
+            while pending and not ok(pending[0], slot):
                 deferred.append(pending.popleft())
             pick = pending.popleft() if pending else deferred.pop(0)
-        order.append((pick, not ok(pick)))
+        order.append((pick, not ok(pick, slot)))
         last_slot[pick.label] = slot
     for i, (v, close) in enumerate(order):
         first = i * layout.period
@@ -288,7 +292,7 @@ def build_clip(vehicles: list[Vehicle], path: Path, fps: float = 10.0, hold_s: f
     by_file = {v.file: v for v in vehicles}
     rng = np.random.default_rng(seed)
     w, h = FRAME_SIZE
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME_SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, FRAME_SIZE)
     if not writer.isOpened():
         raise RunError(f"{path}: OpenCV cannot write an mp4v video here")
     grey = np.full((h, w, 3), GREY, np.uint8)
@@ -302,7 +306,7 @@ def build_clip(vehicles: list[Vehicle], path: Path, fps: float = 10.0, hold_s: f
             for j in range(layout.hold_frames):
                 zoom = 1 + ZOOM * j / max(1, layout.hold_frames - 1)
                 dx, dy = rng.integers(-JITTER_PX, JITTER_PX + 1, size=2)
-                m = np.float32([[zoom, 0, (1 - zoom) * w / 2 + dx], [0, zoom, (1 - zoom) * h / 2 + dy]])
+                m = np.array([[zoom, 0, (1 - zoom) * w / 2 + dx], [0, zoom, (1 - zoom) * h / 2 + dy]], np.float32)
                 writer.write(cv2.warpAffine(base, m, FRAME_SIZE, flags=cv2.INTER_LINEAR,
                                             borderMode=cv2.BORDER_CONSTANT, borderValue=(GREY, GREY, GREY)))
             for _ in range(layout.gap_frames):
@@ -339,7 +343,7 @@ def align(layout: Layout, events: list[dict], after_open: float) -> tuple[float,
     """(t0, frames it was moved back): ``clip_start``, moved back by the fewest frames (at most a gap) that
     leave the fewest events in grey gaps."""
     t0 = clip_start(events, after_open, layout.fps)
-    frames = [int(round((parse_iso(e["first_seen"]) - t0) * layout.fps)) for e in events]
+    frames = [round((parse_iso(e["first_seen"]) - t0) * layout.fps) for e in events]
     best = min(range(layout.gap_frames + 1),
                key=lambda j: (sum(layout.vehicle_at(f + j) is None for f in frames), j))
     return t0 - best / layout.fps, best
@@ -358,14 +362,15 @@ def score(layout: Layout, events: list[dict], t0: float) -> dict:
         if key not in seen:
             seen.add(key)
             unique.append(e)
-    rows = [{"index": s.index, "file": s.file, "line": s.line, "label": s.label, "outcome": "missed",
-             "window_s": [s.start_s, s.end_s], "new_texts": [], "end_texts": [], "ids": [],
-             "close_repeat": s.close_repeat} for s in layout.shown]
+    rows: list[dict[str, Any]] = [
+        {"index": s.index, "file": s.file, "line": s.line, "label": s.label, "outcome": "missed",
+         "window_s": [s.start_s, s.end_s], "new_texts": [], "end_texts": [], "ids": [], "close_repeat": s.close_repeat}
+        for s in layout.shown]
     extra: list[dict] = []
     news: dict[str, dict] = {}
     ends: dict[str, dict] = {}
     for e in unique:
-        frame = int(round((parse_iso(e["first_seen"]) - t0) * fps))
+        frame = round((parse_iso(e["first_seen"]) - t0) * fps)
         vi = layout.vehicle_at(frame)
         kind = e.get("type")
         if kind == "new":
@@ -615,7 +620,7 @@ def evaluate_set(folder: Path, vehicles: list[Vehicle], port: int, tag: str, opt
 
 
 def _utc(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def format_table(results: list[dict]) -> str:
@@ -692,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    measured_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    measured_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results = []
     with tempfile.TemporaryDirectory(prefix="edge-vehicle-eval-broker-") as tmp:
         try:

@@ -40,7 +40,7 @@ class _Loader(yaml.SafeLoader):
         self.text_keys = text_keys
         self.depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         # Refused before anything is expanded.
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
@@ -55,7 +55,8 @@ class _Loader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
-    def check_node(self, node: yaml.Node, where: str = "") -> None:
+    # Not ``check_node``: that is PyYAML's own (is there another document?), which load_all and check_data call.
+    def check_tree(self, node: yaml.Node, where: str = "") -> None:
         """Refuse duplicate keys, naming the key and both lines; tag plain scalars of text keys as strings."""
         if isinstance(node, yaml.MappingNode):
             first: dict[Any, int] = {}
@@ -67,11 +68,12 @@ class _Loader(yaml.SafeLoader):
                     if key in first:
                         raise _Refused(f"{here}: duplicate key at line {line} (first at line {first[key]})")
                     first[key] = line
-                self.check_node(value_node, here)
+                self.check_tree(value_node, here)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                self.check_node(item, f"{where}[{i}]")
-        elif node.style is None and node.tag in _NUMBER_TAGS and where in self.text_keys:
+                self.check_tree(item, f"{where}[{i}]")
+        elif (isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in _NUMBER_TAGS
+              and where in self.text_keys):
             node.tag = _STR_TAG  # the text as written: 0123 stays 0123, 1.10 stays 1.10
 
 
@@ -110,7 +112,7 @@ def load_yaml(path: str | Path, text_keys: set[str] | frozenset[str] = frozenset
         node = loader.get_single_node()
         if node is None:
             return None
-        loader.check_node(node)
+        loader.check_tree(node)
         return loader.construct_document(node)
     except _Refused as exc:
         raise YamlError(f"{p}: {exc}") from None

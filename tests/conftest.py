@@ -24,6 +24,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# The emulated device's fixtures (clip, truth, broker, subscriber) are defined in tests/daemon/harness.py and
+# loaded from here as a plugin, for any test to request; the folder goes on sys.path first, as pytest would put
+# it there only when it collects a test module from it.
+sys.path.insert(0, str(ROOT / "tests" / "daemon"))
+pytest_plugins = ["harness"]
+
 #: Whether the trainer can run here: its tests, the training end to end and the harness clip's models need it.
 TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 NO_TENSORFLOW = "needs the trainer, and TensorFlow is not installed (the edge alone, as on a Pi)"
@@ -126,7 +132,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _harness_build.update(out=out, proc=proc, log=log, tmp=tmp)
 
 
-def harness_build() -> tuple[Path, "subprocess.Popen[bytes]", Path] | None:
+def harness_build() -> tuple[Path, subprocess.Popen[bytes], Path] | None:
     """The clip build started at collection (clip dir, process, its log), if any."""
     if not _harness_build:
         return None
@@ -178,8 +184,8 @@ def untrained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not TENSORFLOW:
         shutil.copytree(ROOT / "edge" / "models", out / "shipped")
         return out / "shipped"
-    from trainer.export import export_model
     from trainer.data import DETECTOR_INPUT
+    from trainer.export import export_model
     from trainer.nets import build_detector, build_reader
 
     rng = np.random.default_rng(0)
@@ -191,7 +197,7 @@ def untrained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "int8"
 
 
-def run_edge(*args: str, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+def run_edge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``python -m edge ARGS`` as a user would, from the repository root."""
     import subprocess
 

@@ -96,6 +96,21 @@ def test_make_targets_run_the_tools_and_list_the_slowest_tests() -> None:
     assert any(line.endswith("-e '.[daemon,test]'") and ".venv-edge/" in line for line in installs), installs
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_lint_runs_ruff_and_mypy_of_the_venv_before_ci_runs_the_tests() -> None:
+    proc = subprocess.run(["make", "-n", "-B", "lint"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert ".venv/bin/ruff check ." in lines and ".venv/bin/mypy" in lines, proc.stdout
+    assert any(line.endswith("-e '.[daemon,trainer,test,lint]'") and "-c deploy/constraints.txt" in line
+               for line in lines), proc.stdout
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "make lint" in ci and ci.index("make lint") < ci.index("make test"), ci
+    tool = pyproject()["tool"]
+    assert {"E", "W", "F", "I", "B", "UP", "SIM", "RUF"} <= set(tool["ruff"]["lint"]["select"])
+    assert "pydantic.mypy" in tool["mypy"]["plugins"] and {"edge", "trainer"} <= set(tool["mypy"]["files"])
+
+
 def test_readme_names_what_make_installs_and_only_targets_that_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     intro = " ".join(readme.split("## Where the shipped models stand")[0].split())

@@ -88,12 +88,13 @@ def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() ->
         """Stand-in pipeline: a plate read badly, then well, then a part of it less surely; another plate once."""
 
         tiles, tiles_per_frame = 2, 1
-        frames = [[plate("AB12CD", (100, 100, 200, 140), (0.9, 0.4, 0.9, 0.9, 0.9, 0.9))],
-                  [plate("AB12CDE", (102, 101, 201, 141), (0.95,) * 7)],
-                  [plate("CDE", (160, 100, 200, 140), (0.9,) * 3), plate("XY51ABC", (400, 300, 480, 330), (0.8,) * 7)],
-                  []]
 
         def __init__(self) -> None:
+            self.frames = [[plate("AB12CD", (100, 100, 200, 140), (0.9, 0.4, 0.9, 0.9, 0.9, 0.9))],
+                           [plate("AB12CDE", (102, 101, 201, 141), (0.95,) * 7)],
+                           [plate("CDE", (160, 100, 200, 140), (0.9,) * 3),
+                            plate("XY51ABC", (400, 300, 480, 330), (0.8,) * 7)],
+                           []]
             self.shown, self.restarted = 0, False
 
         def restart_tiles(self) -> None:

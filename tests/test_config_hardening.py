@@ -12,11 +12,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.config import (MAX_CONFIG_BYTES, ConfigError, FileCameraConfig, PiCameraConfig,
-                         RtspCameraConfig, V4l2CameraConfig, load_config, parse_config, redact_url,
-                         resolved_yaml)
+from edge.config import (
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    FileCameraConfig,
+    PiCameraConfig,
+    RtspCameraConfig,
+    V4l2CameraConfig,
+    load_config,
+    parse_config,
+    redact_url,
+    resolved_yaml,
+)
 from edge.sources import FileSource, StreamSource, open_source
-from edge.yamlsafe import MAX_YAML_DEPTH
+from edge.yamlsafe import MAX_YAML_DEPTH, _Loader
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "deploy").glob("*.yaml"))
@@ -82,6 +91,19 @@ def test_nesting_deeper_than_the_limit_is_refused_without_a_traceback(tmp_path: 
     assert f"line 2: nested deeper than {MAX_YAML_DEPTH} levels" in message, message
     proc = edge_cli("check-config", str(write(tmp_path, FILE_CAMERA + f"detection: {deep}\n")))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_safe_loader_keeps_pyyamls_own_document_check() -> None:
+    """The duplicate-key check has a name of its own: PyYAML's ``check_node`` (is there another document?), which
+    ``check_data`` and multi-document reading call, still answers on the loader."""
+    loader = _Loader("a: 1\n---\nb: 2\n", set())
+    try:
+        docs = []
+        while loader.check_data():
+            docs.append(loader.get_data())
+    finally:
+        loader.dispose()
+    assert docs == [{"a": 1}, {"b": 2}]
 
 
 @pytest.mark.parametrize("text, key, line, first", [

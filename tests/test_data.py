@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
-from trainer.data import (PLATE_MAX_WEIGHT, PLATE_REF_CELLS, generate, jitter_quad, load_set, plate_mask, plate_weights, save_set,
-                          transplant_plate)
+from trainer.data import (
+    PLATE_MAX_WEIGHT,
+    PLATE_REF_CELLS,
+    generate,
+    jitter_quad,
+    load_set,
+    plate_mask,
+    plate_weights,
+    save_set,
+    transplant_plate,
+)
 from trainer.evaluate import read_labels
 
 
@@ -76,8 +85,9 @@ def test_jitter_quad_stays_near_the_plate() -> None:
 def test_reader_set_labels_decode_back_to_text(tmp_path: Path) -> None:
     data = generate("reader", 12, seed=3, workers=1, progress=False)
     assert data["x"].shape == (12, 64, 192) and data["x"].dtype == np.uint8
-    for y, text in zip(data["y"], data["text"]):
-        top, bottom = ("".join(READER_CLASSES[k] for k in half).rstrip(BLANK) for half in (y[:MAX_CHARS], y[MAX_CHARS:]))
+    for y, text in zip(data["y"], data["text"], strict=True):
+        top, bottom = ("".join(READER_CLASSES[k] for k in half).rstrip(BLANK)
+                       for half in (y[:MAX_CHARS], y[MAX_CHARS:]))
         assert top + bottom == text and top
     assert data["y"].shape == (12, 2 * MAX_CHARS)
     save_set(tmp_path / "r.npz", data, {"kind": "reader"})
@@ -93,7 +103,7 @@ def test_generation_is_deterministic() -> None:
 
 
 def test_missing_set_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.npz: data set not found"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.npz: data set not found"):
         load_set(tmp_path / "nope.npz")
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.detect import Detection, Letterbox, PlateDetector, letterbox, mask_to_detections, merge_tiles, order_quad, rect_quad
+from edge.detect import (
+    Detection,
+    Letterbox,
+    PlateDetector,
+    letterbox,
+    mask_to_detections,
+    merge_tiles,
+    order_quad,
+    rect_quad,
+)
 
 
 def test_letterbox_keeps_aspect_and_converts_to_rgb() -> None:
@@ -70,7 +79,7 @@ class _Oracle(PlateDetector):
 
     def probabilities(self, pixels):
         self.runs += 1
-        if self.quad is None or self.runs > 1 and self.quad is _HIDDEN:
+        if self.quad is None or (self.runs > 1 and self.quad is _HIDDEN):
             return np.zeros((self.height // 4, self.width // 4), np.float32)
         q = (self.quad - np.float32(self.lb.offset)) * self.lb.scale
         return _coverage(q, self.height, self.width, self.stride)
@@ -129,7 +138,7 @@ def test_tile_windows_cover_the_frame_with_the_detector_aspect() -> None:
     det = _Oracle(None)
     wins = det.tile_windows((1280, 720), 2)
     assert len(wins) == 4  # 2 columns, and 2 rows for a 16:9 frame
-    for (cx, cy), w in wins:
+    for _, w in wins:
         assert abs(w - 1280 / 2 * 1.15) < 1e-6
     xs = sorted({c[0] for c, _ in wins})
     ys = sorted({c[1] for c, _ in wins})

@@ -115,13 +115,13 @@ def test_reader_learned_and_int8_reads_like_float(trained: Path) -> None:
         reads[precision] = [reader.read_crop(c).text for c in crops]
     # The tiny reader learned these 4 plate texts: reading them back proves that labels, CTC training
     # and the edge's decoding agree. A reader whose labels and decoding disagree stays near 0.
-    chars = float(np.mean([_char_accuracy(t, r) for t, r in zip(truth, reads["float"])]))
+    chars = float(np.mean([_char_accuracy(t, r) for t, r in zip(truth, reads["float"], strict=True)]))
     print(f"float char accuracy {chars:.3f}")
     assert chars > 0.2, f"float reader char accuracy {chars:.3f} on its own training plates"
-    same = float(np.mean([a == b for a, b in zip(reads["float"], reads["int8"])]))
+    same = float(np.mean([a == b for a, b in zip(reads["float"], reads["int8"], strict=True)]))
     print(f"int8 = float on {same:.3f}")
     assert same >= 0.25, f"int8 and float read the same text on only {same:.0%} of the plates"
-    chars8 = float(np.mean([_char_accuracy(t, r) for t, r in zip(truth, reads["int8"])]))
+    chars8 = float(np.mean([_char_accuracy(t, r) for t, r in zip(truth, reads["int8"], strict=True)]))
     print(f"int8 char accuracy {chars8:.3f}")
     assert abs(chars8 - chars) < 0.2, (chars8, chars)
 
@@ -167,5 +167,5 @@ def test_keras_networks_start_from_exported_int8_models(trained: Path) -> None:
     got = check(detector, int8 / "detector.tflite", "detector", frames)["mean_abs_diff"]
     assert got < 2 * exported["mean_abs_diff"] + 0.005, (got, exported)
     # Another architecture is refused, naming the file.
-    with pytest.raises(ValueError, match="reader.tflite"):
+    with pytest.raises(ValueError, match=r"reader\.tflite"):
         load_int8_weights(build_detector(*frames.shape[1:3]), int8 / "reader.tflite")

@@ -208,8 +208,14 @@ def test_missing_files_directories_fifos_and_oversized_files(tmp_path: Path) -> 
     fifo = tmp_path / "fifo.jpg"
     os.mkfifo(fifo)
     done: list[BaseException] = []
+
+    def read_fifo() -> None:
+        with pytest.raises(ImageError) as refused:
+            decode_image(fifo)
+        done.append(refused.value)
+
     # No writer ever opens the FIFO: opening it for reading without O_NONBLOCK would never return.
-    t = threading.Thread(target=lambda: done.append(pytest.raises(ImageError, decode_image, fifo).value), daemon=True)
+    t = threading.Thread(target=read_fifo, daemon=True)
     t.start()
     t.join(10)
     assert done and str(done[0]) == f"{fifo}: not a regular file"

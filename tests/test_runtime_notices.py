@@ -27,9 +27,8 @@ def test_only_the_notice_is_dropped_and_the_rest_keeps_its_order(capfd: pytest.C
 
 
 def test_an_error_inside_leaves_stderr_restored(capfd: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ValueError, match="inside"):
-        with runtime_notices_dropped():
-            os.write(2, b"written before the error\n")
-            raise ValueError("inside")
+    with pytest.raises(ValueError, match="inside"), runtime_notices_dropped():
+        os.write(2, b"written before the error\n")
+        raise ValueError("inside")
     os.write(2, b"written after\n")
     assert capfd.readouterr().err == "written before the error\nwritten after\n"

@@ -57,7 +57,7 @@ def _checkpoint(run: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
 def _log(run: Path) -> list[dict]:
     lines = (run / "log.csv").read_text().splitlines()
     keys = lines[0].split(",")
-    return [dict(zip(keys, line.split(","))) for line in lines[1:]]
+    return [dict(zip(keys, line.split(","), strict=True)) for line in lines[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,9 @@ def test_resume_restores_weights_optimizer_state_epoch_and_step(runs: SimpleName
     assert f"resuming {runs.parts} at epoch 2 step 1" in runs.resume_stderr
     assert runs.restored["iterations"] == STOP_AT
     assert len(runs.restored["weights"]) == len(weights)
-    for got, want in zip(runs.restored["weights"], weights):  # BatchNorm's moving statistics included
+    for got, want in zip(runs.restored["weights"], weights, strict=True):  # BatchNorm's moving statistics included
         np.testing.assert_array_equal(got, want)
-    for got, want in zip(runs.restored["opt_vars"], opt_vars):  # Adam's moments and its step
+    for got, want in zip(runs.restored["opt_vars"], opt_vars, strict=True):  # Adam's moments and its step
         np.testing.assert_array_equal(got, want)
     info = runs.resumed_info
     assert info["finished"] and (info["epochs_run"], info["global_step"]) == (2, 2 * STEPS_PER_EPOCH)
@@ -151,7 +151,7 @@ def test_stopped_and_resumed_run_ends_like_an_uninterrupted_one(runs: SimpleName
     # and agree to the bit. The tolerance only leaves room for a multi-threaded reduction summing in
     # another order; a resume that loses anything (a batch order, Adam's moments, the schedule's step)
     # ends 0.1 or more apart on these weights.
-    for a, b in zip(whole_w + whole_opt, parts_w + parts_opt):
+    for a, b in zip(whole_w + whole_opt, parts_w + parts_opt, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
@@ -207,7 +207,7 @@ def test_an_unresumable_run_folder_is_refused_and_fresh_starts_over(
     assert (run / "model.keras").read_bytes() != b"a model of an older trainer"
     # A damaged checkpoint is named, not taken for a fresh start.
     (run / "checkpoint.npz").write_bytes(b"half a checkpoint")
-    with pytest.raises(ValueError, match="checkpoint.npz: unreadable checkpoint"):
+    with pytest.raises(ValueError, match=r"checkpoint\.npz: unreadable checkpoint"):
         T.train("reader", tiny_set, run, threads=1, verbose=0)
 
 

@@ -12,8 +12,20 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.vehicle_eval import (GREY, LabelError, Layout, Shown, Vehicle, align, build_clip, clip_start, main,
-                               read_labels, schedule, score)
+from edge.vehicle_eval import (
+    GREY,
+    LabelError,
+    Layout,
+    Shown,
+    Vehicle,
+    align,
+    build_clip,
+    clip_start,
+    main,
+    read_labels,
+    schedule,
+    score,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000.0  # the daemon's clip clock start in the hand-made events
@@ -75,7 +87,7 @@ def test_bad_rows_name_file_and_line_and_exit_2(tmp_path: Path, capsys: pytest.C
 
 
 def test_missing_labels_and_undecodable_image(tmp_path: Path) -> None:
-    with pytest.raises(LabelError, match="no labels.tsv"):
+    with pytest.raises(LabelError, match=r"no labels\.tsv"):
         read_labels(tmp_path)
     folder = _folder(tmp_path, ["AB12CDE"])
     (folder / "car0.jpg").write_bytes(b"not a jpeg")
@@ -141,7 +153,7 @@ def _layout(labels: list[str]) -> Layout:
 
 def iso_utc(ts: float) -> str:
     """The events' stamp form: ISO 8601 UTC, milliseconds, Z."""
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ev(kind: str, eid: str, text: str, frame: int, t0: float = T0) -> dict:

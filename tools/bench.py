@@ -59,8 +59,8 @@ def _set_mode(pipe: Pipeline, mode: str) -> None:
 
 def _frames(n: int) -> list[np.ndarray]:
     """1280x720 frames: the demo images scaled to 720p, else a synthetic-noise frame."""
-    frames = [cv2.imread(str(p)) for p in sorted(DEMO_DIR.glob("*.jpg"))]
-    frames = [cv2.resize(f, (1280, 720)) for f in frames if f is not None]
+    read = [cv2.imread(str(p)) for p in sorted(DEMO_DIR.glob("*.jpg"))]
+    frames: list[np.ndarray] = [cv2.resize(f, (1280, 720)) for f in read if f is not None]
     if not frames:
         frames = [np.random.default_rng(0).integers(0, 256, (720, 1280, 3), np.uint8)]
     return [frames[i % len(frames)] for i in range(n)]
@@ -82,10 +82,27 @@ def _time(fn, repeat: int) -> list[float]:
     return out
 
 
+def _measure(pipe: Pipeline, frames: list[np.ndarray], repeat: int) -> dict:
+    """Timings of one pipeline: detector, reader per plate, and end to end with read's settings and the device's."""
+    det_in, _ = pipe.detector.prepare(frames[0])
+    crop = np.full((pipe.reader.height, pipe.reader.width), 128, np.uint8)
+    cycle = itertools.cycle(frames)
+    out = {
+        "detector": _stats(_time(lambda: pipe.detector.probabilities(det_in), repeat)),
+        "reader_per_plate": _stats(_time(lambda: pipe.reader.read_crop(crop), repeat)),
+        "end_to_end_720p": _stats(_time(lambda: pipe(next(cycle)), repeat)),
+    }
+    # The Pi's deploy/config.device.yaml: one tile a frame in turn, at most 3 detector runs a frame.
+    _set_mode(pipe, "device_config")
+    out["end_to_end_720p_device_config"] = _stats(_time(lambda: pipe(next(cycle)), repeat))
+    return out
+
+
 def run(models: Path, repeat: int) -> dict:
     """Measure everything; returns the result dict."""
     frames = _frames(8)
-    result: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    result: dict = {"machine": {"platform": platform.platform(),
+                                "processor": platform.processor() or platform.machine(),
                                 "python": platform.python_version()},
                     "models": {}, "threads": {}}
     for path in model_paths(models):
@@ -93,18 +110,7 @@ def run(models: Path, repeat: int) -> dict:
         result["models"][meta.kind] = {"file": path.name, "size_bytes": path.stat().st_size, "macs": meta.macs,
                                         "input": meta.input.shape, "dtype": meta.input.dtype}
     for threads in (1, 2):
-        pipe = Pipeline.from_dir(models, num_threads=threads)
-        det_in, _ = pipe.detector.prepare(frames[0])
-        crop = np.full((pipe.reader.height, pipe.reader.width), 128, np.uint8)
-        cycle = itertools.cycle(frames)
-        result["threads"][threads] = {
-            "detector": _stats(_time(lambda: pipe.detector.probabilities(det_in), repeat)),
-            "reader_per_plate": _stats(_time(lambda: pipe.reader.read_crop(crop), repeat)),
-            "end_to_end_720p": _stats(_time(lambda: pipe(next(cycle)), repeat)),
-        }
-        # The Pi's deploy/config.device.yaml: one tile a frame in turn, at most 3 detector runs a frame.
-        _set_mode(pipe, "device_config")
-        result["threads"][threads]["end_to_end_720p_device_config"] = _stats(_time(lambda: pipe(next(cycle)), repeat))
+        result["threads"][threads] = _measure(Pipeline.from_dir(models, num_threads=threads), frames, repeat)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     det_macs = result["models"].get("detector", {}).get("macs") or 0
     rd_macs = result["models"].get("reader", {}).get("macs") or 0
@@ -133,8 +139,9 @@ def _count_runs(models: Path, frames: list[np.ndarray], modes: list[str]) -> dic
             return fn(*args, **kwargs)
         return wrapper
 
-    pipe.detector.probabilities = counted(pipe.detector.probabilities, "detector_passes")
-    pipe.reader.read_crop = counted(pipe.reader.read_crop, "reader_runs")
+    # Wrapped on this one instance to count its calls: the ignores are for that, on purpose.
+    pipe.detector.probabilities = counted(pipe.detector.probabilities, "detector_passes")  # type: ignore[method-assign]
+    pipe.reader.read_crop = counted(pipe.reader.read_crop, "reader_runs")  # type: ignore[method-assign]
     out = {}
     for mode in modes:
         _set_mode(pipe, mode)
@@ -175,7 +182,8 @@ def print_table(r: dict) -> None:
     print(f"machine: {r['machine']['processor']} ({r['machine']['platform']})")
     for kind, m in r["models"].items():
         macs = f"{m['macs'] / 1e6:.1f} MMAC" if m.get("macs") else "-"
-        print(f"  {kind:<9} {m['file']:<16} {m['size_bytes'] / 1024:8.1f} KiB  {macs:>12}  input {m['input']} {m['dtype']}")
+        print(f"  {kind:<9} {m['file']:<16} {m['size_bytes'] / 1024:8.1f} KiB  {macs:>12}  "
+              f"input {m['input']} {m['dtype']}")
     print(f"{'stage':<32}{'threads':>8}{'median ms':>11}{'p95 ms':>9}{'fps':>8}")
     for threads, stages in r["threads"].items():
         for stage, s in stages.items():
@@ -196,7 +204,8 @@ def print_table(r: dict) -> None:
             if "error" in res:
                 print(f"{name:<14}error: {res['error']}")
                 continue
-            for who, f in (("this model set", res.get("ours")), ("  device config, per turn", res.get("ours_device_config")),
+            for who, f in (("this model set", res.get("ours")),
+                           ("  device config, per turn", res.get("ours_device_config")),
                            ("OpenALPR 2.3 (reference)", res["openalpr_2_3_reference"])):
                 if not f:
                     continue
@@ -214,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=50, help="timed runs per measurement")
     ap.add_argument("--out", type=Path, default=Path("bench/results.json"), help="JSON results file")
     ap.add_argument("--real", type=Path, action="append", default=None,
-                    help="labelled real set (folder with labels.tsv; repeatable). Default: ../shared/data/real/* if present")
+                    help="labelled real set (folder with labels.tsv; repeatable). "
+                         "Default: ../shared/data/real/* if present")
     ap.add_argument("--scorer", type=Path, default=SHARED / "eval" / "run_eval.py", help="the real-set scorer")
     ap.add_argument("--no-real", action="store_true", help="skip the real sets")
     args = ap.parse_args(argv)

@@ -72,8 +72,9 @@ def run(clip: Path, models: Path | None, raw: bool, timeout: float) -> int:
         }
         cfg_path = workdir / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(config))
-        print(f"mosquitto on 127.0.0.1:{port}; daemon on {clip.relative_to(ROOT) if clip.is_relative_to(ROOT) else clip} "
-              f"({truth['frames']} frames); subscribed to {PREFIX}/#", flush=True)
+        shown = clip.relative_to(ROOT) if clip.is_relative_to(ROOT) else clip
+        print(f"mosquitto on 127.0.0.1:{port}; daemon on {shown} ({truth['frames']} frames); "
+              f"subscribed to {PREFIX}/#", flush=True)
         start = time.monotonic()
         try:
             code = subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(cfg_path)], cwd=ROOT,
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m tools.demo [--clip FILE] [--models DIR] [--json] [--timeout S]``."""
     ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clip", type=Path, default=ROOT / "demo" / "clip.mp4", help="video with <clip>.json truth beside it")
+    ap.add_argument("--clip", type=Path, default=ROOT / "demo" / "clip.mp4",
+                    help="video with <clip>.json truth beside it")
     ap.add_argument("--models", type=Path, default=None, help="model set directory (default: the shipped models)")
     ap.add_argument("--json", action="store_true", help="print each received message as raw JSON")
     ap.add_argument("--timeout", type=float, default=300, help="give up after this many seconds")

@@ -111,8 +111,9 @@ def _use_countries(args: argparse.Namespace) -> None:
 def _synth(args: argparse.Namespace) -> int:
     _use_countries(args)
     if args.what == "preview":
-        from trainer.synth import preview_grid
         import numpy as np
+
+        from trainer.synth import preview_grid
 
         preview_grid(np.random.default_rng(args.seed), args.out, args.kind, args.n, country=args.country)
         print(f"wrote {args.out}")
@@ -248,10 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = sy_sub.add_parser("data", help="write a training set (.npz) for one network", formatter_class=_Help)
     data.add_argument("--kind", choices=["reader", "detector"], required=True, help="the network the set is for")
     data.add_argument("--n", type=int, required=True, help="number of samples")
-    data.add_argument("--seed", type=int, default=0, help="sample i uses seed (SEED, i): held-out sets take another SEED")
+    data.add_argument("--seed", type=int, default=0,
+                      help="sample i uses seed (SEED, i): held-out sets take another SEED")
     data.add_argument("--workers", type=int, default=2, help="worker processes")
     data.add_argument("--texts", type=int, default=0,
-                      help="reader: draw plates from a fixed pool of N texts (a quick learnability check); 0: all random")
+                      help="reader: draw plates from a fixed pool of N texts (a quick learnability check); "
+                           "0: all random")
     data.add_argument("--backgrounds", type=Path, default=None, metavar="DIR",
                       help="optional folder of your own background pictures (streets, car parks; no readable plates "
                            "in them): used for 70 %% of backgrounds instead of procedural ones (default: procedural "

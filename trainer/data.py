@@ -89,7 +89,8 @@ def transplant_plate(rng: np.random.Generator, image: np.ndarray, target: np.nda
         return False
     i = int(rng.integers(1, n))
     x, y, w, h = (int(v) for v in stats[i, :4])
-    x0, y0, x1, y1 = max(0, x - 1), max(0, y - 1), min(donor_target.shape[1], x + w + 1), min(donor_target.shape[0], y + h + 1)
+    x0, y0 = max(0, x - 1), max(0, y - 1)
+    x1, y1 = min(donor_target.shape[1], x + w + 1), min(donor_target.shape[0], y + h + 1)
     th, tw = target.shape[:2]
     if x1 - x0 >= tw or y1 - y0 >= th:
         return False
@@ -97,9 +98,10 @@ def transplant_plate(rng: np.random.Generator, image: np.ndarray, target: np.nda
     if target[dy : dy + y1 - y0, dx : dx + x1 - x0].any():
         return False
     cells = (labels[y0:y1, x0:x1] == i).astype(np.float32)
-    up = {"fx": stride, "fy": stride, "interpolation": cv2.INTER_NEAREST}
-    ring = cv2.resize(cv2.dilate(cells, np.ones((3, 3), np.uint8)), None, **up)
-    alpha = np.maximum(cv2.resize(cells, None, **up), cv2.GaussianBlur(ring, (0, 0), stride / 2))[..., None]
+    ring = cv2.resize(cv2.dilate(cells, np.ones((3, 3), np.uint8)), None, fx=stride, fy=stride,
+                      interpolation=cv2.INTER_NEAREST)
+    alpha = np.maximum(cv2.resize(cells, None, fx=stride, fy=stride, interpolation=cv2.INTER_NEAREST),
+                       cv2.GaussianBlur(ring, (0, 0), stride / 2))[..., None]
     src = donor[y0 * stride : y1 * stride, x0 * stride : x1 * stride].astype(np.float32)
     dst = image[dy * stride : (dy + y1 - y0) * stride, dx * stride : (dx + x1 - x0) * stride]
     dst[:] = np.round(dst * (1 - alpha) + src * alpha).astype(image.dtype)
@@ -196,19 +198,21 @@ def generate(
     if kind not in _MAKERS:
         raise ValueError(f"unknown kind '{kind}', expected one of {sorted(_MAKERS)}")
     pool_rng = np.random.default_rng((seed, 1 << 31))  # apart from the per-sample seeds (seed, i)
-    pool = tuple(random_text(pool_rng) for _ in range(texts))
-    jobs = [_Job(kind, seed, s, min(chunk, n - s), pool, tuple(photos), countries_in_use())
+    text_pool = tuple(random_text(pool_rng) for _ in range(texts))
+    jobs = [_Job(kind, seed, s, min(chunk, n - s), text_pool, tuple(photos), countries_in_use())
             for s in range(0, n, chunk)]
-    xs, ys, texts = [], [], []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    drawn: list[str] = []
     with mp.get_context("spawn").Pool(workers) if workers > 1 else _Inline() as pool:
         bar = tqdm(total=n, desc=f"synth {kind}", unit="img", disable=not progress)
         for x, y, t in pool.imap(_MAKERS[kind], jobs):
             xs.append(x)
             ys.append(y)
-            texts.extend(t)
+            drawn.extend(t)
             bar.update(len(x))
         bar.close()
-    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "text": np.array(texts)}
+    return {"x": np.concatenate(xs), "y": np.concatenate(ys), "text": np.array(drawn)}
 
 
 class _Inline:
@@ -217,7 +221,7 @@ class _Inline:
     def imap(self, fn, jobs):
         return map(fn, jobs)
 
-    def __enter__(self) -> "_Inline":
+    def __enter__(self) -> _Inline:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -227,8 +231,10 @@ class _Inline:
 def save_set(path: Path, data: dict[str, np.ndarray], info: dict) -> None:
     """Write a set as .npz plus ``<path>.json`` describing it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **data)  # uncompressed: sets are large and compression costs minutes on 2 cores
-    Path(str(path) + ".json").write_text(json.dumps(info | {"count": int(len(data["x"]))}, indent=2))
+    # Uncompressed: sets are large and compression costs minutes on 2 cores. The ignore: mypy takes **data for
+    # savez's allow_pickle too, but its keys are array names.
+    np.savez(path, **data)  # type: ignore[arg-type]
+    Path(str(path) + ".json").write_text(json.dumps(info | {"count": len(data["x"])}, indent=2))
 
 
 def load_set(path: Path) -> dict[str, np.ndarray]:

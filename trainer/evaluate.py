@@ -5,12 +5,14 @@ so float and int8 model sets are compared on equal terms.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
 from collections import Counter
 from difflib import SequenceMatcher
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,7 +37,7 @@ def read_labels(folder: Path) -> list[dict]:
         parts = line.split("\t")
         if len(parts) < 2:
             raise ValueError(f"{path}:{n}: expected file<TAB>text[<TAB>x1 y1 x2 y2], got {line!r}")
-        row = {"file": parts[0], "text": normalize(parts[1])}
+        row: dict[str, Any] = {"file": parts[0], "text": normalize(parts[1])}
         if len(parts) >= 6:
             row["box"] = [float(v) for v in parts[2:6]]
         rows.append(row)
@@ -56,14 +58,14 @@ def confusions(rows: list[dict], top: int = 12) -> list[tuple[str, str, int]]:
     for r in rows:
         for op, i1, i2, j1, j2 in SequenceMatcher(None, r["truth"], r["read"], autojunk=False).get_opcodes():
             if op == "replace" and i2 - i1 == j2 - j1:
-                counts.update(zip(r["truth"][i1:i2], r["read"][j1:j2]))
+                counts.update(zip(r["truth"][i1:i2], r["read"][j1:j2], strict=True))
     return [(a, b, n) for (a, b), n in counts.most_common(top)]
 
 
 def by_height(rows: list[dict]) -> list[dict]:
     """Exact match per plate-height bin (pixels in the original image)."""
     out = []
-    for lo, hi in zip(HEIGHT_BINS, HEIGHT_BINS[1:]):
+    for lo, hi in itertools.pairwise(HEIGHT_BINS):
         sub = [r for r in rows if r.get("height") is not None and lo <= r["height"] < hi]
         if sub:
             out.append({"height_px": f"{lo}-{hi}" if hi < 10_000 else f"{lo}+", "n": len(sub),
@@ -96,7 +98,8 @@ def evaluate_folder(
     ``gallery`` failures are kept as (crop, truth, read) under ``"gallery"``
     for a picture; the rest of the result is plain JSON.
     """
-    rows, failures = [], []
+    rows: list[dict] = []
+    failures: list[tuple[np.ndarray, str, str]] = []
     labels = read_labels(folder)[:limit] if limit else read_labels(folder)
     for lab in tqdm(labels, desc=folder.name, unit="img", disable=not progress):
         start = time.perf_counter()
@@ -118,7 +121,7 @@ def evaluate_folder(
                 crop = pipeline.reader.crop(image, best.detection.quad)
             elif gt_box:
                 x1, y1, x2, y2 = gt_box
-                quad = np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+                quad = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
                 crop = pipeline.reader.crop(image, quad)
             else:
                 crop = cv2.cvtColor(cv2.resize(image, (pipeline.reader.width, pipeline.reader.height)),
@@ -146,7 +149,8 @@ def evaluate_synthetic_reader(pipeline: Pipeline, n: int, seed: int, progress: b
         rows.append({"truth": plate.text, "read": reads[0].text if reads else "", "format": plate.format,
                      "country": catalogue().entry(plate.format).country.code,
                      "ms": (time.perf_counter() - start) * 1000, "height": seen})
-    return {"summary": _summary(rows) | {"by_format": _exact_by(rows, "format"), "by_country": _exact_by(rows, "country")},
+    return {"summary": _summary(rows) | {"by_format": _exact_by(rows, "format"),
+                                         "by_country": _exact_by(rows, "country")},
             "rows": rows}
 
 

@@ -10,14 +10,25 @@ import datetime as dt
 import json
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from edge.formats import COUNTRIES_DIR, FormatSet
-from edge.model import METADATA_SCHEMA, DetectorMeta, FormatsMeta, Model, ModelMeta, ReaderMeta, TensorMeta, \
-    file_sha256, interpreter_class
+from edge.model import (
+    METADATA_SCHEMA,
+    DetectorMeta,
+    FormatsMeta,
+    Model,
+    ModelKind,
+    ModelMeta,
+    ReaderMeta,
+    TensorMeta,
+    file_sha256,
+    interpreter_class,
+)
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
 from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, load_set
@@ -76,7 +87,7 @@ def op_names(tflite_bytes: bytes) -> list[str]:
     return [op["op_name"] for op in interp._get_ops_details()]
 
 
-def _write(kind: str, tflite: bytes, out: Path, macs: int, formats: FormatSet | None) -> Model:
+def _write(kind: ModelKind, tflite: bytes, out: Path, macs: int, formats: FormatSet | None) -> Model:
     """Write ``out/<kind>.tflite`` and its metadata; return it loaded through the edge."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{kind}.tflite"
@@ -84,13 +95,13 @@ def _write(kind: str, tflite: bytes, out: Path, macs: int, formats: FormatSet | 
     interp = interpreter_class()(model_content=tflite)
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
 
-    def spec(d: dict, **extra: str) -> TensorMeta:
+    def spec(d: dict, color: Literal["rgb", "gray"] | None = None, value: str | None = None) -> TensorMeta:
         scale, zp = d["quantization"]
         return TensorMeta(shape=[int(v) for v in d["shape"]], dtype=np.dtype(d["dtype"]).name, scale=float(scale),
-                          zero_point=int(zp), **extra)
+                          zero_point=int(zp), color=color, value=value)
 
     meta = ModelMeta(
-        schema=METADATA_SCHEMA, kind=kind, version=dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d.%H%M"),
+        schema_version=METADATA_SCHEMA, kind=kind, version=dt.datetime.now(dt.UTC).strftime("%Y.%m.%d.%H%M"),
         file=path.name, sha256=file_sha256(path), size_bytes=path.stat().st_size, macs=macs,
         # The compiler is x86-64 only; a Coral user runs this on a workstation, next to the file.
         edgetpu_compile=EDGETPU_COMPILE.format(dir=".", file=path.name),
@@ -121,7 +132,7 @@ def training_formats(data: Path, countries: list[Path] | None = None) -> FormatS
     return FormatSet.load(*(countries or [COUNTRIES_DIR]))
 
 
-def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 1000, n_check: int = 500,
+def export(kind: ModelKind, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 1000, n_check: int = 500,
            countries: list[Path] | None = None) -> dict:
     """Export ``run_dir/model.keras`` to ``out_dir/float`` and ``out_dir/int8``; return a check report.
 
@@ -136,7 +147,7 @@ def export(kind: str, run_dir: Path, data: Path, out_dir: Path, n_rep: int = 100
     return export_model(kind, exportable(kind, trained), rep, check, out_dir, formats)
 
 
-def export_model(kind: str, model: keras.Model, rep_x: np.ndarray, check_x: np.ndarray, out_dir: Path,
+def export_model(kind: ModelKind, model: keras.Model, rep_x: np.ndarray, check_x: np.ndarray, out_dir: Path,
                  formats: FormatSet | None = None) -> dict:
     """Convert ``model`` to float and int8 TFLite under ``out_dir``, check ops and agreement.
 
@@ -159,7 +170,8 @@ def export_model(kind: str, model: keras.Model, rep_x: np.ndarray, check_x: np.n
 
 def _agreement(kind: str, keras_model: keras.Model, edge_model: Model, x: np.ndarray) -> dict:
     """How closely the exported model, run through the edge, follows Keras."""
-    same, diffs = 0, []
+    same: float = 0
+    diffs: list[float] = []
     for xi in x:
         px = xi if xi.ndim == 3 else xi[..., None]
         ref = keras_model(px[None].astype(np.float32) / 255.0, training=False).numpy()[0]

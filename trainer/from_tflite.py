@@ -35,7 +35,10 @@ def _dequantized(interp, details: dict, index: int) -> np.ndarray:
 
 
 def _tflite_convs(interp) -> list[tuple[tuple, dict]]:
-    """(signature, op) of each convolution: kind, kernel shape in Keras layout, convolutions on the longest path before it."""
+    """(signature, op) of each convolution.
+
+    The signature: kind, kernel shape in Keras layout, convolutions on the longest path before it.
+    """
     depth: dict[int, int] = {}
     out = []
     for op in interp._get_ops_details():

@@ -2,8 +2,8 @@
 
 Only layers whose TFLite ops the Edge TPU compiler maps are used: Conv2D,
 DepthwiseConv2D, ReLU, Add, Concatenate, Resizing(nearest), Reshape, Softmax
-and Sigmoid (logistic). CTC decoding runs on the CPU in ``edge.recognize``. BatchNorm folds into the convolutions at export.
-Inputs are floats in [0, 1] (pixel / 255), matching ``edge.model``.
+and Sigmoid (logistic). CTC decoding runs on the CPU in ``edge.recognize``. BatchNorm folds into the
+convolutions at export. Inputs are floats in [0, 1] (pixel / 255), matching ``edge.model``.
 """
 from __future__ import annotations
 

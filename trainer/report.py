@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def failure_gallery(items: list[tuple[np.ndarray, str, str]], path: Path, cols: 
         caption = np.full((26, tile.shape[1], 3), 255, np.uint8)
         cv2.putText(caption, truth, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 140, 0), 2)
         cv2.putText(caption, read, (150, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 200), 2)
-        tiles.append(cv2.copyMakeBorder(np.vstack([tile, caption]), 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(128, 128, 128)))
+        tiles.append(cv2.copyMakeBorder(np.vstack([tile, caption]), 2, 2, 2, 2, cv2.BORDER_CONSTANT,
+                                        value=(128, 128, 128)))
     while len(tiles) % cols:
         tiles.append(np.full_like(tiles[0], 255))
     grid = np.vstack([np.hstack(tiles[i : i + cols]) for i in range(0, len(tiles), cols)])
@@ -57,7 +59,7 @@ def charts(report: dict, path: Path) -> Path | None:
     axes[0].set_ylim(0, 1)
     axes[0].set_title("exact match of the best plate")
     axes[0].legend()
-    order = [f"{lo}-{hi}" if hi < 10_000 else f"{lo}+" for lo, hi in zip(HEIGHT_BINS, HEIGHT_BINS[1:])]
+    order = [f"{lo}-{hi}" if hi < 10_000 else f"{lo}+" for lo, hi in itertools.pairwise(HEIGHT_BINS)]
     for m in models:
         for s in sets:
             bins = report[m][s]["summary"]["by_height"]
@@ -83,7 +85,8 @@ def write_pictures(report: dict, out_json: Path) -> list[Path]:
         for set_name, result in sets.items():
             items = result.pop("gallery", None)
             if items:
-                p = failure_gallery(items, out_json.with_name(f"{out_json.stem}_{_slug(models)}_{set_name}_failures.png"))
+                name = f"{out_json.stem}_{_slug(models)}_{set_name}_failures.png"
+                p = failure_gallery(items, out_json.with_name(name))
                 written.append(p)
     chart = charts(report, out_json.with_name(f"{out_json.stem}_charts.png"))
-    return [p for p in written + [chart] if p]
+    return [p for p in [*written, chart] if p]

@@ -182,7 +182,7 @@ class _PlateAccuracy(keras.callbacks.Callback):
         """Exact match of ``model`` on the validation plates, printed under ``label``."""
         probs = model.predict(self.x, batch_size=256, verbose=0)
         reads = [decode_ctc(p, READER_CLASSES, BLANK).text for p in probs]
-        acc = float(np.mean([r == t for r, t in zip(reads, self.truth)]))
+        acc = float(np.mean([r == t for r, t in zip(reads, self.truth, strict=True)]))
         print(f"{label}: val plate accuracy {acc:.4f}", flush=True)
         return acc
 
@@ -192,7 +192,7 @@ class _PlateAccuracy(keras.callbacks.Callback):
             logs["val_plate_accuracy"] = acc
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through a temporary file renamed over it: readers see the old file or the new, whole."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -212,7 +212,7 @@ def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class _Run:
@@ -232,7 +232,7 @@ class _Run:
         return self.dir / CHECKPOINT
 
     @classmethod
-    def load(cls, run_dir: Path) -> "_Run | None":
+    def load(cls, run_dir: Path) -> _Run | None:
         """The run's checkpoint, or None where there is none; a damaged one is an error naming the file."""
         path = run_dir / CHECKPOINT
         if not path.is_file():
@@ -261,7 +261,8 @@ class _Run:
         arrays = {f"w{i}": w for i, w in enumerate(self.weights)}
         arrays |= {f"o{i}": v for i, v in enumerate(self.opt_vars)}
         arrays["state"] = np.array(json.dumps(self.state))
-        _atomic_write(self.path, lambda f: np.savez(f, **arrays))
+        # The ignore: mypy takes **arrays for savez's allow_pickle too, but its keys are array names.
+        _atomic_write(self.path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
     def restore(self, model: keras.Model) -> None:
         """Put the checkpoint's weights and optimizer state (its step counter included) into ``model``."""
@@ -276,7 +277,7 @@ class _Run:
         if [tuple(v.shape) for v in opt.variables] != [v.shape for v in self.opt_vars]:
             raise ValueError(f"{self.path}: its optimizer state does not fit this network; "
                              "--fresh starts the run over")
-        for var, value in zip(opt.variables, self.opt_vars):
+        for var, value in zip(opt.variables, self.opt_vars, strict=True):
             var.assign(value)
 
 
@@ -326,6 +327,7 @@ class _Session(keras.callbacks.Callback):
 
     def _progress(self, logs: dict) -> None:
         """One log line every 1/20 epoch with rate and ETA (for background runs: --verbose 2)."""
+        assert self.seq is not None
         n = self.state["steps_per_epoch"]
         done = self.state["step"] - self.seq.skip  # steps of this epoch run in this session
         if done % max(1, n // 20):
@@ -510,7 +512,7 @@ def train(
     d = load_set(data)
     given = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "val_fraction": val_fraction,
              "init": init, "transplant": transplant}
-    args = _run_args(run, given, data, int(len(d["x"])))
+    args = _run_args(run, given, data, len(d["x"]))
     if run is not None and run.state["epoch"] >= args["epochs"]:
         print(f"{run_dir}: finished, {run.state['epoch']} epochs done ({args['epochs']} asked for); "
               f"--epochs above {run.state['epoch']} trains more, --fresh starts over", file=sys.stderr)
@@ -537,7 +539,7 @@ def train(
             load_int8_weights(model, source)
         # The schedule spans the epochs planned at the start; a run extended later trains on at its floor.
         args["decay_steps"] = args["epochs"] * steps_per_epoch
-        state = {"format": CHECKPOINT_FORMAT, "kind": kind, "data": str(data), "samples": int(len(d["x"])),
+        state = {"format": CHECKPOINT_FORMAT, "kind": kind, "data": str(data), "samples": len(d["x"]),
                  "args": args, "steps_per_epoch": steps_per_epoch, "epochs_planned": args["epochs"],
                  # By index: layer names differ between builds in one process, indices do not.
                  "frozen_layers": [i for i, layer in enumerate(model.layers) if not layer.trainable],
@@ -614,7 +616,7 @@ def train(
     info = {
         "kind": kind,
         "data": str(data),
-        "samples": int(len(d["x"])),
+        "samples": len(d["x"]),
         "epochs_run": state["epoch"],
         "epochs_planned": args["epochs"],
         "finished": finished,

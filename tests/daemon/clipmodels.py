@@ -101,7 +101,7 @@ def _camera_noise(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     img = np.clip(img + rng.normal(0, rng.uniform(0, 4), img.shape), 0, 255).astype(np.uint8)
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.3, 1.0))
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 96))])
+    _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 96))])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
@@ -110,7 +110,7 @@ def detector_set(rng: np.random.Generator, frames: list[np.ndarray], labels: lis
 
     xs, ys = [], []
     for _ in range(copies):
-        for f, lab in zip(frames, labels):
+        for f, lab in zip(frames, labels, strict=True):
             xs.append(cv2.cvtColor(_camera_noise(rng, f), cv2.COLOR_BGR2RGB))
             ys.append(plate_mask([np.float32(p["quad"]) for p in lab], HEIGHT, WIDTH, DETECTOR_STRIDE))
     return np.stack(xs), np.stack(ys)[..., None]
@@ -123,7 +123,7 @@ def reader_set(rng: np.random.Generator, frames: list[np.ndarray], labels: list[
 
     h, w = READER_INPUT
     xs, ys = [], []
-    for f, lab in zip(frames, labels):
+    for f, lab in zip(frames, labels, strict=True):
         for p in lab:
             for _ in range(per_frame):
                 quad = jitter_quad(rng, np.float32(p["quad"]), 0.1)
@@ -195,7 +195,7 @@ def check_reads(models: Path, frames: list[np.ndarray], labels: list[list[dict]]
     # These models know the clip at whole-frame scale only: no tiles, no zoomed second look (as in base_config).
     pipe = Pipeline.from_dir(models, num_threads=2, refine=0, tiles=0)
     right = wrong = spurious = missed = 0
-    for f, lab in zip(frames, labels):
+    for f, lab in zip(frames, labels, strict=True):
         reads = pipe(f)
         truth = {p["text"] for p in lab}
         got = [r.text for r in reads]

@@ -1,8 +1,9 @@
 """Emulated-device harness: a real mosquitto, the real daemon as a subprocess, a paho subscriber.
 
-The fixtures are defined here and imported by the test modules that use them
-(no conftest.py here: the suite's top-level tests import ``conftest`` by
-name). The clip and its tiny trained models are made once per session by
+The fixtures are defined here and ``tests/conftest.py`` loads this module as
+a plugin (``pytest_plugins``); there is no conftest.py here: the suite's
+top-level tests import ``conftest`` by name.
+The clip and its tiny trained models are made once per session by
 ``clipmodels.py`` in a subprocess, which ``tests/conftest.py`` starts at
 collection so that its training overlaps the rest of the suite (the harness
 tests run last); set ``EDGE_HARNESS_CACHE=DIR`` to keep them between sessions.
@@ -21,9 +22,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -84,10 +86,9 @@ class Broker:
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Broker":
-        log = open(self.workdir / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
-        log.close()
+    def start(self) -> Broker:
+        with open(self.workdir / "mosquitto.log", "ab") as log:  # mosquitto keeps its own copy
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
 
         def accepting() -> bool:
             try:
@@ -156,7 +157,7 @@ class Subscriber:
         with self._lock:
             self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
 
-    def start(self) -> "Subscriber":
+    def start(self) -> Subscriber:
         self.client.connect("127.0.0.1", self.port, keepalive=10)
         self.client.loop_start()
         assert self.subscribed.wait(10), "subscriber got no SUBACK"

@@ -14,7 +14,6 @@ from edge.config import MqttConfig
 from edge.publish import Publisher
 from edge.spool import Spool
 from harness import PREFIX, Broker, DaemonProc, Subscriber, base_config, free_port, make_certificates, wait_for
-from harness import broker, clip, subscriber, truth  # noqa: F401  (fixtures)
 
 
 def mqtt_config(port: int, **kw: object) -> MqttConfig:

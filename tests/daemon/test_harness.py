@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from harness import Broker, DaemonProc, Subscriber, base_config, free_port, make_certificates, wait_for
-from harness import broker, clip, subscriber, truth  # noqa: F401  (fixtures)
 
 EVENT_FIELDS = {"type", "id", "camera", "text", "display", "format", "confidence", "best_confidence",
                 "first_seen", "last_seen", "frame_count", "box"}
@@ -47,7 +46,7 @@ def check_event(e: dict, plates: list[str], width: int, height: int) -> None:
     assert 0 < e["confidence"] <= 1 and 0 < e["best_confidence"] <= 1 and e["frame_count"] >= 2
     first = dt.datetime.fromisoformat(e["first_seen"].replace("Z", "+00:00"))
     last = dt.datetime.fromisoformat(e["last_seen"].replace("Z", "+00:00"))
-    assert first.tzinfo == dt.timezone.utc and first <= last
+    assert first.tzinfo == dt.UTC and first <= last
     x1, y1, x2, y2 = e["box"]
     assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
 
@@ -259,17 +258,18 @@ def test_rtsp_drop_and_return(clip: Path, truth: dict, broker: Broker, subscribe
     client_port, source_port = free_port(), free_port()
 
     def serve() -> tuple[subprocess.Popen, subprocess.Popen]:
-        log = open(tmp_path / "rtsp.log", "ab")
-        server = subprocess.Popen(["rtsp-server-perl", "--clientport", str(client_port), "--serverport",
-                                   str(source_port), "--client_listen_address", "127.0.0.1",
-                                   "--source_listen_address", "127.0.0.1", "--rtp_start_port",
-                                   str(20000 + client_port % 20000)], stdout=log, stderr=log)
-        wait_for(lambda: _accepting(source_port), 10, "the RTSP server")
-        # Every frame a key frame: a client that joins (or rejoins) mid-stream decodes whole frames at
-        # once, instead of a few smeared ones that the tiny harness reader would misread as a plate.
-        camera = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i",
-                                   str(clip / "clip.avi"), "-c:v", "mpeg4", "-q:v", "2", "-g", "1", "-f", "rtsp",
-                                   f"rtsp://127.0.0.1:{source_port}/cam"], stdout=log, stderr=log)
+        # The servers keep their own copies of the log file.
+        with open(tmp_path / "rtsp.log", "ab") as log:
+            server = subprocess.Popen(["rtsp-server-perl", "--clientport", str(client_port), "--serverport",
+                                       str(source_port), "--client_listen_address", "127.0.0.1",
+                                       "--source_listen_address", "127.0.0.1", "--rtp_start_port",
+                                       str(20000 + client_port % 20000)], stdout=log, stderr=log)
+            wait_for(lambda: _accepting(source_port), 10, "the RTSP server")
+            # Every frame a key frame: a client that joins (or rejoins) mid-stream decodes whole frames at
+            # once, instead of a few smeared ones that the tiny harness reader would misread as a plate.
+            camera = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i",
+                                       str(clip / "clip.avi"), "-c:v", "mpeg4", "-q:v", "2", "-g", "1", "-f", "rtsp",
+                                       f"rtsp://127.0.0.1:{source_port}/cam"], stdout=log, stderr=log)
         return server, camera
 
     def stop(procs) -> None:

@@ -12,7 +12,6 @@ import signal
 from pathlib import Path
 
 from harness import Broker, DaemonProc, Subscriber, base_config, wait_for
-from harness import broker, clip, subscriber, truth  # noqa: F401  (fixtures)
 from test_images import zero_png
 
 

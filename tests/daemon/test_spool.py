@@ -42,7 +42,7 @@ def test_bound_drops_oldest_and_counts(tmp_path: Path, caplog: pytest.LogCapture
 
 def test_byte_bound(tmp_path: Path) -> None:
     s = Spool(tmp_path / "s.sqlite", max_bytes=25)
-    for i in range(4):
+    for _ in range(4):
         s.put("t", bytes(10))
     assert len(s) == 2 and s.size_bytes == 20 and s.dropped == 2
     s.put("t", bytes(100))  # larger than the bound alone: kept, the rest goes

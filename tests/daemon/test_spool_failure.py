@@ -8,7 +8,6 @@ from pathlib import Path
 
 from edge.spool import Spool
 from harness import Broker, DaemonProc, Subscriber, base_config, free_port, wait_for
-from harness import broker, clip, subscriber, truth  # noqa: F401  (fixtures)
 
 
 def lock(path: Path) -> sqlite3.Connection:

@@ -80,6 +80,21 @@ def test_the_tests_run_with_the_pinned_versions() -> None:
     assert not differ, f"this environment is not the one {CONSTRAINTS.name} describes: {differ}"
 
 
+def test_the_lint_tools_are_pinned_and_installed_at_their_pins() -> None:
+    """``make lint`` gates CI: a ruff or mypy release with new rules must not fail it on unchanged code."""
+    pytest.importorskip("mypy", reason="the lint tools are not installed here (make test-edge's environment)")
+    pinned = pins()
+    lint = project_requirements("lint")
+    names = closure(lint)
+    missing = names - set(pinned)
+    assert not missing, f"{CONSTRAINTS}: not pinned: {sorted(missing)}"
+    for req in lint:
+        assert pinned[canonicalize_name(req.name)] in req.specifier, (req, pinned[canonicalize_name(req.name)])
+    differ = {name: f"{metadata.version(name)} installed, {pinned[name]} pinned" for name in names
+              if Version(metadata.version(name)) != pinned[name]}
+    assert not differ, f"this environment is not the one {CONSTRAINTS.name} describes: {differ}"
+
+
 @pytest.fixture
 def recording_python3(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """PATH with a ``python3`` whose ``-m venv DIR`` makes a venv stand-in: its python records its arguments

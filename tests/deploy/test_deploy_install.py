@@ -126,7 +126,8 @@ def test_scripts_refuse_unknown_options(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "unknown option: --bogus" in proc.stdout, (name, proc.stdout)
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)")
+@pytest.mark.skipif(shutil.which("shellcheck") is None,
+                    reason="shellcheck is not installed (apt-get install shellcheck)")
 def test_scripts_are_shellcheck_clean() -> None:
     proc = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], cwd=DEPLOY.parent, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -143,7 +144,8 @@ def test_unit_has_the_hardening_and_watchdog() -> None:
     assert "2" in service["RestartPreventExitStatus"].split()  # an invalid config is not retried forever
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (apt-get install systemd)")
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (apt-get install systemd)")
 def test_unit_passes_systemd_analyze_verify(installed: tuple[Path, str], tmp_path: Path) -> None:
     root, _ = installed
     # verify checks that ExecStart's program exists: point it at the test root's copy of the layout.

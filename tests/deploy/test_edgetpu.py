@@ -101,5 +101,5 @@ def test_config_key() -> None:
     base = {"camera": {"type": "v4l2", "path": "0"}}
     assert parse_config(base).detection.accelerator == "cpu"
     assert parse_config(base | {"detection": {"accelerator": "edgetpu"}}).detection.accelerator == "edgetpu"
-    with pytest.raises(ConfigError, match="detection.accelerator"):
+    with pytest.raises(ConfigError, match=r"detection\.accelerator"):
         parse_config(base | {"detection": {"accelerator": "tpu"}})

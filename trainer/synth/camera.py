@@ -10,12 +10,13 @@ def warp_points(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return cv2.perspectiveTransform(pts.reshape(-1, 1, 2).astype(np.float64), h).reshape(-1, 2).astype(np.float32)
 
 
-def random_homography(rng: np.random.Generator, w: int, h: int, max_rot: float = 15.0, jitter: float = 0.06) -> np.ndarray:
+def random_homography(rng: np.random.Generator, w: int, h: int, max_rot: float = 15.0,
+                      jitter: float = 0.06) -> np.ndarray:
     """Roll about the centre plus corner-jitter perspective, zoomed in so no border shows."""
     ang = float(np.clip(rng.normal(0, max_rot / 2.5), -max_rot, max_rot))
     rot = np.vstack([cv2.getRotationMatrix2D((w / 2, h / 2), ang, 1.0), [0, 0, 1]])
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-    dst = src + rng.uniform(-jitter, jitter, (4, 2)).astype(np.float32) * np.float32([w, h])
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    dst = src + rng.uniform(-jitter, jitter, (4, 2)).astype(np.float32) * np.array([w, h], np.float32)
     hom = rot @ cv2.getPerspectiveTransform(src, dst)
     for _ in range(12):  # grow until every output corner maps back inside the source image
         back = warp_points(np.linalg.inv(hom), src)
@@ -49,7 +50,7 @@ def blur(rng: np.random.Generator, img: np.ndarray, scale: float = 1.0) -> np.nd
     r = rng.random()
     if r < 0.2:  # motion
         k = max(3, int(rng.uniform(3, 9) * scale) | 1)
-        kern = np.zeros((k, k), np.float32)
+        kern: np.ndarray = np.zeros((k, k), np.float32)
         kern[k // 2] = 1.0
         rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
         kern = cv2.warpAffine(kern, rot, (k, k))
@@ -65,9 +66,9 @@ def blur(rng: np.random.Generator, img: np.ndarray, scale: float = 1.0) -> np.nd
 
 def photometric(rng: np.random.Generator, img: np.ndarray, noise: float = 1.0) -> np.ndarray:
     """Light level, gamma, contrast, colour cast, IR monochrome, sensor noise times ``noise`` (uint8 in, uint8 out)."""
-    f = img.astype(np.float32)
+    f: np.ndarray = img.astype(np.float32)
     if rng.random() < 0.1:  # IR camera: monochrome, plates bright
-        f[:] = (f @ np.float32([0.2, 0.5, 0.3]))[..., None]
+        f[:] = (f @ np.array([0.2, 0.5, 0.3], np.float32))[..., None]
     elif rng.random() < 0.5:
         f *= (1 + rng.normal(0, 0.08, 3)).astype(np.float32)
     if rng.random() < 0.25:  # dusk / low light
@@ -90,7 +91,8 @@ def photometric(rng: np.random.Generator, img: np.ndarray, noise: float = 1.0) -
 
 def jpeg(rng: np.random.Generator, img: np.ndarray, lo: int = 20, hi: int = 95) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(lo, hi + 1))])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    return img if out is None else out
 
 
 def apply_camera(rng: np.random.Generator, img: np.ndarray, quads: list[np.ndarray], warp: bool = True,
@@ -107,7 +109,8 @@ def apply_camera(rng: np.random.Generator, img: np.ndarray, quads: list[np.ndarr
         img, quads = geometric(rng, img, quads)
     h, w = img.shape[:2]
     if res_factor < 0.95:
-        img = cv2.resize(img, (max(2, round(w * res_factor)), max(2, round(h * res_factor))), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(img, (max(2, round(w * res_factor)), max(2, round(h * res_factor))),
+                         interpolation=cv2.INTER_AREA)
     img = blur(rng, img, scale=min(1.0, max(res_factor, 0.5)) * camera_scale)
     img = photometric(rng, img, noise=camera_scale)
     img = jpeg(rng, img, lo=round(20 + 60 * (1.0 - camera_scale)))

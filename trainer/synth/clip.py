@@ -24,7 +24,7 @@ def make_clip(
     empty = np.clip(road, 0, 255).astype(np.uint8)
     frames: list[np.ndarray] = [empty.copy() for _ in range(gap)]
     truth = []
-    for v in range(vehicles):
+    for _ in range(vehicles):
         text, fmt = random_text(rng)
         plate, _ = render_plate(rng, text, fmt, two_rows=False, width_px=320)
         car_seed = int(rng.integers(1 << 30))
@@ -34,8 +34,8 @@ def make_clip(
             pw = width * (0.13 + 0.07 * k)  # the car comes nearer while it crosses
             ph = pw * plate.shape[0] / plate.shape[1]
             cx, cy = width * (0.3 + 0.4 * k), height * (0.5 + 0.15 * k)
-            quad = np.float32([[cx - pw / 2, cy - ph / 2], [cx + pw / 2, cy - ph / 2],
-                               [cx + pw / 2, cy + ph / 2], [cx - pw / 2, cy + ph / 2]])
+            quad = np.array([[cx - pw / 2, cy - ph / 2], [cx + pw / 2, cy - ph / 2],
+                             [cx + pw / 2, cy + ph / 2], [cx - pw / 2, cy + ph / 2]], np.float32)
             img = road.copy()
             # The same seed every frame: the car keeps its look while it moves.
             draw_car(np.random.default_rng(car_seed), img, cx, cy, pw, ph, pw * CAR_WIDTH_MM / plate_width_mm(fmt),
@@ -50,7 +50,7 @@ def make_clip(
 def write_clip(path: Path, frames: list[np.ndarray], truth: list[dict], fps: float) -> None:
     """Write an MPEG-4 clip and ``<path>.json`` with the truth and frame rate."""
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
     if not writer.isOpened():
         raise RuntimeError(f"{path}: OpenCV cannot write MPEG-4 video here")
     for f in frames:

@@ -149,7 +149,7 @@ def text_mask(path: str, s: str, cap_h: float, spacing: float = 0.12, stretch: f
     H = max(2, round(cap_h * (1 + ABOVE + BELOW)))
     out = np.zeros((H, W), np.float32)
     x = gap
-    for c, w in zip(s, widths):
+    for c, w in zip(s, widths, strict=True):
         paste_glyph(out, glyph(path, c), x, ABOVE * cap_h, w, cap_h)
         x += w + gap
     return out

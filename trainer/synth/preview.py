@@ -6,7 +6,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
 from .scene import Scene, make_plate_patch, make_scene
 from .text import catalogue, random_text
 
@@ -16,7 +15,8 @@ def _annotate(scene: Scene, draw_quads: bool) -> np.ndarray:
     if draw_quads:
         for p in scene.plates:
             cv2.polylines(img, [np.round(p.quad).astype(np.int32)], True, (0, 255, 0), 1, cv2.LINE_AA)
-    caption = "  ".join(f"{catalogue().entry(p.format).rule.display(p.text) or p.text} [{p.format}{'/2' if p.rows == 2 else ''}]"
+    caption = "  ".join(f"{catalogue().entry(p.format).rule.display(p.text) or p.text} "
+                        f"[{p.format}{'/2' if p.rows == 2 else ''}]"
                         for p in scene.plates) or "(no plate)"
     bar = np.full((18, img.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, caption, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)

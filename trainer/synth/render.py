@@ -8,6 +8,7 @@ Nothing here knows a country: every difference between plates is in the data.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -26,7 +27,8 @@ DEALERS = ("SUNTRUP", "AUTO MALL", "FORD", "TOYOTA CENTER", "HONDA CARS", "LOU F
 def _shift(a: np.ndarray, dx: int, dy: int) -> np.ndarray:
     out = np.zeros_like(a)
     H, W = a.shape[:2]
-    out[max(0, dy): H + min(0, dy), max(0, dx): W + min(0, dx)] = a[max(0, -dy): H - max(0, dy), max(0, -dx): W - max(0, dx)]
+    out[max(0, dy): H + min(0, dy), max(0, dx): W + min(0, dx)] = \
+        a[max(0, -dy): H - max(0, dy), max(0, -dx): W - max(0, dx)]
     return out
 
 
@@ -62,8 +64,8 @@ def _draw_row(ink: np.ndarray, deco: list, tokens: list, spec: FontSpec, x0: flo
     ``fixed_pitch``: every character takes the cell of a 0, a narrower one centred in it (as on faces where
     an I stands alone in a wide cell).
     """
-    unit = {"gap": 0.35, "none": 0.0, "dash": 0.28, "dot": 0.2, "stamp": 0.42, "crest": 0.5, "seals": 0.42, "emblem": 0.5,
-            "sticker": 0.5, "flag": 0.45}
+    unit = {"gap": 0.35, "none": 0.0, "dash": 0.28, "dot": 0.2, "stamp": 0.42, "crest": 0.5, "seals": 0.42,
+            "emblem": 0.5, "sticker": 0.5, "flag": 0.45}
     cell = aspect(spec.path, "0") * char_h * stretch
     widths = [unit[t] * char_h if t in unit else cell if fixed_pitch else aspect(spec.path, t) * char_h * stretch
               for t in tokens]
@@ -71,7 +73,7 @@ def _draw_row(ink: np.ndarray, deco: list, tokens: list, spec: FontSpec, x0: flo
     total = sum(widths) + space * (len(tokens) - 1)
     k = min(1.0, (x1 - x0) / total)
     x = x0 + ((x1 - x0) - total * k) / 2
-    for t, w in zip(tokens, widths):
+    for t, w in zip(tokens, widths, strict=True):
         w *= k
         if t in ("dash", "stamp"):
             inset = 0.1 if t == "dash" else 0.25
@@ -94,7 +96,7 @@ def _crest(img: np.ndarray, x: float, top: float, w: float, h: float) -> None:
     cw, ch = max(3, round(w * 0.85)), max(4, round(h * 0.62))
     board = (np.indices((5, 5)).sum(0) % 2).astype(np.float32)
     board = cv2.resize(board, (cw, ch), interpolation=cv2.INTER_NEAREST)[..., None]
-    colour = board * np.float32((40, 40, 210)) + (1 - board) * np.float32((245, 245, 245))
+    colour = board * np.array((40, 40, 210), np.float32) + (1 - board) * np.array((245, 245, 245), np.float32)
     shield = np.zeros((ch, cw), np.float32)
     cv2.ellipse(shield, (cw // 2, ch // 2), (cw // 2, ch // 2), 0, 0, 180, 1.0, -1)
     shield[: ch // 2 + 1] = 1.0
@@ -141,7 +143,7 @@ def _finish(rng: np.random.Generator, img: np.ndarray, ink: np.ndarray, fg, scre
     if rng.random() < 0.45:  # dirt: smooth low-frequency blotches, brownish
         field = cv2.resize(rng.random((4, 8)).astype(np.float32), (W, H), interpolation=cv2.INTER_CUBIC)
         amount = np.clip(field - rng.uniform(0.4, 0.8), 0, 1)[..., None] * rng.uniform(0.4, 1.2)
-        img = img * (1 - amount) + np.float32((50, 70, 85)) * amount
+        img = img * (1 - amount) + np.array((50, 70, 85), np.float32) * amount
     if wear and rng.random() < 0.12:  # sheet in shade or lost its reflective coat: darker than the paint around it
         img *= rng.uniform(0.45, 0.8)
     if rng.random() < 0.25:  # reflective glare band
@@ -205,7 +207,7 @@ def _mark(img: np.ndarray, rng: np.random.Generator, kind: str, x: float, top: f
 def _band(img: np.ndarray, rng: np.random.Generator, band: Band, ppm: float, two_rows: bool) -> tuple[float, float]:
     """Draw the band; return the room it takes (left width, top height) in pixels. Its code is never text."""
     H, W = img.shape[:2]
-    colour = np.float32(_bgr(band.colour)) + rng.uniform(-20, 20, 3)
+    colour = np.array(_bgr(band.colour), np.float32) + rng.uniform(-20, 20, 3)
     small = fonts_for("generic")[0].path
     if band.kind == "mercosur":
         bh = H * (0.22 if not two_rows else 0.17)
@@ -237,7 +239,7 @@ def _band(img: np.ndarray, rng: np.random.Generator, band: Band, ppm: float, two
 
 
 def _caption(img: np.ndarray, rng: np.random.Generator, texts: list[str], ink, y: float, cap_h: float) -> None:
-    H, W = img.shape[:2]
+    W = img.shape[1]
     fonts = fonts_for("generic") + fonts_for("us")
     m = text_mask(fonts[int(rng.integers(len(fonts)))].path, texts[int(rng.integers(len(texts)))], cap_h)
     m = m if m.shape[1] < 0.8 * W else cv2.resize(m, (int(0.8 * W), m.shape[0]))
@@ -249,7 +251,7 @@ def _caption(img: np.ndarray, rng: np.random.Generator, texts: list[str], ink, y
 STANDALONE_MARKS = ("crest", "seals", "emblem", "sticker", "flag")
 
 
-def _tokens(groups: list[str], gaps: list[str], spec: FontSpec, format_name: str, first: int,
+def _tokens(groups: list[str], gaps: Sequence[str], spec: FontSpec, format_name: str, first: int,
             last: bool = True, forms: dict[str, str] | None = None) -> list:
     """A row's tokens: the glyphs of its groups (as the plate spells them) with the marks between them.
 
@@ -304,7 +306,8 @@ def render_plate(rng: np.random.Generator, text: str, format_name: str, two_rows
         for _ in range(int(rng.integers(1, 4))):
             sh, sw = shapes.shape
             c = (int(rng.integers(0, sw)), int(rng.integers(0, sh)))
-            cv2.ellipse(shapes, c, (int(rng.uniform(0.1, 0.4) * sw), int(rng.uniform(0.1, 0.4) * sh)), 0, 0, 360, 1.0, -1)
+            axes = (int(rng.uniform(0.1, 0.4) * sw), int(rng.uniform(0.1, 0.4) * sh))
+            cv2.ellipse(shapes, c, axes, 0, 0, 360, 1.0, -1)
         shapes = cv2.GaussianBlur(cv2.resize(shapes, (W, H)), (0, 0), 3) * rng.uniform(0.3, 0.6)
         blend(img, shapes, tuple(float(v) for v in rng.integers(60, 255, 3)))
     left, top_room = 0.0, 0.0
@@ -363,7 +366,8 @@ def render_plate(rng: np.random.Generator, text: str, format_name: str, two_rows
                           tuple(float(v) for v in rng.integers(0, 256, 3)), -1)
     screws: list[tuple[float, float]] = []
     if "screws" in st.marks and rng.random() < 0.6:
-        screws = [(0.15 * W, 0.1 * H), (0.85 * W, 0.1 * H)] if H / W > 0.35 else [(0.2 * W, 0.5 * H), (0.8 * W, 0.5 * H)]
+        screws = ([(0.15 * W, 0.1 * H), (0.85 * W, 0.1 * H)] if H / W > 0.35
+                  else [(0.2 * W, 0.5 * H), (0.8 * W, 0.5 * H)])
     out = _finish(rng, img, ink, ink_colour, screws, 0.012 * W, wear)
     if "frame" in st.marks and rng.random() < 0.35:  # licence plate frame: dark rim with the dealer's name
         frame_col = (rng.integers(10, 60),) * 3 if rng.random() < 0.7 else (rng.integers(150, 220),) * 3

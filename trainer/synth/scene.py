@@ -42,7 +42,8 @@ class Scene:
 
 
 def _col(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[float, float, float]:
-    return tuple(float(v) for v in rng.integers(lo, hi, 3))
+    b, g, r = rng.integers(lo, hi, 3)
+    return float(b), float(g), float(r)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int, amp: float) -> np.ndarray:
@@ -72,7 +73,8 @@ def _glow(img: np.ndarray, mask: np.ndarray, colour, strength: float) -> None:
 def _tree(rng: np.random.Generator, img: np.ndarray, x: int, y: int, r: int) -> None:
     """A tree crown of leafy texture with a trunk below it."""
     h, w = img.shape[:2]
-    cv2.line(img, (x, y), (x + int(rng.integers(-r // 4, r // 4 + 1)), min(h, y + 3 * r)), _col(rng, 30, 80), max(2, r // 6))
+    cv2.line(img, (x, y), (x + int(rng.integers(-r // 4, r // 4 + 1)), min(h, y + 3 * r)), _col(rng, 30, 80),
+             max(2, r // 6))
     x0, y0, x1, y1 = max(0, x - 2 * r), max(0, y - 2 * r), min(w, x + 2 * r), min(h, y + 2 * r)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return
@@ -81,7 +83,7 @@ def _tree(rng: np.random.Generator, img: np.ndarray, x: int, y: int, r: int) -> 
         centre = (x - x0 + int(rng.normal(0, r * 0.5)), y - y0 + int(rng.normal(0, r * 0.4)))
         cv2.circle(crown, centre, int(r * rng.uniform(0.4, 0.8)), 1.0, -1)
     leaves = np.clip(0.5 + 0.35 * fractal(rng, y1 - y0, x1 - x0, 5, 0.8), 0, 1)
-    green = np.float32([rng.uniform(20, 70), rng.uniform(70, 150), rng.uniform(40, 100)])
+    green = np.array([rng.uniform(20, 70), rng.uniform(70, 150), rng.uniform(40, 100)], np.float32)
     a = crown[..., None]
     region = img[y0:y1, x0:x1]
     region[:] = region * (1 - a) + (green * (0.4 + leaves[..., None])) * a
@@ -125,7 +127,7 @@ def background(rng: np.random.Generator, h: int, w: int, photos: tuple[str, ...]
             return img
     img = np.empty((h, w, 3), np.float32)
     horizon = int(h * rng.uniform(-0.1, 0.6))
-    top = np.float32(_col(rng, 60, 230))
+    top = np.array(_col(rng, 60, 230), np.float32)
     img[:] = top * np.linspace(1.1, 0.8, h, dtype=np.float32)[:, None, None]
     for _ in range(int(rng.integers(0, 6))):  # buildings, walls, windows
         x, y = int(rng.integers(-w // 4, w)), int(rng.integers(-h // 4, max(1, horizon)))
@@ -145,10 +147,10 @@ def background(rng: np.random.Generator, h: int, w: int, photos: tuple[str, ...]
             + _smooth_noise(rng, h - ground, w, 128, 5)[..., None]
         img[ground:] += rng.normal(0, rng.uniform(2, 8), (h - ground, w, 1)).astype(np.float32)
         for _ in range(int(rng.integers(0, 4))):  # cracks
-            p = np.cumsum(rng.normal(0, 6, (8, 2)), 0) + (rng.integers(0, w), rng.integers(ground, h))
+            p = np.cumsum(rng.normal(0, 6, (8, 2)), 0) + np.array([rng.integers(0, w), rng.integers(ground, h)])
             cv2.polylines(img, [p.astype(np.int32)], False, (35, 35, 35), 1, cv2.LINE_AA)
         for _ in range(int(rng.integers(0, 3))):  # lane / parking markings
-            col = (235, 235, 235) if rng.random() < 0.6 else (40, 190, 230)
+            col: tuple[float, ...] = (235, 235, 235) if rng.random() < 0.6 else (40, 190, 230)
             p = (int(rng.integers(0, w)), int(rng.integers(ground, h)))
             cv2.line(img, p, (p[0] + int(rng.integers(-w, w)), p[1] + int(rng.integers(-h // 2, h // 2))), col,
                      int(rng.integers(2, 8)))
@@ -167,7 +169,8 @@ def background(rng: np.random.Generator, h: int, w: int, photos: tuple[str, ...]
             for x in range(off, w, 2 * step):
                 cv2.line(img, (x, y), (x, min(h, y + step)), col, 1)
     for _ in range(int(rng.integers(0, 4)) if rng.random() < 0.5 else 0):
-        _tree(rng, img, int(rng.integers(0, w)), int(rng.integers(0, max(1, horizon + 1))), int(rng.integers(h // 12, h // 3) + 2))
+        _tree(rng, img, int(rng.integers(0, w)), int(rng.integers(0, max(1, horizon + 1))),
+              int(rng.integers(h // 12, h // 3) + 2))
     # Photographed surfaces are never flat: multi-scale texture and uneven light over everything.
     img += fractal(rng, h, w)[..., None] * rng.uniform(3, 18) * (1 + rng.normal(0, 0.1, 3)).astype(np.float32)
     img *= (1 + 0.15 * fractal(rng, h, w, 2))[..., None]
@@ -176,7 +179,8 @@ def background(rng: np.random.Generator, h: int, w: int, photos: tuple[str, ...]
     return img
 
 
-def _text_patch(rng: np.random.Generator, img: np.ndarray, s: str, x: int, y: int, cap: float, col) -> tuple[int, int, int, int]:
+def _text_patch(rng: np.random.Generator, img: np.ndarray, s: str, x: int, y: int, cap: float,
+                col) -> tuple[int, int, int, int]:
     fonts = font_table()
     m = text_mask(fonts[int(rng.integers(0, len(fonts)))].path, s, cap, stretch=rng.uniform(0.8, 1.3))
     blend(img, m, col, x, y)
@@ -184,7 +188,8 @@ def _text_patch(rng: np.random.Generator, img: np.ndarray, s: str, x: int, y: in
 
 
 def _overlaps(box, boxes, pad: float = 2.0) -> bool:
-    return any(box[0] < b[2] + pad and b[0] < box[2] + pad and box[1] < b[3] + pad and b[1] < box[3] + pad for b in boxes)
+    return any(box[0] < b[2] + pad and b[0] < box[2] + pad and box[1] < b[3] + pad and b[1] < box[3] + pad
+               for b in boxes)
 
 
 def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw: float, ph: float, cw: float,
@@ -195,7 +200,8 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
     y0 = cy - ch * rng.uniform(0.6, 0.72)
     # About half of real cars are white, silver or grey: light plates on light paint must be found by their text.
     palette = LIGHT_CAR_COLOURS if rng.random() < 0.45 else CAR_COLOURS
-    body = np.float32(palette[int(rng.integers(0, len(palette)))]) + rng.uniform(-15, 15, 3).astype(np.float32)
+    body = (np.array(palette[int(rng.integers(0, len(palette)))], np.float32)
+            + rng.uniform(-15, 15, 3).astype(np.float32))
     H, W = img.shape[:2]
     ground = y0 + ch * 1.02
     shadow = np.zeros((H, W), np.float32)
@@ -212,11 +218,14 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
         region = img[ya:yb, xa:xb]
         region[:] = region * (1 - m[..., None]) + (body * shade[:, None, None]) * m[..., None]
     if rng.random() < 0.85:  # rear window with a sky reflection
-        pts = np.float32([[x0 + cw * rng.uniform(0.12, 0.25), y0 + ch * 0.05], [x0 + cw * rng.uniform(0.75, 0.88), y0 + ch * 0.05],
-                          [x0 + cw * 0.92, y0 + ch * rng.uniform(0.3, 0.42)], [x0 + cw * 0.08, y0 + ch * rng.uniform(0.3, 0.42)]])
+        pts = np.array([[x0 + cw * rng.uniform(0.12, 0.25), y0 + ch * 0.05],
+                        [x0 + cw * rng.uniform(0.75, 0.88), y0 + ch * 0.05],
+                        [x0 + cw * 0.92, y0 + ch * rng.uniform(0.3, 0.42)],
+                        [x0 + cw * 0.08, y0 + ch * rng.uniform(0.3, 0.42)]], np.float32)
         cv2.fillPoly(img, [np.round(pts).astype(np.int32)], _col(rng, 15, 70), cv2.LINE_AA)
     crease = round(y0 + ch * rng.uniform(0.4, 0.5))
-    cv2.line(img, (round(x0 + cw * 0.03), crease), (round(x0 + cw * 0.97), crease), tuple(float(v) for v in body * 0.6), 1, cv2.LINE_AA)
+    cv2.line(img, (round(x0 + cw * 0.03), crease), (round(x0 + cw * 0.97), crease), tuple(float(v) for v in body * 0.6),
+             1, cv2.LINE_AA)
     front = rng.random() < 0.4
     ly, lh, lw = y0 + ch * rng.uniform(0.38, 0.55), ch * rng.uniform(0.05, 0.12), cw * rng.uniform(0.1, 0.2)
     # Light and gloss are drawn in the car's own box: full-frame float layers per car are slow.
@@ -226,14 +235,17 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
     for side in (0, 1):  # head lamps (white, often lit) or tail lamps (red, sometimes braking)
         lx = x0 + cw * 0.02 if side == 0 else x0 + cw * 0.98 - lw
         tilt = lh * rng.uniform(-0.5, 0.5) * (1 if side == 0 else -1)
-        pts = np.float32([[lx, ly + tilt], [lx + lw, ly - tilt], [lx + lw, ly + lh - tilt], [lx, ly + lh + tilt]])
+        pts = np.array([[lx, ly + tilt], [lx + lw, ly - tilt], [lx + lw, ly + lh - tilt], [lx, ly + lh + tilt]],
+                       np.float32)
         shell = (220, 225, 230) if front else (25, 25, rng.uniform(120, 200))
         cv2.fillPoly(img, [np.round(pts).astype(np.int32)], shell, cv2.LINE_AA)
         core = pts.mean(0)
-        cv2.ellipse(lamps, (round(core[0]), round(core[1])), (max(1, round(lw * 0.3)), max(1, round(lh * 0.3))), 0, 0, 360, 1.0, -1)
+        cv2.ellipse(lamps, (round(core[0]), round(core[1])), (max(1, round(lw * 0.3)), max(1, round(lh * 0.3))),
+                    0, 0, 360, 1.0, -1)
     lit = rng.random() < (0.6 if front else 0.3)
     if lit and rx1 > rx0 and ry1 > ry0:
-        _glow(img[ry0:ry1, rx0:rx1], lamps[ry0:ry1, rx0:rx1], (200, 220, 235) if front else (30, 30, 230), rng.uniform(0.5, 2.5))
+        _glow(img[ry0:ry1, rx0:rx1], lamps[ry0:ry1, rx0:rx1], (200, 220, 235) if front else (30, 30, 230),
+              rng.uniform(0.5, 2.5))
     if front:  # grille between the lamps, above the plate
         gx0, gx1 = round(x0 + cw * 0.25), round(x0 + cw * 0.75)
         gy0, gy1 = round(ly), round(min(cy - ph * 0.8, ly + ch * 0.15))
@@ -244,7 +256,8 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
                 cv2.line(img, (gx0, gy), (gx1, gy), bar, 1, cv2.LINE_AA)
     for wx in (x0 + cw * 0.13, x0 + cw * 0.87):  # tyres and rims peeking out below the body
         r = cw * rng.uniform(0.09, 0.12)
-        cv2.ellipse(img, (round(wx), round(ground - r * 0.8)), (max(1, round(r * 0.7)), max(1, round(r))), 0, 0, 360, (20, 20, 22), -1)
+        cv2.ellipse(img, (round(wx), round(ground - r * 0.8)), (max(1, round(r * 0.7)), max(1, round(r))),
+                    0, 0, 360, (20, 20, 22), -1)
     # Paint is glossy: a soft highlight band and sensor-like mottling on the body.
     hy = round(y0 + ch * rng.uniform(0.1, 0.5))
     if rx1 > rx0 and ry1 > ry0:
@@ -253,17 +266,20 @@ def draw_car(rng: np.random.Generator, img: np.ndarray, cx: float, cy: float, pw
                       rng.uniform(10, 50), -1)
         img[ry0:ry1, rx0:rx1] += cv2.GaussianBlur(band, (0, 0), max(1.0, ch * 0.03))[..., None]
     # Modern bumpers are mostly painted like the body; older and utility ones are black or grey plastic.
-    bumper = tuple(float(v) for v in (body * rng.uniform(0.2, 0.8) if rng.random() < 0.35 else body * rng.uniform(0.9, 1.05)))
+    bumper = tuple(float(v) for v in (body * rng.uniform(0.2, 0.8) if rng.random() < 0.35
+                                      else body * rng.uniform(0.9, 1.05)))
     top = round(cy + ph * rng.uniform(0.6, 1.4))
     cv2.rectangle(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), round(y0 + ch * 0.93)), bumper, -1)
-    cv2.line(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), top), tuple(min(255.0, v * 1.4 + 20) for v in bumper), 1)
+    cv2.line(img, (round(x0 + cw * 0.01), top), (round(x0 + cw * 0.99), top),
+             tuple(min(255.0, v * 1.4 + 20) for v in bumper), 1)
     _plate_surround(rng, img, body, cx, cy, pw, ph, keep_clear)
     if rng.random() < 0.7:  # badge
         r = max(2, round(ph * rng.uniform(0.2, 0.4)))
         centre = (round(cx), round(cy - ph * rng.uniform(1.1, 2.0)))
         if not _overlaps((centre[0] - r, centre[1] - r, centre[0] + r, centre[1] + r), keep_clear):
             cv2.ellipse(img, centre, (r, round(r * 0.7)), 0, 0, 360, (190, 190, 195), -1, cv2.LINE_AA)
-            cv2.ellipse(img, centre, (max(1, r * 2 // 3), max(1, r // 2)), 0, 0, 360, (90, 90, 95), max(1, r // 4), cv2.LINE_AA)
+            cv2.ellipse(img, centre, (max(1, r * 2 // 3), max(1, r // 2)), 0, 0, 360, (90, 90, 95), max(1, r // 4),
+                        cv2.LINE_AA)
     if rng.random() < 0.6:  # model lettering on the body
         s = WORDS[int(rng.integers(0, len(WORDS)))]
         x, y = round(x0 + cw * rng.uniform(0.05, 0.6)), round(y0 + ch * rng.uniform(0.38, 0.6))
@@ -297,7 +313,8 @@ def _plate_surround(rng: np.random.Generator, img: np.ndarray, body: np.ndarray,
         gx, gy = rng.uniform(0.52, 0.75), rng.uniform(0.6, 1.1)
         x0, y0, x1, y1 = box(-gx, -gy, gx, gy)
         cv2.rectangle(img, (x0, y0), (x1, y1), tone(rng.uniform(0.5, 1.05)), -1)
-        cv2.line(img, (x0, y0), (x1, y0), tone(rng.uniform(0.25, 0.6)), max(1, round(ph * rng.uniform(0.04, 0.15))), cv2.LINE_AA)
+        cv2.line(img, (x0, y0), (x1, y0), tone(rng.uniform(0.25, 0.6)), max(1, round(ph * rng.uniform(0.04, 0.15))),
+                 cv2.LINE_AA)
         cv2.line(img, (x0, y1), (x1, y1), tone(rng.uniform(1.1, 1.3)), 1, cv2.LINE_AA)
         for x in (x0, x1):
             cv2.line(img, (x, y0), (x, y1), tone(rng.uniform(0.4, 0.8)), 1, cv2.LINE_AA)
@@ -318,7 +335,8 @@ def _plate_surround(rng: np.random.Generator, img: np.ndarray, body: np.ndarray,
         if not _overlaps((cx - half, y - thick, cx + half, y + thick), keep_clear):
             cv2.line(img, (round(cx - half), y), (round(cx + half), y), colour, thick, cv2.LINE_AA)
     if rng.random() < 0.3:  # lid handle or reversing camera just above the plate
-        x0, y0, x1, y1 = box(-rng.uniform(0.1, 0.3), -0.5 - rng.uniform(0.35, 0.6), rng.uniform(0.1, 0.3), -0.5 - rng.uniform(0.1, 0.3))
+        x0, y0, x1, y1 = box(-rng.uniform(0.1, 0.3), -0.5 - rng.uniform(0.35, 0.6), rng.uniform(0.1, 0.3),
+                             -0.5 - rng.uniform(0.1, 0.3))
         if not _overlaps((x0, y0, x1, y1), keep_clear):
             cv2.rectangle(img, (x0, y0), (x1, y1), _col(rng, 15, 70), -1)
     if rng.random() < 0.35:  # bumper crease or reflector strip below the plate
@@ -350,8 +368,8 @@ def paste_plate(img: np.ndarray, plate: np.ndarray, quad: np.ndarray) -> None:
     if x1 - x0 < 1 or y1 - y0 < 1:  # wholly outside the image (an oval sticker beside a plate at its edge)
         return
     ph, pw = plate.shape[:2]
-    src = np.float32([[0, 0], [pw, 0], [pw, ph], [0, ph]])
-    hom = cv2.getPerspectiveTransform(src, (quad - np.float32([x0, y0])).astype(np.float32))
+    src = np.array([[0, 0], [pw, 0], [pw, ph], [0, ph]], np.float32)
+    hom = cv2.getPerspectiveTransform(src, (quad - np.array([x0, y0], np.float32)).astype(np.float32))
     flags = cv2.INTER_AREA if (x1 - x0) < pw / 2 else cv2.INTER_LINEAR
     warped = cv2.warpPerspective(plate, hom, (x1 - x0, y1 - y0), flags=flags, borderValue=(0, 0, 0, 0))
     a = warped[..., 3:4].astype(np.float32) / 255.0
@@ -382,8 +400,8 @@ def oval_sticker(rng: np.random.Generator, img: np.ndarray, quad: np.ndarray, fo
     gap = rng.uniform(0.1, 0.6) * h
     centre = (tl + bl) / 2 - unit * (gap + ow / 2)
     half_r, half_d = unit * ow / 2, down / np.linalg.norm(down) * oh / 2
-    oquad = np.float32([centre - half_r - half_d, centre + half_r - half_d, centre + half_r + half_d,
-                        centre - half_r + half_d])
+    oquad = np.array([centre - half_r - half_d, centre + half_r - half_d, centre + half_r + half_d,
+                      centre - half_r + half_d], np.float32)
     size = (64, 96)
     canvas = np.zeros((*size, 4), np.uint8)
     cv2.ellipse(canvas, (48, 32), (46, 30), 0, 0, 360, (245, 245, 245, 255), -1, cv2.LINE_AA)
@@ -434,7 +452,8 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
     ``photos``: optional background pictures (see ``background``).
     """
     img = background(rng, height, width, photos)
-    n = 0 if max_plates == 0 or rng.random() < 0.12 else int(min(max_plates, rng.choice([1, 2, 3, 4], p=[.55, .28, .12, .05])))
+    n = (0 if max_plates == 0 or rng.random() < 0.12
+         else int(min(max_plates, rng.choice([1, 2, 3, 4], p=[.55, .28, .12, .05]))))
     placed: list[tuple[PlateInstance, np.ndarray, float, float]] = []  # plate, image, height, car width
     boxes: list = []
     cars: list = []
@@ -471,7 +490,7 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
         ph = pw / 3
         if not _overlaps((cx - pw * 2.5, cy - pw * 2.5, cx + pw * 2.5, cy + pw * 1.5), keep + boxes):
             draw_car(rng, img, cx, cy, pw, ph, pw * rng.uniform(3.5, 6.5), keep)
-    for inst, plate, ph, cw in placed:
+    for inst, _, ph, cw in placed:
         if cw:
             cx, cy = inst.quad.mean(0)
             draw_car(rng, img, cx, cy, float(np.linalg.norm(inst.quad[1] - inst.quad[0])), ph, cw, keep)
@@ -483,9 +502,11 @@ def make_scene(rng: np.random.Generator, width: int = 512, height: int = 384, ma
     res_factor = rng.uniform(0.5, 1.0) if rng.random() < 0.15 else 1.0
     # Most frames stand for a larger camera frame that the detector sees shrunk (1280-1920 px wide): its blur,
     # noise and JPEG shrink with it. Real far plates in HD frames stay sharp at the detector's scale.
-    camera_scale = float(np.clip(width / rng.uniform(640, 1920), 0.25, 1.0)) if res_factor == 1.0 and rng.random() < 0.85 else 1.0
+    camera_scale = (float(np.clip(width / rng.uniform(640, 1920), 0.25, 1.0))
+                    if res_factor == 1.0 and rng.random() < 0.85 else 1.0)
     out, quads = apply_camera(rng, out, [p[0].quad for p in placed], res_factor=res_factor, camera_scale=camera_scale)
-    plates = [PlateInstance(p[0].text, p[0].format, q.astype(np.float32), p[0].rows) for p, q in zip(placed, quads)]
+    plates = [PlateInstance(p[0].text, p[0].format, q.astype(np.float32), p[0].rows)
+              for p, q in zip(placed, quads, strict=True)]
     return Scene(out, plates)
 
 
@@ -497,8 +518,8 @@ def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 12
     """
     text, fmt = plate if plate is not None else random_text(rng)
     pw = out_w * rng.uniform(0.4, 0.9)
-    plate, rows = render_plate(rng, text, fmt, width_px=int(np.clip(pw * 1.25, 64, 320)))
-    ph = pw * plate.shape[0] / plate.shape[1]
+    drawn, rows = render_plate(rng, text, fmt, width_px=int(np.clip(pw * 1.25, 64, 320)))
+    ph = pw * drawn.shape[0] / drawn.shape[1]
     if ph > out_h * 0.85:  # tall (two-row / US) plates are limited by the patch height
         pw, ph = pw * out_h * 0.85 / ph, out_h * 0.85
     for attempt in range(8):
@@ -514,11 +535,12 @@ def make_plate_patch(rng: np.random.Generator, out_w: int = 256, out_h: int = 12
         cw = pw * CAR_WIDTH_MM / plate_width_mm(fmt, rows == 2) * rng.uniform(0.95, 1.2)
         draw_car(rng, img, cx, cy, pw, ph, cw, [(*quad.min(0), *quad.max(0))])
     oval_sticker(rng, img, quad, fmt)
-    paste_plate(img, plate, quad)
+    paste_plate(img, drawn, quad)
     out = np.clip(img, 0, 255).astype(np.uint8)
     plate_h = float(np.linalg.norm(quad[3] - quad[0]))
     # Plate heights from barely legible (12 px) to close-up and sharp: close-ups must not look foreign.
-    target = float(np.exp(rng.uniform(np.log(12), np.log(80)))) * (1.6 if rows == 1 and plate_aspect(fmt) < 2.6 else 1.0) * (1.7 if rows == 2 else 1.0)
+    target = (float(np.exp(rng.uniform(np.log(12), np.log(80))))
+              * (1.6 if rows == 1 and plate_aspect(fmt) < 2.6 else 1.0) * (1.7 if rows == 2 else 1.0))
     res_factor = min(1.0, target / max(plate_h, 1.0))
     out, quads = apply_camera(rng, out, [quad], warp=False, res_factor=res_factor)
     return Scene(out, [PlateInstance(text, fmt, quads[0], rows, seen_height=plate_h * res_factor)])

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.formats import COUNTRIES_DIR, Country, FormatSet, FormatSpec, PlateFormat, Style, expand_group, \
-    load_countries
+from edge.formats import COUNTRIES_DIR, Country, FormatSet, FormatSpec, PlateFormat, Style, expand_group, load_countries
 from edge.plates import MAX_CHARS
 
 _folders: tuple[str, ...] = (str(COUNTRIES_DIR),)
