@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         "read",
         help="read the plates in image files",
         description="Read plates in image files. With --json, prints one JSON object per image per line: "
-        '{"image", "plates": [{"text", "confidence", "box": [x1,y1,x2,y2], "display", "format"}], "latency_ms"}; '
+        '{"image", "plates": [{"text", "confidence", "box": [x1,y1,x2,y2], "display", "format", "country", '
+        '"detector_score"}], "latency_ms"}; '
         'plates best first; an unreadable image gets an "error" object and the command goes on: a missing or '
         f"empty file, one that is not JPEG, PNG, BMP, WebP, TIFF or PNM, or one over {MAX_IMAGE_PIXELS / 1e6:g} "
         "Mpx (refused from its header, before decoding). A summary goes to stderr.",

@@ -130,3 +130,16 @@ def test_formats_lists_one_line_per_country_of_the_model_set(untrained_models: P
     (bad / "zz.yaml").write_text("code: ZZ\nname: Zedland\nweight: 1\nformats: [{name: zz, groups: [LLQ]}]\n")
     proc = run_edge("formats", "--models", str(untrained_models), "--countries", str(bad))
     assert proc.returncode == 2 and "zz.yaml" in proc.stderr and "class 'Q' is not defined" in proc.stderr
+
+
+def test_read_help_names_every_key_of_a_plate() -> None:
+    from edge.detect import Detection
+    from edge.pipeline import PlateRead
+
+    quad = np.zeros((4, 2), np.float32)
+    keys = PlateRead("AB123", "AB 123", None, None, 0.9, Detection(quad, (0, 0, 1, 1), 0.8)).as_json()
+    out = run_edge("read", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for key in keys:
+        assert f'"{key}"' in text, key
