@@ -184,7 +184,7 @@ def _mark(img: np.ndarray, rng: np.random.Generator, kind: str, x: float, top: f
         places = (0.25, 0.75) if rng.random() < 0.6 else ((0.25,) if rng.random() < 0.5 else (0.75,))
         for place in places:
             cy = round(top + h * place)
-            shade = tuple(float(v) for v in rng.integers(90, 200) * np.ones(3) + rng.integers(-10, 10, 3))
+            shade = tuple(float(v) for v in rng.integers(50, 200) * np.ones(3) + rng.integers(-10, 10, 3))
             cv2.circle(img, (round(x + w / 2), cy), r, shade, -1, cv2.LINE_AA)
             cv2.circle(img, (round(x + w / 2), cy), max(1, r - 2), tuple(v * 0.7 for v in shade), 1, cv2.LINE_AA)
     elif kind == "seals":
