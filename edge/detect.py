@@ -164,6 +164,10 @@ def merge_tiles(whole: list[Detection], tiled: list[Detection], max_overlap: flo
     return sorted(kept, key=lambda d: d.score, reverse=True)
 
 
+#: Tile rows per tile column at most (a portrait phone photo needs 2; see ``PlateDetector.tile_windows``).
+MAX_TILE_ROWS_PER_COLUMN = 3
+
+
 class PlateDetector:
     """Runs the detector model on BGR frames."""
 
@@ -253,11 +257,19 @@ class PlateDetector:
 
     def tile_windows(self, frame_wh: tuple[int, int], columns: int,
                      overlap: float = 0.15) -> list[tuple[tuple[float, float], float]]:
-        """(centre, width) of ``columns`` overlapping columns of windows with the detector's aspect."""
+        """(centre, width) of ``columns`` overlapping columns of windows with the detector's aspect.
+
+        No windows for a frame so tall for its width that it would take more than
+        MAX_TILE_ROWS_PER_COLUMN rows per column (a strip no camera makes: a
+        1x20000 image would need tens of thousands of windows); the whole-frame
+        pass still looks at it.
+        """
         fw, fh = frame_wh
         tw = fw / columns * (1 + overlap)
         th = tw * self.height / self.width
         rows = max(1, int(np.ceil(fh / (th * (1 - overlap)))))
+        if rows > MAX_TILE_ROWS_PER_COLUMN * columns:
+            return []
         xs = [tw / 2 + (fw - tw) * i / (columns - 1) for i in range(columns)]
         ys = [fh / 2] if rows == 1 or fh <= th else [th / 2 + (fh - th) * j / (rows - 1) for j in range(rows)]
         return [((x, y), tw) for y in ys for x in xs]

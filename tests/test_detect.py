@@ -190,3 +190,10 @@ def test_tile_indices_pick_windows_and_max_runs_caps_the_zoomed_looks() -> None:
     assert capped.runs == 3  # the whole frame, one tile, one zoomed look
     found = capped.detect(frame, refine=4, tiles=2, tile_indices=[3], max_runs=2)  # nothing left for a zoom
     assert len(found) == 1 and capped.runs == 3 + 2
+
+
+def test_a_strip_no_camera_makes_gets_no_tiles_only_the_whole_frame() -> None:
+    # A 1x20000 image once meant about 55,000 tile windows: a run that never ended.
+    det = _Oracle(None)
+    assert det.tile_windows((1, 20000), 2) == []
+    assert len(det.tile_windows((960, 1280), 2)) == 8  # a portrait phone photo keeps its tiles: 2 columns, 4 rows
