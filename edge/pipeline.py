@@ -77,6 +77,10 @@ def _candidate_rank(read: PlateText) -> tuple[bool, float]:
     return len(read.text) >= MIN_TEXT_LEN, read.confidence * _evidence(read)
 
 
+def _box_area(box: tuple[float, float, float, float]) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
 def acceptable(read: PlateText) -> bool:
     """Whether a read may stand for a plate at all (see MIN_TEXT_LEN, SHORT_*, MIN_CONFIDENCE, FREE_MIN_CONFIDENCE)."""
     n = len(read.text)
@@ -126,18 +130,22 @@ class Pipeline:
 
         A detection with several candidate boxes (see ``edge.detect``) is read
         in each; the read that fits a format and that the reader is surest of
-        stands for the plate, with that candidate's box.
+        stands for the plate, with the tightest box of the candidates that read
+        the same text.
         """
         reads = []
         for det in detections[: self.max_plates]:
-            best: tuple[PlateText, Detection] | None = None
+            seen: list[tuple[PlateText, Detection]] = []
             for cand in det.candidates():
                 read = self.reader.read_crop(self.reader.crop(image, cand.quad))
-                if acceptable(read) and (best is None or _candidate_rank(read) > _candidate_rank(best[0])):
-                    best = (read, cand)
-            if best is None:
+                if acceptable(read):
+                    seen.append((read, cand))
+            if not seen:
                 continue
-            read, cand = best
+            read, _ = max(seen, key=lambda rc: _candidate_rank(rc[0]))
+            # Every candidate that reads the same text holds the plate; the tightest of them is its box (a looser
+            # one takes in the bumper or the plate frame around it).
+            cand = min((c for r, c in seen if r.text == read.text), key=lambda c: _box_area(c.box))
             # The plate keeps its detection's score: the ranking across plates is the detector's, not the crop's.
             chosen = replace(cand, score=det.score, alternatives=())
             reads.append(PlateRead(read.text, read.display, read.format, read.country, read.confidence, chosen,

@@ -51,6 +51,17 @@ def test_the_candidate_read_most_surely_stands_for_the_plate() -> None:
     assert reads[0].confidence == pytest.approx(np.prod([0.95, 0.9, 0.9, 0.9, 0.85, 0.3]) ** (1 / 6))
 
 
+def test_the_plate_box_is_the_tightest_candidate_that_reads_the_same_text() -> None:
+    # The whole-frame box takes in the bumper yet reads the plate surely; a tile's box fits the plate and reads
+    # the same text a little less surely: the text is the surest read's, the box the tight one.
+    loose, tight = (80.0, 90.0, 260.0, 160.0), (100.0, 100.0, 200.0, 140.0)
+    reader = _BoxReader({loose: _read("ABC123", [0.99] * 6), tight: _read("ABC123", [0.95] * 6)})
+    reads = Pipeline(None, reader).read_detections(np.zeros((300, 300, 3), np.uint8),
+                                                   [_det(loose, 0.8, (_det(tight, 0.6),))])
+    assert reads[0].detection.box == tight
+    assert reads[0].confidence == pytest.approx(0.99)
+
+
 def test_a_detection_without_a_readable_candidate_is_dropped() -> None:
     box = (10.0, 10.0, 60.0, 30.0)
     reader = _BoxReader({box: _read("7", [0.9])})
