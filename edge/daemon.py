@@ -40,7 +40,7 @@ import cv2
 from edge.config import AppConfig, LoggingConfig
 from edge.events import Topics, crop_encoder, event_messages
 from edge.formats import FormatError, FormatSet
-from edge.model import DEFAULT_MODELS, ModelError
+from edge.model import ModelError
 from edge.motion import END, FrameGate, FrameQueue
 from edge.pipeline import Pipeline
 from edge.publish import Publisher
@@ -240,17 +240,13 @@ def run(cfg: AppConfig) -> int:
     # Errors only: OpenCV's backend-probing warnings on each reconnect attempt mislead more than they help.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     log.info("edge-anpr %s starting", package_version())
-    models = cfg.detection.models or DEFAULT_MODELS
     try:
         extra = FormatSet.load(cfg.detection.countries) if cfg.detection.countries else None
     except FormatError as exc:
         log.error("detection.countries: %s", exc)
         return ExitCode.CONFIG
     try:
-        pipeline = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator,
-                                     refine=cfg.detection.refine, tiles=cfg.detection.tiles,
-                                     tiles_per_frame=cfg.detection.tiles_per_frame,
-                                     max_runs=cfg.detection.max_detector_runs, extra_formats=extra)
+        pipeline = Pipeline.from_config(cfg.detection, extra)
     except ModelError as exc:
         log.error("detection.models: %s", exc)
         return ExitCode.MODELS

@@ -52,9 +52,7 @@ def check_models(cfg: AppConfig, holder: dict) -> str:
     models = cfg.detection.models or DEFAULT_MODELS
     # Loaded as the daemon loads them; a file broken since the configuration was read fails this check by name.
     extra = FormatSet.load(cfg.detection.countries) if cfg.detection.countries else None
-    pipeline = holder["pipeline"] = Pipeline.from_dir(models, cfg.detection.threads, cfg.detection.accelerator,
-                                                      refine=cfg.detection.refine, tiles=cfg.detection.tiles,
-                                                      extra_formats=extra)
+    pipeline = holder["pipeline"] = Pipeline.from_config(cfg.detection, extra)
     det, rd = pipeline.detector.model, pipeline.reader.model
     versions = f"detector {det.meta.version}, reader {rd.meta.version}"
     return f"{models} ({versions}) verified and loaded on {det.accelerator}"

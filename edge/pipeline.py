@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import DetectionConfig
 from edge.detect import Detection, PlateDetector, overlap
 from edge.formats import DEFAULT_MAX_COST, FormatSet, PlateText
-from edge.model import load_model_set
+from edge.model import DEFAULT_MODELS, load_model_set
 from edge.recognize import PlateReader
 
 #: Reads shorter than this are noise (a badge, a fragment), not plates...
@@ -119,6 +120,15 @@ class Pipeline:
         det, rd = load_model_set(models_dir, num_threads, accelerator)
         return cls(PlateDetector(det), PlateReader(rd, extra_formats, max_cost), refine=refine, tiles=tiles,
                    tiles_per_frame=tiles_per_frame, max_runs=max_runs)
+
+    @classmethod
+    def from_config(cls, detection: DetectionConfig, extra_formats: FormatSet | None = None) -> Pipeline:
+        """The pipeline a configuration's ``detection`` section describes: what the daemon runs and ``health``
+        checks, built in this one place so that the two cannot differ."""
+        return cls.from_dir(detection.models or DEFAULT_MODELS, detection.threads, detection.accelerator,
+                            refine=detection.refine, tiles=detection.tiles,
+                            tiles_per_frame=detection.tiles_per_frame, max_runs=detection.max_detector_runs,
+                            extra_formats=extra_formats)
 
     @property
     def formats(self) -> FormatSet:

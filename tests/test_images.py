@@ -285,11 +285,11 @@ def test_the_folder_source_logs_and_skips_an_oversized_image(tmp_path: Path,
 
 def test_one_definition_of_image_suffixes_and_default_models() -> None:
     import edge.__main__
-    import edge.daemon
     import edge.health
     import edge.model
+    import edge.pipeline
     import edge.sources
 
     assert edge.sources.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
-    assert all(m.DEFAULT_MODELS is edge.model.DEFAULT_MODELS for m in (edge.__main__, edge.daemon, edge.health))
+    assert all(m.DEFAULT_MODELS is edge.model.DEFAULT_MODELS for m in (edge.__main__, edge.health, edge.pipeline))
     assert (edge.model.DEFAULT_MODELS / "reader.tflite").is_file()

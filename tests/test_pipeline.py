@@ -6,6 +6,7 @@ import pytest
 
 from edge.detect import Detection
 from edge.formats import PlateText
+from edge.model import DEFAULT_MODELS
 from edge.pipeline import Pipeline
 
 
@@ -128,3 +129,12 @@ def test_tiles_per_frame_take_turns_across_frames() -> None:
     every = _TurnDetector()
     Pipeline(every, None, tiles=2).detect(np.zeros((8, 8, 3), np.uint8))
     assert every.turns == [(None, 0)]  # by default every tile on every frame, no cap
+
+
+def test_the_daemon_and_health_build_the_pipeline_the_detection_section_describes() -> None:
+    from edge.config import DetectionConfig
+
+    cfg = DetectionConfig(refine=2, tiles=3, tiles_per_frame=2, max_detector_runs=5)
+    pipe = Pipeline.from_config(cfg)
+    assert (pipe.refine, pipe.tiles, pipe.tiles_per_frame, pipe.max_runs) == (2, 3, 2, 5)
+    assert pipe.detector.model.path.parent == DEFAULT_MODELS
