@@ -16,9 +16,14 @@ import time
 from pathlib import Path
 
 
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto broker (on PATH, or Debian's /usr/sbin, which is not on a user's PATH), or None."""
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
 def mosquitto_binary() -> str:
     """Path of the mosquitto broker, or SystemExit saying how to install it."""
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    found = find_mosquitto()
     if not found:
         raise SystemExit("error: mosquitto is not installed (Debian/Raspberry Pi OS: sudo apt-get install mosquitto)")
     return found

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.config import DetectionConfig
 from edge.detect import Detection, PlateDetector, overlap
 from edge.formats import DEFAULT_MAX_COST, FormatSet, PlateText
 from edge.model import DEFAULT_MODELS, load_model_set
 from edge.recognize import PlateReader
+
+if TYPE_CHECKING:  # the configuration's models are only read here; `read` need not load them
+    from edge.config import DetectionConfig
 
 #: Reads shorter than this are noise (a badge, a fragment), not plates...
 MIN_TEXT_LEN = 3

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from edge.mosquitto import find_mosquitto
 
 APT_ENSURE = ROOT / "tools" / "apt_ensure.sh"
 LOCKED = ("E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 4242 (unattended-upgr)\n"
@@ -66,7 +67,7 @@ def test_tools_run_from_the_checkout(tool: str) -> None:
     assert proc.stdout.startswith(f"usage: python -m tools.{tool}"), proc.stdout
 
 
-@pytest.mark.skipif(not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()),
+@pytest.mark.skipif(find_mosquitto() is None,
                     reason="mosquitto is not installed (apt-get install mosquitto)")
 def test_demo_runs_the_daemon_on_the_clip() -> None:
     """``make demo``: the shipped models, the demo clip, a private mosquitto; the output is only the demo's."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.mosquitto import find_mosquitto
 from edge.vehicle_eval import (
     GREY,
     LabelError,
@@ -200,7 +200,7 @@ def test_alignment_from_the_daemon_log_time() -> None:
 
 # ---------------------------------------------------------------- end to end
 
-@pytest.mark.skipif(not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()),
+@pytest.mark.skipif(find_mosquitto() is None,
                     reason="mosquitto is not installed (apt-get install mosquitto)")
 def test_command_end_to_end_with_the_shipped_models(tmp_path: Path) -> None:
     folder = _folder(tmp_path, ["AB12CDE", "XY34FGH"], [(1280, 720), (640, 480)])

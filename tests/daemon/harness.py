@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,17 +31,13 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.mosquitto import find_mosquitto, free_port
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PREFIX = "anpr/test"
 _client_ids = itertools.count()
-MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+MOSQUITTO = find_mosquitto()
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -226,6 +221,20 @@ class DaemonProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+
+def deliver_to_a_new_broker(d: DaemonProc, port: int, workdir: Path) -> Subscriber:
+    """Start a broker on ``port`` for a daemon that has been waiting for one; once the daemon has delivered and
+    exited 0, return the subscriber with what arrived (stopped, its messages kept)."""
+    broker = Broker(workdir / "broker", port=port).start()
+    sub = Subscriber(port).start()
+    try:
+        assert d.wait(60) == 0, d.log()
+        wait_for(lambda: sub.stats(), 10, "the final stats")
+    finally:
+        sub.stop()
+        broker.stop()
+    return sub
 
 
 def base_config(clip: Path, port: int, workdir: Path, **sections: dict) -> dict:

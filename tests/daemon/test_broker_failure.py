@@ -13,7 +13,17 @@ import pytest
 from edge.config import MqttConfig
 from edge.publish import Publisher
 from edge.spool import Spool
-from harness import PREFIX, Broker, DaemonProc, Subscriber, base_config, free_port, make_certificates, wait_for
+from harness import (
+    PREFIX,
+    Broker,
+    DaemonProc,
+    Subscriber,
+    base_config,
+    deliver_to_a_new_broker,
+    free_port,
+    make_certificates,
+    wait_for,
+)
 
 
 def mqtt_config(port: int, **kw: object) -> MqttConfig:
@@ -134,14 +144,7 @@ def test_daemon_with_its_broker_port_closed_logs_why_then_delivers(clip: Path, t
     d.wait_log(r"event end MXE7315", 60)  # the whole clip is spooled meanwhile
     time.sleep(max(0.0, 10 - (time.monotonic() - started)))  # about 10 s with the port closed
     assert d.proc.poll() is None, "the daemon must wait for the broker"
-    broker = Broker(tmp_path / "broker", port=port).start()
-    sub = Subscriber(port).start()
-    try:
-        assert d.wait(60) == 0, d.log()
-        wait_for(lambda: sub.stats(), 10, "the final stats")
-    finally:
-        sub.stop()
-        broker.stop()
+    sub = deliver_to_a_new_broker(d, port, tmp_path)
     log = d.log()
     failed = int(re.search(r"MQTT connected to \S+ after (\d+) failed attempts?", log).group(1))
     warned = re.findall(r"MQTT broker \S+ unreachable: (.*)", log)

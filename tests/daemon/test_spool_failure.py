@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from edge.spool import Spool
-from harness import Broker, DaemonProc, Subscriber, base_config, free_port, wait_for
+from harness import Broker, DaemonProc, Subscriber, base_config, deliver_to_a_new_broker, free_port, wait_for
 
 
 def lock(path: Path) -> sqlite3.Connection:
@@ -40,14 +40,7 @@ def test_locked_spool_holds_events_in_memory_until_it_can_write_them(clip: Path,
         other.close()
     d.wait_log(r"the spool takes writes again after \d+ failed attempts?; wrote the \d+ messages held in memory", 60)
     assert rows(path) == 6  # on disk now: a kill from here on loses nothing
-    broker = Broker(tmp_path / "broker", port=port).start()
-    sub = Subscriber(port).start()
-    try:
-        assert d.wait(60) == 0, d.log()
-        wait_for(lambda: sub.stats(), 10, "the final stats")
-    finally:
-        sub.stop()
-        broker.stop()
+    sub = deliver_to_a_new_broker(d, port, tmp_path)
     logged = [(t, i) for t, _, i in d.logged_events()]
     assert len(logged) == 6 and [(e["type"], e["id"]) for e in sub.events()] == logged  # none lost, none twice
     stats = sub.stats()[-1]

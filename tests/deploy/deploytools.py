@@ -4,6 +4,7 @@ No conftest.py here: the suite's top-level tests import ``conftest`` by name.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,28 @@ def script(name: str, root: Path, *args: str, timeout: float = 120) -> subproces
 
 def install(root: Path, models: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return script("install.sh", root, "--models", str(models), "--venv-from", str(VENV), "--no-apt", *args)
+
+
+def copy_checkout(dest: Path) -> Path:
+    """A copy of the parts of this checkout that the deploy scripts install from."""
+    for part in ("edge", "deploy", "pyproject.toml", "README.md"):
+        src = ROOT / part
+        (shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, dest / part))
+    return dest
+
+
+def install_older_release(tmp_path: Path, models: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Install, under ``tmp_path/root``, from a copy of this checkout with one change (an older release), with a
+    venv of this interpreter's kind: (root, the install's result)."""
+    old = copy_checkout(tmp_path / "old")
+    with open(old / "edge/__init__.py", "a") as f:
+        f.write("# an older release\n")
+    root = tmp_path / "root"
+    proc = subprocess.run(["bash", str(old / "deploy/install.sh"), "--root", str(root), "--models", str(models),
+                           "--venv-from", sys.prefix, "--no-apt"], text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=120)
+    return root, proc
 
 
 def write_config(root: Path, port: int, **mqtt: object) -> Path:

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from deploytools import DEPLOY, ROOT, link, script
+from deploytools import DEPLOY, ROOT, copy_checkout, install_older_release, link, script
 
 CONSTRAINTS = DEPLOY / "constraints.txt"
 
@@ -136,17 +135,7 @@ def test_update_release_builds_with_the_new_checkouts_constraints(untrained_mode
                                                                   recording_python3: tuple[dict[str, str], Path]
                                                                   ) -> None:
     # Installed from an older checkout (a copy with one change), with a venv of its own kind.
-    old_checkout = tmp_path / "old"
-    for part in ("edge", "deploy", "pyproject.toml", "README.md"):
-        src = ROOT / part
-        (shutil.copytree(src, old_checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, old_checkout / part))
-    with open(old_checkout / "edge/__init__.py", "a") as f:
-        f.write("# an older release\n")
-    root = tmp_path / "root"
-    proc = subprocess.run(["bash", str(old_checkout / "deploy/install.sh"), "--root", str(root), "--models",
-                           str(untrained_models), "--venv-from", sys.prefix, "--no-apt"], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    root, proc = install_older_release(tmp_path, untrained_models)
     assert proc.returncode == 0, proc.stdout
     old = link(root / "opt/edge-anpr/current")
     env, log = recording_python3
@@ -159,11 +148,7 @@ def test_update_release_builds_with_the_new_checkouts_constraints(untrained_mode
 
 
 def test_a_checkout_without_constraints_is_refused(untrained_models: Path, tmp_path: Path) -> None:
-    checkout = tmp_path / "checkout"
-    for part in ("edge", "deploy", "pyproject.toml", "README.md"):
-        src = ROOT / part
-        (shutil.copytree(src, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, checkout / part))
+    checkout = copy_checkout(tmp_path / "checkout")
     (checkout / "deploy/constraints.txt").unlink()
     proc = subprocess.run(["bash", str(checkout / "deploy/install.sh"), "--root", str(tmp_path / "root"),
                            "--models", str(untrained_models), "--no-apt"], text=True, stdout=subprocess.PIPE,

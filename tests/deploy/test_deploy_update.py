@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deploytools import ROOT, install, link, script, write_config
+from deploytools import ROOT, install, install_older_release, link, script, write_config
 from harness import Broker
 
 
@@ -149,17 +149,7 @@ def test_health_with_an_invalid_config_exits_2(tmp_path: Path) -> None:
 
 def test_update_release_installs_beside_and_switches(untrained_models: Path, broker: Broker, tmp_path: Path) -> None:
     """An installation from an older checkout (a copy with one change) is switched to this checkout's release."""
-    old_checkout = tmp_path / "old"
-    for part in ("edge", "deploy", "pyproject.toml", "README.md"):
-        src = ROOT / part
-        (shutil.copytree(src, old_checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, old_checkout / part))
-    with open(old_checkout / "edge/__init__.py", "a") as f:
-        f.write("# an older release\n")
-    root = tmp_path / "root"
-    proc = subprocess.run(["bash", str(old_checkout / "deploy/install.sh"), "--root", str(root), "--models",
-                           str(untrained_models), "--venv-from", sys.prefix, "--no-apt"], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    root, proc = install_older_release(tmp_path, untrained_models)
     assert proc.returncode == 0, proc.stdout
     write_config(root, broker.port)
     old = link(root / "opt/edge-anpr/current")
