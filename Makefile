@@ -11,19 +11,21 @@ EDGE_VENV ?= .venv-edge
 CONSTRAINTS := deploy/constraints.txt
 APT_DEMO := mosquitto
 # mosquitto (with mosquitto_passwd), ffmpeg and rtsp-server-perl (the RTSP test), openssl (the TLS test),
-# shellcheck (the deploy scripts), systemd (systemd-analyze verify of the unit), mosquitto-clients (mosquitto_sub).
-APT_TEST := mosquitto mosquitto-clients ffmpeg rtsp-server-perl openssl shellcheck systemd
+# shellcheck (the deploy scripts), systemd (systemd-analyze verify of the unit), mosquitto-clients (mosquitto_sub),
+# chromium and chromium-driver (the review page's browser test).
+APT_TEST := mosquitto mosquitto-clients ffmpeg rtsp-server-perl openssl shellcheck systemd chromium chromium-driver
 # How long to wait for another apt (unattended-upgrades, another terminal) to release its lock, in seconds.
 export APT_LOCK_TIMEOUT ?= 600
 # The slowest tests are listed at the end of every run.
 PYTEST := -m pytest -q --durations=15
 
-.PHONY: help demo read-demo test test-edge lint bench soak clean
+.PHONY: help demo read-demo test test-edge test-ha lint bench soak clean
 help:
 	@echo "make demo       - the daemon on the demo clip with the shipped models, a local mosquitto, the events printed"
 	@echo "make read-demo  - read the demo images with the shipped models (one JSON line per image)"
 	@echo "make test       - the test suite: unit, train -> quantize -> edge, emulated device on a real broker"
 	@echo "make test-edge  - the edge's tests in $(EDGE_VENV), the edge alone without TensorFlow (as on a Pi)"
+	@echo "make test-ha    - the daemon against a real Home Assistant (installed in .venv-ha from PyPI; not in make test)"
 	@echo "make lint       - ruff (lint and import order) and mypy (types) on the checkout, as configured in pyproject.toml"
 	@echo "make bench      - latency, fps, RSS, sizes and MACs of the shipped models -> bench/results.json"
 	@echo "make soak       - the daemon on a looping 720p clip for SOAK_MIN minutes (default 30) -> bench/soak.json"
@@ -74,5 +76,10 @@ soak: $(VENV)/.edge
 	@bash tools/apt_ensure.sh $(APT_DEMO)
 	$(PY) -m tools.soak --minutes $(SOAK_MIN) --out bench/soak.json
 
+# Installs Home Assistant core into .venv-ha (Python 3.13) on its first run: minutes, so not part of `make test`.
+test-ha: $(VENV)/.edge
+	@bash tools/apt_ensure.sh $(APT_DEMO)
+	$(PY) -m tools.ha_check
+
 clean:
-	rm -rf $(VENV) $(EDGE_VENV) build *.egg-info
+	rm -rf $(VENV) $(EDGE_VENV) .venv-ha build *.egg-info

@@ -1,6 +1,7 @@
 """Command line of the edge: ``python -m edge read [--json] [--models DIR] IMAGE...``,
 ``python -m edge run --config FILE`` (the daemon), ``python -m edge check-config FILE``,
-``python -m edge health --config FILE`` and ``python -m edge formats [--models DIR]``.
+``python -m edge health --config FILE``, ``python -m edge formats [--models DIR]`` and
+``python -m edge collect pack COLLECT_DIR OUT_DIR`` (see ``edge.collect.pack``).
 
 Exit codes of ``read``: 0 when at least one image was read (plates or not), 1
 when no image could be read, 2 for a usage error, 3 when the models cannot be
@@ -16,13 +17,17 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from edge.formats import FormatError, FormatSet, PlateFormat
 from edge.images import MAX_IMAGE_PIXELS, ImageError, decode_image
 from edge.model import ACCELERATORS, DEFAULT_MODELS, ModelError, read_metadata, reader_formats
 from edge.pipeline import Pipeline, read_as_video
+from edge.search import SEARCH_FIELDS, SearchSettings
 
 
 def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1) -> Iterator[dict]:
@@ -30,7 +35,8 @@ def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1) -> Iterat
 
     An image that cannot be decoded, or is refused before decoding (see
     ``edge.images``), gets an ``error`` object and the batch goes on.
-    ``frames`` != 1: see ``read_as_video``; ``latency_ms`` is then per frame.
+    ``frames`` != 1: see ``read_as_video``; ``latency_ms`` and ``search`` (what the search spent) are then
+    per frame.
     """
     for path in paths:
         start = time.perf_counter()
@@ -42,12 +48,14 @@ def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1) -> Iterat
                    "latency_ms": round(ms, 2)}
             continue
         if frames == 1:
-            reads = pipeline(image)
+            result = pipeline.run(image)
+            reads, counts = result.reads, result.counts.as_json()
             ms = (time.perf_counter() - start) * 1000
         else:
-            reads, shown = read_as_video(pipeline, image, frames)
+            reads, shown, total = read_as_video(pipeline, image, frames)
+            counts = {k: round(v / shown, 2) for k, v in total.as_json().items() if k != "stopped_early"}
             ms = (time.perf_counter() - start) * 1000 / shown
-        yield {"image": path, "plates": [r.as_json() for r in reads], "latency_ms": round(ms, 2)}
+        yield {"image": path, "plates": [r.as_json() for r in reads], "latency_ms": round(ms, 2), "search": counts}
 
 
 def cmd_read(args: argparse.Namespace) -> int:
@@ -58,9 +66,30 @@ def cmd_read(args: argparse.Namespace) -> int:
     except FormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    base, models, threads, accelerator = SearchSettings(), DEFAULT_MODELS, 2, "cpu"
+    if args.config is not None:
+        cfg = _load_config(args.config)
+        if cfg is None:
+            return 2
+        det = cfg.detection
+        base, models, threads, accelerator = det.search_settings(), det.models or models, det.threads, det.accelerator
+        if det.countries is not None and extra is None:
+            try:
+                extra = FormatSet.load(det.countries)
+            except FormatError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+    # Flags given on the command line override the configuration.
+    models = args.models or models
+    threads = args.threads or threads
+    accelerator = args.accelerator or accelerator
     try:
-        pipeline = Pipeline.from_dir(args.models, args.threads, args.accelerator, refine=args.refine, tiles=args.tiles,
-                                     tiles_per_frame=args.tiles_per_frame, max_runs=args.max_runs, extra_formats=extra)
+        search = _search_settings(args, base)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        pipeline = Pipeline.from_dir(models, threads, accelerator, search=search, extra_formats=extra)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -116,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from edge.daemon import run
 
-    return int(run(cfg))
+    return int(run(cfg, args.config))
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -131,6 +160,27 @@ def cmd_health(args: argparse.Namespace) -> int:
     print(f"health: {len(results) - len(failed)} of {len(results)} checks passed"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0
+
+
+def cmd_collect_pack(args: argparse.Namespace) -> int:
+    """Pack a collection folder as a labelled folder (``edge.collect.pack``)."""
+    from edge.collect import PackError, pack
+
+    skipped = 0
+
+    def warn(line: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        print(f"warning: {line}", file=sys.stderr)
+
+    try:
+        n = pack(args.collect_dir, args.out_dir, warn)
+    except PackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"packed {n} plates into {args.out_dir} (labels.tsv, confidence.tsv)"
+          + (f"; {skipped} skipped" if skipped else ""), file=sys.stderr)
+    return 0 if n else 1
 
 
 def describe_format(fmt: PlateFormat) -> str:
@@ -165,6 +215,28 @@ def cmd_formats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_search_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per search setting (``edge.search``), with its description and default from there."""
+    for name, field in SearchSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        # --max-runs: the flag's name before the settings had one owner.
+        aliases = ["--max-runs"] if name == "max_detector_runs" else []
+        kind: Callable[[str], Any] = int if field.annotation is int else float
+        parser.add_argument(flag, *aliases, dest=name, type=kind, default=None, metavar="N",
+                            help=f"{field.description} (default {field.default}, or the --config file's)")
+
+
+def _search_settings(args: argparse.Namespace, base: SearchSettings) -> SearchSettings:
+    """``base`` with the search flags given on the command line; ValueError names the flag."""
+    given = {name: getattr(args, name) for name in SEARCH_FIELDS if getattr(args, name, None) is not None}
+    try:
+        return SearchSettings(**{**base.model_dump(), **given})
+    except ValidationError as exc:
+        where = ", ".join("--" + str(e["loc"][0]).replace("_", "-") if e["loc"] else "flags" for e in exc.errors())
+        msg = "; ".join(e["msg"] for e in exc.errors())
+        raise ValueError(f"{where}: {msg}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m edge",
@@ -176,39 +248,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the plates in image files",
         description="Read plates in image files. With --json, prints one JSON object per image per line: "
         '{"image", "plates": [{"text", "confidence", "box": [x1,y1,x2,y2], "display", "format", "country", '
-        '"detector_score"}], "latency_ms"}; '
+        '"detector_score"}], "latency_ms", "search": {"detector_runs", "reader_runs", "macs", "stopped_early"}}; '
         'plates best first; an unreadable image gets an "error" object and the command goes on: a missing or '
         f"empty file, one that is not JPEG, PNG, BMP, WebP, TIFF or PNM, or one over {MAX_IMAGE_PIXELS / 1e6:g} "
         "Mpx (refused from its header, before decoding). A summary goes to stderr.",
     )
     rd.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, WebP, TIFF, PNM)")
     rd.add_argument("--json", action="store_true", help="one JSON object per image (the read contract)")
-    rd.add_argument("--models", type=Path, default=DEFAULT_MODELS,
+    rd.add_argument("--models", type=Path, default=None,
                     help="directory with detector.tflite, reader.tflite and their .json metadata "
-                         "(default: shipped models)")
-    rd.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads (default 2)")
-    rd.add_argument("--refine", type=int, default=4, metavar="N",
-                    help="zoomed second detector pass for the best N small plates of an image: tighter boxes, "
-                         "better reads, one detector run each (default 4; 0: off)")
-    rd.add_argument("--tiles", type=int, default=2, metavar="N",
-                    help="also look at the image in N overlapping columns of full-resolution tiles, for plates too "
-                         "small at whole-frame scale (default 2: four more detector runs on a 16:9 frame; 0: off)")
-    rd.add_argument("--tiles-per-frame", type=int, default=0, metavar="N",
-                    help="look at only N tiles per frame, taking turns (the daemon's detection.tiles_per_frame); "
-                         "with --frames, measures on stills what a camera sees of a scene in view that long "
-                         "(default 0: all tiles)")
-    rd.add_argument("--max-runs", type=int, default=0, metavar="N",
-                    help="detector runs per frame at most: whole frame, tiles, then zoomed looks (the daemon's "
-                         "detection.max_detector_runs; default 0: no cap)")
+                         "(default: the --config file's, else the shipped models)")
+    rd.add_argument("--threads", type=int, default=None,
+                    help="TFLite interpreter threads (default: the --config file's, else 2)")
+    _add_search_flags(rd)
+    rd.add_argument("--config", type=Path, default=None, metavar="FILE",
+                    help="take the detection section of this daemon configuration (its search settings, models, "
+                         "countries, threads and accelerator) instead of the defaults: reads stills as that "
+                         "camera's daemon would search its frames; flags given here override it")
     rd.add_argument("--frames", type=int, default=1, metavar="K",
                     help="show each image K times as consecutive camera frames and keep each plate's surest read "
                          "(0: one full turn of the tiles; latency_ms is then per frame; default 1)")
     rd.add_argument("--countries", type=Path, default=None, metavar="DIR",
                     help="folder of your own country files (*.yaml): their formats are added to those the reader "
                          "carries (see the README, 'Plate formats')")
-    rd.add_argument("--accelerator", choices=ACCELERATORS, default="cpu",
+    rd.add_argument("--accelerator", choices=ACCELERATORS, default=None,
                     help="edgetpu: run the NAME_edgetpu.tflite variants on a Coral through libedgetpu.so.1 "
-                    "(the CPU models, after one warning, when either is missing); default cpu")
+                    "(the CPU models, after one warning, when either is missing); default: the --config file's, "
+                    "else cpu")
     rd.set_defaults(func=cmd_read)
     fm = sub.add_parser(
         "formats",
@@ -256,6 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--camera", action="store_true",
                     help="also read one frame from the camera (stop the daemon first: it holds the camera)")
     hc.set_defaults(func=cmd_health)
+    co = sub.add_parser(
+        "collect",
+        help="what collection (collect.enabled) saved on this device: pack it for review and fine-tuning",
+        description="Commands on a collection folder (collect.folder; see the README, 'Collecting plates').",
+    )
+    co_sub = co.add_subparsers(dest="collect_command", required=True)
+    pk = co_sub.add_parser(
+        "pack",
+        help="write a collection folder as a labelled folder (labels.tsv, as the shared real sets)",
+        description="Write OUT_DIR as a labelled folder of the vehicles in COLLECT_DIR: one image per vehicle "
+        "(<id>.jpg: the frame region when frames were kept, else the plate crop) and its crop (crops/<id>.jpg); "
+        "labels.tsv with a header and the columns file, text (the vehicle's voted read), and x1 y1 x2 y2 (the "
+        "plate's box in the region) when the frame region was kept; rows lowest confidence first. "
+        "confidence.tsv, in the same order, gives each file its confidence, crop, best single read and its "
+        "confidence, camera, time (UTC), event id, format and country. A vehicle whose sidecar or image "
+        "cannot be used is reported, naming the file, and skipped. OUT_DIR must not hold a labels.tsv yet: "
+        "a reviewed folder is never overwritten.",
+        epilog="exit codes: 0 packed, 1 nothing to pack, 2 COLLECT_DIR is no folder or OUT_DIR cannot be written "
+        "or already holds a labels.tsv",
+    )
+    pk.add_argument("collect_dir", type=Path, metavar="COLLECT_DIR", help="the collection folder (collect.folder)")
+    pk.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the labelled folder to write (new or empty)")
+    pk.set_defaults(func=cmd_collect_pack)
     return parser
 
 

@@ -16,6 +16,7 @@ written (``password: 0123`` is the string ``0123``, not the number 83).
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import socket
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from edge.formats import FormatError, load_countries
+from edge.search import SearchSettings
 from edge.yamlsafe import MAX_YAML_BYTES, YamlError, load_yaml
 
 #: Environment variable that overrides ``mqtt.password``.
@@ -188,7 +190,13 @@ class MotionConfig(StrictModel):
                               "(a car that stops stays tracked; slow light changes are followed).")
 
 
-class DetectionConfig(StrictModel):
+class DetectionConfig(SearchSettings):
+    """The detection section: the model set and its runtime, and the search settings (``edge.search``) with
+    their one set of defaults."""
+
+    # A section is edited while the configuration loads (relative paths); the search it describes is frozen.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=False)
+
     models: Path | None = Field(None, description="Directory with detector.tflite, reader.tflite and their .json "
                                 "metadata; default: the models shipped in edge/models.")
     accelerator: Literal["cpu", "edgetpu"] = Field("cpu", description="cpu: the int8 models on the CPU; edgetpu: "
@@ -201,28 +209,7 @@ class DetectionConfig(StrictModel):
     threads: int = Field(2, ge=1, le=16, description="TFLite interpreter threads.")
     frame_stride: int = Field(1, ge=1, le=100, description="Infer every Nth captured frame.")
     min_confidence: float = Field(0.0, ge=0, le=1, description="Reads below this reader confidence are ignored.")
-    refine: int = Field(4, ge=0, le=16, description="The best N small detections of a frame get a zoomed second "
-                        "detector pass that fits their box to the plate (one detector run each; 0: off).")
-    tiles: int = Field(2, ge=0, le=8, description="Besides the whole frame, look at it in this many overlapping "
-                       "columns of full-resolution tiles (and the rows their aspect needs): finds plates too small "
-                       "at whole-frame scale, at one detector run per tile (2 on 16:9: 4 more runs; 0: off).")
-    tiles_per_frame: int = Field(1, ge=0, le=64, description="Look at only this many tiles per inferred frame, "
-                                 "taking turns (0: every tile on every frame). A plate stays in view for many "
-                                 "frames, so each tile still sees it, and a frame costs the whole-frame run plus "
-                                 "this many tile runs.")
-    max_detector_runs: int = Field(3, ge=0, le=64, description="Detector runs per frame at most: whole frame, "
-                                   "tiles, then zoomed looks until it is spent (0: no cap). Each run of the shipped "
-                                   "detector is 0.16 GMAC; 3 keeps a frame within 0.5 GMAC.")
     motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate.")
-
-    @model_validator(mode="after")
-    def _check(self) -> DetectionConfig:
-        # The cap stops zoomed looks only: the whole frame and the frame's tiles always run.
-        if self.max_detector_runs and self.tiles >= 2 and not 0 < self.tiles_per_frame < self.max_detector_runs:
-            raise ValueError(f"max_detector_runs: {self.max_detector_runs} runs a frame cannot hold the whole frame "
-                             f"and {'every tile' if not self.tiles_per_frame else f'{self.tiles_per_frame} tiles'}; "
-                             "set tiles_per_frame to 1 or more and below max_detector_runs (or tiles: 0)")
-        return self
 
 
 class TrackingConfig(StrictModel):
@@ -271,7 +258,8 @@ class TlsConfig(StrictModel):
 
 
 class DiscoveryConfig(StrictModel):
-    enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery (a 'last plate' sensor).")
+    enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery: last plate, plate events, "
+                          "crop image, camera health, and device triggers per arrival and per known-plate group.")
     prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery prefix.")
 
 
@@ -322,6 +310,140 @@ class LoggingConfig(StrictModel):
                              "false under systemd).")
 
 
+class KnownPlateConfig(StrictModel):
+    """One known plate, in ``known_plates.plates`` or a plate file (matching: ``edge.known``)."""
+
+    plate: str = Field(min_length=1, max_length=32, description="The plate: letters A-Z and digits; case, and "
+                       "spaces, '-' and '.' between them, do not count.")
+    group: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="Its group "
+                       "(letters, digits, _ -), e.g. residents, deliveries, blocked: each group has its own topic "
+                       "<prefix>/known/<group> and distance; the relay pulses for the groups it names.")
+    name: str | None = Field(None, max_length=200, description="Who or what it is, in the event's 'known' field "
+                             "(default: the plate as written).")
+    valid_from: dt.datetime | dt.date | None = Field(None, description="Known from this ISO 8601 date or time "
+                                                     "(without a zone: local time); default: always.")
+    valid_until: dt.datetime | dt.date | None = Field(None, description="Known until this ISO 8601 time, or "
+                                                      "through this date; default: always.")
+    windows: list[str] = Field(default_factory=list, description="Weekly windows of local time in which it is "
+                               "known, such as 'mon-fri 07:00-18:00', 'sat,sun 09:00-12:30' or '22:00-06:00' "
+                               "(every day, overnight); none: at any time.")
+
+    @field_validator("plate", mode="before")
+    @classmethod
+    def _plate_is_text(cls, value: Any) -> Any:
+        if isinstance(value, (bool, int, float)):  # YAML read 0123 as 83, 1e5 as 100000.0, NO as false
+            raise ValueError("write the plate in quotes ('0123'), or YAML may read it as a number or a boolean")
+        return value
+
+    @field_validator("plate")
+    @classmethod
+    def _plate_characters(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9 .-]*[A-Za-z0-9][A-Za-z0-9 .-]*", value):
+            raise ValueError("letters A-Z and digits only, with spaces, '-' or '.' between them")
+        return value
+
+    @field_validator("valid_from", "valid_until", mode="before")
+    @classmethod
+    def _date_only(cls, value: Any) -> Any:
+        # pydantic reads '2025-06-30' as that day's midnight; a date given alone is the whole day.
+        if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            return dt.date.fromisoformat(value.strip())
+        return value
+
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, windows: list[str]) -> list[str]:
+        from edge.known import parse_window  # edge.known builds on this module
+
+        for window in windows:
+            parse_window(window)
+        return windows
+
+    @staticmethod
+    def _timestamp(value: dt.datetime | dt.date, end: bool) -> float:
+        if not isinstance(value, dt.datetime):
+            value = dt.datetime.combine(value + dt.timedelta(days=1) if end else value, dt.time())
+        return value.timestamp()
+
+    @model_validator(mode="after")
+    def _check_validity(self) -> KnownPlateConfig:
+        if (self.valid_from is not None and self.valid_until is not None
+                and self._timestamp(self.valid_until, True) <= self._timestamp(self.valid_from, False)):
+            raise ValueError("valid_until: must be after valid_from")
+        return self
+
+
+class KnownGroupConfig(StrictModel):
+    """Settings of one known-plate group (``known_plates.groups.<group>``)."""
+
+    max_distance: float | None = Field(None, ge=0, le=10, description="Largest distance at which this group's "
+                                       "plates match (0: the exact text only, 0.5: one look-alike such as O/0); "
+                                       "default: known_plates.max_distance.")
+
+
+class KnownPlatesConfig(StrictModel):
+    """Known plates: the lists, and how close a read must be (matching: ``edge.known``)."""
+
+    plates: list[KnownPlateConfig] = Field(default_factory=list, description="Known plates written here: plate, "
+                                           "group, and optionally name, valid_from, valid_until, windows.")
+    files: list[Path] = Field(default_factory=list, description="Plate files (.yaml, .yml or .csv) with more "
+                              "known plates; relative to the config file; read again on SIGHUP.")
+    max_distance: float = Field(1.0, ge=0, le=10, description="Largest weighted edit distance at which a read "
+                                "matches a known plate: a look-alike (O/0, I/1, B/8, ...) costs 0.5, any other "
+                                "replaced, missing or extra character 1. A group may set its own.")
+    ambiguity_margin: float = Field(1.0, gt=0, le=10, description="A read matches its nearest known plate only "
+                                    "when every other known plate is at least this much farther from it; "
+                                    "otherwise it is ambiguous, matches none, and is logged.")
+    groups: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")], KnownGroupConfig] = Field(
+        default_factory=dict, description="Per-group settings, e.g. residents: {max_distance: 0}; a group named "
+        "here has its topic even while it has no plates.")
+
+
+class RelayConfig(StrictModel):
+    """A GPIO output pulsed when a known plate of chosen groups arrives (``edge.relay``)."""
+
+    enabled: bool = Field(False, description="Pulse a GPIO output (a gate's relay) on the 'new' event of a known "
+                          "plate of one of 'groups'; needs gpiozero (pip install 'edge-anpr[gpio]').")
+    pin: str | None = Field(None, min_length=1, description="The output pin as gpiozero names it: 17 or GPIO17 "
+                            "(BCM numbering), BOARD11 (header pin number).")
+    active_high: bool = Field(True, description="true: the pin goes high for the pulse; false: low (relay "
+                              "boards that switch on a low input).")
+    pulse_s: float = Field(1.0, gt=0, le=60, description="How long each pulse holds the output on.")
+    groups: list[str] = Field(default_factory=list, description="Known-plate groups whose plates pulse, each "
+                              "within its own max_distance; a group named 'blocked' can never be one.")
+    min_confidence: float = Field(0.8, ge=0, le=1, description="An event below this voted confidence never "
+                                  "pulses.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RelayConfig:
+        if any(g.lower() == "blocked" for g in self.groups):
+            raise ValueError("groups: a blocked group never pulses the relay")
+        if self.enabled and self.pin is None:
+            raise ValueError("pin: required when the relay is enabled")
+        if self.enabled and not self.groups:
+            raise ValueError("groups: name the known-plate groups whose plates pulse the relay")
+        return self
+
+
+class CollectConfig(StrictModel):
+    enabled: bool = Field(False, description="Save each vehicle's best plate crop (and the frame region around "
+                          "it) with its read, confidence, time and camera id, for review and fine-tuning "
+                          "(see the README, 'Collecting plates').")
+    folder: Path | None = Field(None, description="Where; default: a folder 'collect' beside the spool file. "
+                                "Relative paths are relative to the config file.")
+    max_mb: float = Field(200.0, gt=0, le=1_000_000, description="Size cap of what is collected, in MiB: the "
+                          "oldest vehicles are removed first to make room.")
+    max_files: int | None = Field(None, ge=1, le=10_000_000, description="Most files kept (2 or 3 per vehicle); "
+                                  "the oldest vehicles are removed first (default: only max_mb bounds).")
+    max_confidence: float | None = Field(None, gt=0, le=1, description="Keep only vehicles whose voted "
+                                         "confidence is below this (the reads most worth a review); default: all.")
+    keep_frame: bool = Field(True, description="Also save the frame region around the plate (its box in the "
+                             "packed labels, for fine-tuning the detector).")
+    frame_margin: float = Field(2.0, ge=0, le=20, description="The frame region: the plate box grown by this many "
+                                "plate widths on each side, clipped to the frame.")
+    quality: int = Field(90, ge=10, le=100, description="JPEG quality of the saved images.")
+
+
 class AppConfig(StrictModel):
     camera: CameraConfig = Field(description="Where frames come from.")
     detection: DetectionConfig = Field(default_factory=DetectionConfig, description="Models and when to run them.")
@@ -329,6 +451,12 @@ class AppConfig(StrictModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker and topics.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="On-disk queue of undelivered events.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log output.")
+    collect: CollectConfig = Field(default_factory=CollectConfig, description="Plates saved on the device for "
+                                   "review and fine-tuning (off by default).")
+    known_plates: KnownPlatesConfig = Field(default_factory=KnownPlatesConfig, description="Known-plate lists: "
+                                            "events of a known plate carry 'known' and go to its group's topic.")
+    relay: RelayConfig = Field(default_factory=RelayConfig, description="A GPIO output pulsed for known plates of "
+                               "chosen groups (off by default).")
 
 
 def redact_url(url: str) -> str:
@@ -441,7 +569,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> AppConfig:
     """Validate a parsed YAML document; resolve env placeholders, the password override and relative paths."""
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a mapping of sections (camera, detection, tracking, mqtt, "
-                          "spool, logging)")
+                          "spool, logging, collect, known_plates, relay)")
     raw = _substitute(raw, "")
     if os.environ.get(PASSWORD_ENV):
         raw.setdefault("mqtt", {})
@@ -453,6 +581,10 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> AppConfig:
         raise ConfigError(_describe(exc)) from None
     if not cfg.spool.path.is_absolute():
         cfg.spool.path = base_dir / cfg.spool.path
+    if cfg.collect.folder is None:  # beside the spool: on a device the service's one writable folder
+        cfg.collect.folder = cfg.spool.path.parent / "collect"
+    elif not cfg.collect.folder.is_absolute():
+        cfg.collect.folder = base_dir / cfg.collect.folder
     if cfg.detection.models is not None and not cfg.detection.models.is_absolute():
         cfg.detection.models = base_dir / cfg.detection.models
     if cfg.detection.countries is not None:
@@ -464,6 +596,17 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> AppConfig:
             raise ConfigError(f"detection.countries: {exc}") from None
     if isinstance(cfg.camera, _ClipCamera) and not Path(cfg.camera.path).is_absolute():
         cfg.camera.path = str(base_dir / cfg.camera.path)
+    cfg.known_plates.files = [p if p.is_absolute() else base_dir / p for p in cfg.known_plates.files]
+    if cfg.known_plates.files or cfg.relay.enabled:
+        from edge.known import KnownPlatesError, group_names  # edge.known builds on this module
+
+        try:  # checked here, so that check-config names a bad plate file before the daemon starts
+            groups = group_names(cfg.known_plates)
+        except KnownPlatesError as exc:
+            raise ConfigError(f"known_plates.files: {exc}") from None
+        if cfg.relay.enabled and (missing := [g for g in cfg.relay.groups if g not in groups]):
+            raise ConfigError(f"relay.groups: no known-plate group {', '.join(missing)} (groups: "
+                              f"{', '.join(groups) or 'none'})")
     return cfg
 
 

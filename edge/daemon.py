@@ -12,9 +12,16 @@ Threads and what joins them:
   full queue drops its oldest frame (counted as ``frames_dropped``), for a
   file source in non-real-time mode it waits instead;
 - inference: frame stride and motion gate, detector, reader, tracker; the
-  tracker's events are committed to the spool right there, before anything
-  is sent (held in memory while the spool cannot be written);
-- main: pumps the spool to the broker, publishes stats, handles SIGTERM /
+  tracker's events are looked up in the known-plate lists (``edge.known``),
+  decided on by the relay when it is enabled (``edge.relay``, which may pulse
+  at once), and committed to the spool right there, before anything is sent
+  (held in memory while the spool cannot be written);
+- collect (only with ``collect.enabled``, ``edge.collect``): writes each
+  ended vehicle's crop and frame region, handed over by the inference thread
+  through a small bounded queue (full: dropped and counted, never waited for);
+- main: pumps the spool to the broker, publishes stats, reads the
+  known-plate lists again on SIGHUP (a list that cannot be read is logged,
+  and those in use stay), handles SIGTERM /
   SIGINT and end of a finite source: remaining tracks end, the spool drains
   for up to ``mqtt.drain_timeout_s``, ``offline`` is published, exit.
 
@@ -34,16 +41,21 @@ import sys
 import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import cv2
 
-from edge.config import AppConfig, LoggingConfig
-from edge.events import Topics, crop_encoder, event_messages
+from edge.collect import Collector
+from edge.config import AppConfig, ConfigError, KnownPlatesConfig, LoggingConfig, load_config
+from edge.events import Topics, crop_encoder, daemon_discovery, event_messages, retained_messages
 from edge.formats import FormatError, FormatSet
+from edge.known import KnownPlates, KnownPlatesError
+from edge.known import reload as reload_known
 from edge.model import ModelError
 from edge.motion import END, FrameGate, FrameQueue
 from edge.pipeline import Pipeline
 from edge.publish import Publisher
+from edge.relay import Relay, RelayError
 from edge.sdnotify import Watchdog, notify
 from edge.sources import Frame, Source, SourceError, open_source
 from edge.spool import Spool, SpoolError
@@ -81,8 +93,14 @@ def setup_logging(cfg: LoggingConfig) -> None:
 class Daemon:
     """Wires source, pipeline, tracker, spool and publisher; ``run`` returns an exit code."""
 
-    def __init__(self, cfg: AppConfig, source: Source, pipeline: Pipeline, spool: Spool, publisher: Publisher) -> None:
+    def __init__(self, cfg: AppConfig, source: Source, pipeline: Pipeline, spool: Spool, publisher: Publisher,
+                 known: KnownPlates | None = None, relay: Relay | None = None) -> None:
+        """``known``: the known-plate lists (default: read from ``cfg``); ``relay``: the relay, when enabled."""
         self.cfg = cfg
+        self.known = known if known is not None else KnownPlates.from_config(cfg.known_plates)
+        self.relay = relay
+        self.config_path: Path | None = None  # the configuration file, read again on SIGHUP (run)
+        self.reload = threading.Event()  # SIGHUP: the main loop reads the known-plate lists again
         self.source = source
         self.pipeline = pipeline
         self.spool = spool
@@ -93,6 +111,8 @@ class Daemon:
         self.gate = FrameGate(cfg.detection)
         self.stop = threading.Event()  # SIGTERM / SIGINT
         self.tracker = Tracker(cfg.tracking, cfg.camera.id, crop_encoder(cfg.tracking), formats=pipeline.formats)
+        self.inferred = 0  # frames through the pipeline: a video's frame numbers (edge.search)
+        self.collector = Collector(cfg.collect) if cfg.collect.enabled else None
         self.error: BaseException | None = None
         self.failed = ""  # the thread that stopped the daemon with an error: "capture" or "inference"
         self.watchdog = Watchdog()
@@ -143,14 +163,16 @@ class Daemon:
             return
         t0 = time.perf_counter()
         try:
-            detections = self.pipeline.detect(frame.image)
-            t1 = time.perf_counter()
-            reads = self.pipeline.read_detections(frame.image, detections)
+            # The loop numbers the inferred frames; the number picks each frame's tiles in turn (edge.search).
+            result = self.pipeline.run(frame.image, frame=self.inferred)
         except Exception:  # one bad frame must not stop the camera
             self.stats.add("frame_errors")
             log.exception("frame seq %d (%s): inference failed, skipped", frame.seq, frame.origin)
             return
+        self.inferred += 1
+        reads, counts = result.reads, result.counts
         t2 = time.perf_counter()
+        t1 = t0 + counts.detector_ms / 1000
         self.gate.inferred(frame.image, frame.ts)
         min_confidence = self.cfg.detection.min_confidence
         obs = [Observation(r.text, r.confidence, r.detection.box, r.char_confidences or None, image=frame.image,
@@ -160,6 +182,9 @@ class Daemon:
         t3 = time.perf_counter()
         self._emit(events)
         self.stats.add("inferred")
+        self.stats.add("detector_runs", counts.detector_runs)
+        self.stats.add("reader_runs", counts.reader_runs)
+        self.stats.add("search_macs", counts.macs)
         for stage, ms in (("detect", t1 - t0), ("read", t2 - t1), ("track", t3 - t2), ("total", t3 - t0)):
             self.stats.latency(stage, ms * 1000)
         log.debug("frame seq %d: %d plates %s", frame.seq, len(reads), [r.text for r in reads])
@@ -167,23 +192,47 @@ class Daemon:
     def _emit(self, events: list[Event]) -> None:
         """Commit events to the spool (before any publishing); a failing spool holds them in memory."""
         for ev in events:
-            for topic, payload in event_messages(ev, self.cfg.tracking.crop, self.topics):
+            found = self.known.lookup_event(ev)
+            # The gate before the spool: the decision and pulse take microseconds, a spool write a disk sync.
+            decision = self.relay.handle(ev, found) if self.relay is not None else None
+            for topic, payload in event_messages(ev, self.cfg.tracking.crop, self.topics, found.match):
                 self.spool.put(topic, payload)
+            if decision is not None:
+                self.spool.put(self.topics.relay, decision.payload())
+            # Last plate and crop: retained, only the latest counts, so straight to the broker (not spooled).
+            self.publisher.publish_retained(retained_messages(ev, self.cfg.tracking.crop, self.topics, found.match))
             self.stats.add("events")
             log.info("event %s %s id=%s frames=%d confidence=%.2f (spooled: %d)", ev.type, ev.text, ev.event_id,
                      ev.frame_count, ev.confidence, len(self.spool))
+        if self.collector is not None and events:  # after the spool: collection never delays an event
+            self.collector.events(events, self.tracker.tracks)
+
+    def _known_section(self) -> KnownPlatesConfig:
+        """The known-plate lists to read on SIGHUP: the configuration file's section as it is now (plates written
+        there, and the files it names), or, when it cannot be read, the section it had at start."""
+        if self.config_path is None:
+            return self.cfg.known_plates
+        try:
+            return load_config(self.config_path).known_plates
+        except ConfigError as exc:
+            log.error("%s: not read again, its known plates as at start stay in use: %s", self.config_path, exc)
+            return self.cfg.known_plates
 
     def stats_payload(self) -> dict:
         """The stats message now."""
-        return stats_message(self.stats, self.queue, self.source, self.tracker, self.spool, self.publisher)
+        return stats_message(self.stats, self.queue, self.source, self.tracker, self.spool, self.publisher,
+                             self.collector)
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT or the end of a finite source; return the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload.set())
         self.publisher.start()
         capture = threading.Thread(target=self._capture, name="capture", daemon=True)
         infer = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
+        if self.collector is not None:
+            self.collector.start()
         capture.start()
         infer.start()
         log.info("running: camera %s (%s %s), %d events spooled from before", self.cfg.camera.id,
@@ -194,6 +243,12 @@ class Daemon:
         try:
             while not self.stop.is_set() and infer.is_alive():
                 self._main_beat = time.monotonic()
+                if self.reload.is_set():  # SIGHUP; a list that cannot be read keeps the lists in use
+                    self.reload.clear()
+                    log.info("received SIGHUP: reading the known plates again")
+                    self.known = reload_known(self.known, self._known_section())
+                    # A group added or gone: its Home Assistant trigger too.
+                    self.publisher.set_discovery(daemon_discovery(self.cfg, self.publisher.version, self.known.groups))
                 self.publisher.pump()
                 if time.monotonic() >= next_stats:
                     self.publisher.publish_stats(self.stats_payload())
@@ -204,6 +259,8 @@ class Daemon:
             notify("STOPPING=1")
             self.stop.set()
             infer.join(timeout=30)  # ends the remaining tracks into the spool
+            if self.collector is not None:
+                self.collector.close()  # the vehicles those ends queued
             # A stream source may sit in a read for its read timeout; other types have none.
             capture.join(timeout=getattr(self.cfg.camera, "read_timeout_s", 0.0) + 5)
 
@@ -217,6 +274,8 @@ class Daemon:
         finally:
             self.publisher.stop()
             lost = self.spool.close()
+            if self.relay is not None:
+                self.relay.close()
         if self.error is not None:
             return ExitCode.ERROR
         if lost:
@@ -234,8 +293,9 @@ class Daemon:
         self.stop.set()
 
 
-def run(cfg: AppConfig) -> int:
-    """Build everything from the configuration and run; errors at start map to exit codes."""
+def run(cfg: AppConfig, config_path: Path | None = None) -> int:
+    """Build everything from the configuration and run; errors at start map to exit codes. ``config_path``:
+    the file ``cfg`` came from, read again on SIGHUP for its ``known_plates`` section."""
     setup_logging(cfg.logging)
     # Errors only: OpenCV's backend-probing warnings on each reconnect attempt mislead more than they help.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -245,6 +305,12 @@ def run(cfg: AppConfig) -> int:
     except FormatError as exc:
         log.error("detection.countries: %s", exc)
         return ExitCode.CONFIG
+    try:  # each known-plate group gets its Home Assistant trigger
+        known = KnownPlates.from_config(cfg.known_plates)
+    except KnownPlatesError as exc:
+        log.error("known_plates.files: %s", exc)
+        return ExitCode.CONFIG
+    groups = known.groups
     try:
         pipeline = Pipeline.from_config(cfg.detection, extra)
     except ModelError as exc:
@@ -260,5 +326,13 @@ def run(cfg: AppConfig) -> int:
     except SpoolError as exc:
         log.error("spool.path: %s", exc)
         return ExitCode.SPOOL
-    publisher = Publisher(cfg.mqtt, spool, package_version())
-    return Daemon(cfg, source, pipeline, spool, publisher).run()
+    try:
+        relay = Relay.from_config(cfg.relay)
+    except RelayError as exc:
+        log.error("%s", exc)
+        spool.close()
+        return ExitCode.CONFIG
+    publisher = Publisher(cfg.mqtt, spool, package_version(), daemon_discovery(cfg, package_version(), groups))
+    daemon = Daemon(cfg, source, pipeline, spool, publisher, known, relay)
+    daemon.config_path = config_path
+    return daemon.run()

@@ -189,71 +189,23 @@ class PlateDetector:
         """Plate probability per output cell for a prepared input."""
         return self.model.run_pixels(pixels)[..., 0]
 
-    def detect(self, image: np.ndarray, refine: int = 0, tiles: int = 0, tile_indices: list[int] | None = None,
-               max_runs: int = 0) -> list[Detection]:
-        """Plates in a BGR frame, best first.
-
-        ``tiles`` >= 2 also looks at the frame in that many overlapping columns
-        (and as many rows as their aspect needs), each at the detector's full
-        input size: plates a few pixels tall at frame scale become visible;
-        ``tile_indices`` picks some of those windows (``tile_windows`` order)
-        instead of all. The ``refine`` best small detections then get a zoomed
-        second look at each of their candidate boxes (``refine_candidates``).
-        ``max_runs`` > 0 caps the detector runs of the frame: zoomed looks stop
-        where the whole frame and the tiles have spent it.
-        """
+    def look(self, image: np.ndarray, window: tuple[tuple[float, float], float] | None = None) -> list[Detection]:
+        """One detector pass, best first: over the whole frame (``window`` None), or over one tile window
+        (``tile_windows``) without the plates its inner edges cut (the whole frame or the next tile has them)."""
         frame_wh = (image.shape[1], image.shape[0])
-        pixels, lb = self.prepare(image)
-        dets = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells, lb, frame_wh)
-        runs = 1
-        if tiles >= 2:
-            tiled: list[Detection] = []
-            windows = self.tile_windows(frame_wh, tiles)
-            if tile_indices is not None:
-                windows = [windows[i] for i in sorted({i % len(windows) for i in tile_indices})]
-            for centre, width in windows:
-                runs += 1
-                pixels, lb = self.window(image, centre, width)
-                found = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells,
-                                           lb, frame_wh)
-                # A plate cut by the tile's edge is only part of a plate: the whole frame (or the next tile) has it.
-                height = width * self.height / self.width
-                inner = (max(0.0, centre[0] - width / 2), max(0.0, centre[1] - height / 2),
-                         min(float(frame_wh[0]), centre[0] + width / 2),
-                         min(float(frame_wh[1]), centre[1] + height / 2))
-                pad = 1.5 * self.stride / lb.scale
-                tiled += [d for d in found if _clear_of_cut_edges(d.box, inner, frame_wh, pad)]
-            dets = merge_tiles(dets, tiled)
-        out = []
-        for k, d in enumerate(dets):
-            if k < refine:
-                d, used = self.refine_candidates(image, d, max(0, max_runs - runs) if max_runs else None)
-                runs += used
-            out.append(d)
-        return out
-
-    def refine_candidates(self, image: np.ndarray, det: Detection,
-                          max_runs: int | None = None) -> tuple[Detection, int]:
-        """``det`` with each candidate box looked at again zoomed in (``refine``), and the detector runs spent.
-
-        The refined main box becomes the detection's box; every box, first
-        looks and zoomed ones, stays a candidate (duplicates dropped). At most
-        ``max_runs`` zoomed looks are taken (None: no limit), best candidate first.
-        """
-        first = det.candidates()
-        refined, used = [], 0
-        for d in first:
-            if self._zoom_helps(image, d) and (max_runs is None or used < max_runs):
-                used += 1
-                refined.append(self.refine(image, d))
-            else:
-                refined.append(d)
-        ordered = [refined[0], first[0], *[x for pair in zip(first[1:], refined[1:], strict=True) for x in pair]]
-        unique: list[Detection] = []
-        for d in ordered:
-            if all(not np.array_equal(d.quad, u.quad) for u in unique):
-                unique.append(d)
-        return replace(unique[0], score=det.score, alternatives=tuple(unique[1:])), used
+        if window is None:
+            pixels, lb = self.prepare(image)
+            return mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells, lb,
+                                      frame_wh)
+        centre, width = window
+        pixels, lb = self.window(image, centre, width)
+        found = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells, lb,
+                                   frame_wh)
+        height = width * self.height / self.width
+        inner = (max(0.0, centre[0] - width / 2), max(0.0, centre[1] - height / 2),
+                 min(float(frame_wh[0]), centre[0] + width / 2), min(float(frame_wh[1]), centre[1] + height / 2))
+        pad = 1.5 * self.stride / lb.scale
+        return [d for d in found if _clear_of_cut_edges(d.box, inner, frame_wh, pad)]
 
     def tile_windows(self, frame_wh: tuple[int, int], columns: int,
                      overlap: float = 0.15) -> list[tuple[tuple[float, float], float]]:
@@ -267,7 +219,8 @@ class PlateDetector:
         fw, fh = frame_wh
         tw = fw / columns * (1 + overlap)
         th = tw * self.height / self.width
-        rows = max(1, int(np.ceil(fh / (th * (1 - overlap)))))
+        # The fewest rows of windows, each overlapping the next by ``overlap`` of its height, that cover the frame.
+        rows = max(1, int(np.ceil((fh - th * overlap) / (th * (1 - overlap)) - 1e-9)))
         if rows > MAX_TILE_ROWS_PER_COLUMN * columns:
             return []
         xs = [tw / 2 + (fw - tw) * i / (columns - 1) for i in range(columns)]
@@ -284,7 +237,7 @@ class PlateDetector:
                              borderMode=cv2.BORDER_CONSTANT)
         return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), Letterbox(scale, (ox, oy))
 
-    def _zoom_helps(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> bool:
+    def zoom_helps(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> bool:
         """Whether a zoomed look makes the plate clearly larger than the whole-frame pass saw it."""
         x1, y1, x2, y2 = det.box
         w = max(x2 - x1, (y2 - y1) * 2.0)
@@ -299,7 +252,7 @@ class PlateDetector:
         The region nearest the first box's centre replaces it; if the second
         look finds nothing there, the first detection stands.
         """
-        if not self._zoom_helps(image, det, zoom):
+        if not self.zoom_helps(image, det, zoom):
             return det
         x1, y1, x2, y2 = det.box
         w = max(x2 - x1, (y2 - y1) * 2.0)

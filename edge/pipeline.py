@@ -1,16 +1,22 @@
 """Frame -> plate reads: detector, rectified crops, reader, format-aware decoding."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from edge.detect import Detection, PlateDetector, overlap
+from edge.detect import Detection, PlateDetector, merge_tiles, overlap
 from edge.formats import DEFAULT_MAX_COST, FormatSet, PlateText
 from edge.model import DEFAULT_MODELS, load_model_set
 from edge.recognize import PlateReader
+from edge.search import SearchSettings
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:  # the configuration's models are only read here; `read` need not load them
     from edge.config import DetectionConfig
@@ -95,62 +101,111 @@ def acceptable(read: PlateText) -> bool:
     return read.format is not None or read.confidence >= FREE_MIN_CONFIDENCE
 
 
-class Pipeline:
-    """Detector and reader of one model set, applied to BGR frames."""
+@dataclass(frozen=True)
+class SearchCounts:
+    """What one frame's search spent."""
 
-    def __init__(self, detector: PlateDetector, reader: PlateReader, max_plates: int = 8, refine: int = 4,
-                 tiles: int = 2, tiles_per_frame: int = 0, max_runs: int = 0) -> None:
+    detector_runs: int = 0
+    reader_runs: int = 0
+    #: Multiply-accumulates of those runs, from the models' metadata.
+    macs: int = 0
+    #: Whether the search stopped on a sure read before the tiles (``SearchSettings.sure``).
+    stopped_early: bool = False
+    #: Wall time of the detector passes alone, in milliseconds (the rest of a search is crops and reads).
+    detector_ms: float = 0.0
+
+    def as_json(self) -> dict:
+        return {"detector_runs": self.detector_runs, "reader_runs": self.reader_runs, "macs": self.macs,
+                "stopped_early": self.stopped_early}
+
+
+@dataclass(frozen=True)
+class FrameReads:
+    """One frame's answer: its plates, best first, and what the search spent on them."""
+
+    reads: list[PlateRead]
+    counts: SearchCounts
+
+
+class _Budget:
+    """Detector runs of one frame: counted, timed, and capped on video (``SearchSettings.max_detector_runs``)."""
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.runs = 0
+        self.seconds = 0.0
+
+    def spend(self, look: Callable[[], _T]) -> _T:
+        """One detector run: ``look()``, counted and timed."""
+        t = time.perf_counter()
+        try:
+            return look()
+        finally:
+            self.runs += 1
+            self.seconds += time.perf_counter() - t
+
+    def left(self, reserve: int = 0) -> bool:
+        return self.cap is None or self.runs + reserve < self.cap
+
+
+class Pipeline:
+    """Detector and reader of one model set, applied to BGR frames with one set of search settings.
+
+    A call holds no state between frames: the same frame with the same frame
+    number always gives the same answer. On video the caller numbers the
+    frames (``run(image, frame=n)``), and the number picks the frame's tiles.
+    """
+
+    def __init__(self, detector: PlateDetector, reader: PlateReader, search: SearchSettings | None = None,
+                 max_plates: int = 8) -> None:
         self.detector = detector
         self.reader = reader
+        self.search = search or SearchSettings()
         self.max_plates = max_plates
-        #: How many of the best detections get a zoomed second detector pass (one detector run each).
-        self.refine = refine
-        #: Columns of full-resolution tiles looked at besides the whole frame (0: the whole frame only).
-        self.tiles = tiles
-        #: Tiles looked at per frame, taking turns across frames (0: all of them on every frame). On video a
-        #: plate stays in view for many frames, so every tile still sees it, at a fraction of the runs a frame.
-        self.tiles_per_frame = tiles_per_frame
-        #: Detector runs per frame at most (whole frame, tiles, zoomed looks; 0: no cap).
-        self.max_runs = max_runs
-        self._next_tile = 0
 
     @classmethod
-    def from_dir(cls, models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu", refine: int = 4,
-                 tiles: int = 2, tiles_per_frame: int = 0, max_runs: int = 0, extra_formats: FormatSet | None = None,
+    def from_dir(cls, models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu",
+                 search: SearchSettings | None = None, extra_formats: FormatSet | None = None,
                  max_cost: float = DEFAULT_MAX_COST) -> Pipeline:
         """Load the detector and reader of a model set directory (see ``edge.model.load_model_set``);
         ``extra_formats`` adds country files to the formats the reader carries."""
         det, rd = load_model_set(models_dir, num_threads, accelerator)
-        return cls(PlateDetector(det), PlateReader(rd, extra_formats, max_cost), refine=refine, tiles=tiles,
-                   tiles_per_frame=tiles_per_frame, max_runs=max_runs)
+        return cls(PlateDetector(det), PlateReader(rd, extra_formats, max_cost), search)
 
     @classmethod
     def from_config(cls, detection: DetectionConfig, extra_formats: FormatSet | None = None) -> Pipeline:
         """The pipeline a configuration's ``detection`` section describes: what the daemon runs and ``health``
         checks, built in this one place so that the two cannot differ."""
         return cls.from_dir(detection.models or DEFAULT_MODELS, detection.threads, detection.accelerator,
-                            refine=detection.refine, tiles=detection.tiles,
-                            tiles_per_frame=detection.tiles_per_frame, max_runs=detection.max_detector_runs,
-                            extra_formats=extra_formats)
+                            search=detection.search_settings(), extra_formats=extra_formats)
 
     @property
     def formats(self) -> FormatSet:
         """The plate formats this pipeline decodes with (the reader's, plus any added country files)."""
         return self.reader.formats
 
-    def read_detections(self, image: np.ndarray, detections: list[Detection]) -> list[PlateRead]:
+    def _read(self, image: np.ndarray, quad: np.ndarray, memo: dict[bytes, PlateText]) -> PlateText:
+        key = np.asarray(quad, np.float32).tobytes()
+        if key not in memo:
+            memo[key] = self.reader.read_crop(self.reader.crop(image, quad))
+        return memo[key]
+
+    def read_detections(self, image: np.ndarray, detections: list[Detection],
+                        memo: dict[bytes, PlateText] | None = None) -> list[PlateRead]:
         """Read the text of given detections; drop reads that cannot be plates; best first.
 
         A detection with several candidate boxes (see ``edge.detect``) is read
         in each; the read that fits a format and that the reader is surest of
         stands for the plate, with the tightest box of the candidates that read
-        the same text.
+        the same text. ``memo`` keeps reads across calls on one frame, so a box
+        is read once.
         """
+        memo = {} if memo is None else memo
         reads = []
         for det in detections[: self.max_plates]:
             seen: list[tuple[PlateText, Detection]] = []
             for cand in det.candidates():
-                read = self.reader.read_crop(self.reader.crop(image, cand.quad))
+                read = self._read(image, cand.quad, memo)
                 if acceptable(read):
                     seen.append((read, cand))
             if not seen:
@@ -166,39 +221,100 @@ class Pipeline:
         reads.sort(key=_rank, reverse=True)
         return reads
 
-    def restart_tiles(self) -> None:
-        """Start the turn of tiles (``tiles_per_frame``) again at the first tile."""
-        self._next_tile = 0
+    def _zoom(self, image: np.ndarray, dets: list[Detection], budget: _Budget, reserve: int,
+              zoomed: set[bytes], memo: dict[bytes, PlateText] | None = None) -> list[Detection]:
+        """The ``refine`` best of ``dets`` with each of their boxes not yet zoomed looked at again zoomed in
+        (``PlateDetector.refine``), keeping ``reserve`` runs of the budget; every box stays a candidate.
+        With ``memo``, only detections one of whose boxes already read as a plate (``acceptable``) get one."""
+        out = list(dets)
+        for i, det in enumerate(dets[: self.search.refine]):
+            if memo is not None and not any(acceptable(memo[np.asarray(c.quad, np.float32).tobytes()])
+                                            for c in det.candidates()):
+                continue
+            boxes: list[Detection] = []
+            for cand in det.candidates():
+                key = np.asarray(cand.quad, np.float32).tobytes()
+                if key in zoomed or not self.detector.zoom_helps(image, cand) or not budget.left(reserve):
+                    boxes.append(cand)
+                    continue
+                zoomed.add(key)
+                fine = budget.spend(partial(self.detector.refine, image, cand))
+                zoomed.add(np.asarray(fine.quad, np.float32).tobytes())
+                boxes += [fine, cand]
+            unique: list[Detection] = []
+            for d in boxes:
+                if all(not np.array_equal(d.quad, u.quad) for u in unique):
+                    unique.append(d)
+            out[i] = replace(unique[0], score=det.score, alternatives=tuple(unique[1:]))
+        return out
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Plates found in a BGR frame with this pipeline's tiles and refinement, best first."""
-        turn = None
-        if self.tiles >= 2 and self.tiles_per_frame > 0:
-            turn = [self._next_tile + i for i in range(self.tiles_per_frame)]
-            self._next_tile += self.tiles_per_frame
-        return self.detector.detect(image, refine=self.refine, tiles=self.tiles, tile_indices=turn,
-                                    max_runs=self.max_runs)
+    def _sure(self, reads: list[PlateRead]) -> bool:
+        return any(r.format is not None and len(r.text) >= MIN_TEXT_LEN and r.confidence >= self.search.sure
+                   for r in reads)
 
-    def __call__(self, image: np.ndarray) -> list[PlateRead]:
-        """All plates read in a BGR frame, best first."""
-        return self.read_detections(image, self.detect(image))
+    def run(self, image: np.ndarray, frame: int | None = None) -> FrameReads:
+        """The plates of a BGR frame, best first, and what finding them spent (``edge.search``).
+
+        ``frame`` None: a still image, every tile it needs and no cap on
+        detector runs. ``frame`` = n: frame n of a video, whose number picks
+        its ``tiles_per_frame`` tiles in turn, within ``max_detector_runs``.
+        """
+        s = self.search
+        video = frame is not None
+        budget = _Budget(s.max_detector_runs or None if video else None)
+        windows = self.detector.tile_windows((image.shape[1], image.shape[0]), s.tiles) if s.tiles >= 2 else []
+        if frame is not None and s.tiles_per_frame and windows:
+            first = frame * s.tiles_per_frame
+            windows = [windows[i % len(windows)] for i in sorted({first + k for k in range(s.tiles_per_frame)})]
+        memo: dict[bytes, PlateText] = {}
+        zoomed: set[bytes] = set()
+        dets = budget.spend(partial(self.detector.look, image))
+        reads = self.read_detections(image, dets, memo)
+        stopped = self._sure(reads)
+        if not stopped:
+            # Before the tiles, only boxes that read as something are worth a zoomed look: a whole frame that
+            # missed a small plate would spend it on a grille or a sign.
+            dets = self._zoom(image, dets, budget, len(windows), zoomed, memo)
+            reads = self.read_detections(image, dets, memo)
+            stopped = self._sure(reads)
+        if windows and not stopped:
+            tiled: list[Detection] = []
+            for window in windows:
+                tiled += budget.spend(partial(self.detector.look, image, window))
+            if tiled:
+                dets = self._zoom(image, merge_tiles(dets, tiled), budget, 0, zoomed)
+                reads = self.read_detections(image, dets, memo)
+        macs = budget.runs * self.detector.model.meta.macs + len(memo) * self.reader.model.meta.macs
+        return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, stopped and bool(windows),
+                                              round(budget.seconds * 1000, 3)))
+
+    def __call__(self, image: np.ndarray, frame: int | None = None) -> list[PlateRead]:
+        """All plates read in a BGR frame, best first (``run`` without its counts)."""
+        return self.run(image, frame).reads
 
 
-def read_as_video(pipeline: Pipeline, image: np.ndarray, frames: int) -> tuple[list[PlateRead], int]:
+def read_as_video(pipeline: Pipeline, image: np.ndarray, frames: int) -> tuple[list[PlateRead], int, SearchCounts]:
     """The plates of a still image shown to ``pipeline`` as ``frames`` frames of a camera (0: one full turn of
-    its tiles), the surest read of each plate across them kept, and the frames shown: what a pipeline that
-    spreads its tiles over frames (``tiles_per_frame``) finds in a scene that stays in view that long."""
-    pipeline.restart_tiles()  # as when a car enters the view: the turn of tiles starts anywhere, here at the first
+    its tiles), the surest read of each plate across them kept, the frames shown, and what the search spent in
+    all: what the daemon, which spreads its tiles over frames (``tiles_per_frame``), finds in a scene that stays
+    in view that long."""
+    s = pipeline.search
     if frames <= 0:
-        n_windows = len(pipeline.detector.tile_windows((image.shape[1], image.shape[0]), pipeline.tiles)) \
-            if pipeline.tiles >= 2 else 1
-        frames = max(1, -(-n_windows // max(1, pipeline.tiles_per_frame or n_windows)))
+        n_windows = len(pipeline.detector.tile_windows((image.shape[1], image.shape[0]), s.tiles)) \
+            if s.tiles >= 2 else 1
+        frames = max(1, -(-n_windows // max(1, s.tiles_per_frame or n_windows)))
     kept: list[PlateRead] = []
-    for _ in range(frames):
-        for read in pipeline(image):
+    spent = SearchCounts()
+    for n in range(frames):  # as when a car enters the view: the turn of tiles starts anywhere, here at the first
+        result = pipeline.run(image, frame=n)
+        c = result.counts
+        spent = SearchCounts(spent.detector_runs + c.detector_runs, spent.reader_runs + c.reader_runs,
+                             spent.macs + c.macs, spent.stopped_early or c.stopped_early,
+                             spent.detector_ms + c.detector_ms)
+        for read in result.reads:
             same = next((i for i, k in enumerate(kept) if overlap(k.detection.box, read.detection.box) >= 0.3), None)
             if same is None:
                 kept.append(read)
             elif _rank(read) > _rank(kept[same]):
                 kept[same] = read
-    return sorted(kept, key=_rank, reverse=True), frames
+    return sorted(kept, key=_rank, reverse=True), frames, spent

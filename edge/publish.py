@@ -9,6 +9,10 @@ newer messages wait until those are acknowledged, so the order holds across
 outages. After a restart the whole spool is sent again, oldest first.
 Consumers de-duplicate by the event ``id``.
 
+The retained last plate and crop (``publish_retained``) bypass the spool:
+only the latest counts. The publisher keeps the latest of each topic and
+sends it, with status and discovery, on every connect.
+
 paho runs the callbacks here in its network thread. None of them touches
 the spool (``on_publish`` only notes the acknowledged id; ``pump``, in the
 main thread, deletes it), and each is guarded: an exception is logged and
@@ -32,7 +36,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -114,11 +118,19 @@ def _guarded(method: _F) -> _F:
 class Publisher:
     """Owns the paho client; thread-safe ``pump`` / ``publish_stats`` / ``stop``."""
 
-    def __init__(self, cfg: MqttConfig, spool: Spool, version: str = "") -> None:
+    def __init__(self, cfg: MqttConfig, spool: Spool, version: str = "",
+                 discovery: Sequence[tuple[str, str]] | None = None) -> None:
         self.cfg = cfg
         self.spool = spool
         self.version = version
         self.topics = Topics.from_config(cfg)
+        # Home Assistant discovery configs (edge.events.discovery_messages), sent retained on every connect.
+        self.discovery = list(discovery if discovery is not None else discovery_messages(self.topics, version))
+        # Latest retained message per topic (last plate, last crop), sent again on every connect: a broker
+        # restarted without persistence would otherwise have none until the next vehicle.
+        self._retained: dict[str, bytes] = {}
+        self._retained_lock = threading.Lock()
+        self._retained_live = False  # on_connect sent what _retained holds: publish_retained sends at once
         self.connected = threading.Event()
         self.published = 0  # messages acknowledged by the broker
         self.connects = 0
@@ -137,8 +149,9 @@ class Publisher:
         c = make_client(self.cfg, f"edge-anpr-{self.cfg.device_id}")
         c.will_set(self.topics.status, STATUS_OFFLINE, qos=1, retain=True)
         c.reconnect_delay_set(max(1, round(self.cfg.reconnect_min_s)), max(1, round(self.cfg.reconnect_max_s)))
-        # Room for our window plus status and discovery, so that paho never queues events itself.
-        c.max_inflight_messages_set(self.cfg.max_inflight + 10)
+        # Room for our window plus status, discovery and the retained messages, so that paho never queues events
+        # itself.
+        c.max_inflight_messages_set(self.cfg.max_inflight + len(self.discovery) + 10)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -172,8 +185,12 @@ class Publisher:
                  f" after {attempts(failed)}" if failed else "", len(self.spool), len(self._inflight))
         client.publish(self.topics.status, STATUS_ONLINE, qos=1, retain=True)
         if self.cfg.discovery.enabled:
-            for topic, payload in discovery_messages(self.topics, self.version):
+            for topic, payload in self.discovery:
                 client.publish(topic, payload, qos=1, retain=True)
+        with self._retained_lock:
+            for topic, data in self._retained.items():
+                client.publish(topic, data, qos=1, retain=True)
+            self._retained_live = True
         self.connected.set()
 
     @_guarded
@@ -185,6 +202,8 @@ class Publisher:
         elif not answered and not self._stopping:
             hint = "" if self.cfg.tls else " (a TLS port spoken to without TLS?)"
             self._broker_failed(f"the broker closed the connection before accepting it: {reason}{hint}")
+        with self._retained_lock:
+            self._retained_live = False
         self.connected.clear()
 
     @_guarded
@@ -269,6 +288,26 @@ class Publisher:
         """Stats are a snapshot, not an event: QoS 0, never spooled."""
         if self.connected.is_set():
             self.client.publish(self.topics.stats, json.dumps(stats), qos=0)
+
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Replace the retained messages of these topics (``edge.events.retained_messages``): QoS 1, not spooled,
+        since only the latest counts. Sent now when connected, and again on every connect. Thread-safe."""
+        with self._retained_lock:
+            for topic, data in messages:
+                self._retained[topic] = data
+                if self._retained_live:
+                    self.client.publish(topic, data, qos=1, retain=True)
+
+    def set_discovery(self, messages: Sequence[tuple[str, str]]) -> None:
+        """Replace the discovery configs (the known-plate groups changed on a reload): the new ones are sent, and
+        a config no longer among them is removed from Home Assistant (an empty retained message)."""
+        gone = {topic for topic, _ in self.discovery} - {topic for topic, _ in messages}
+        self.discovery = list(messages)
+        if self.cfg.discovery.enabled and self.connected.is_set():
+            for topic in sorted(gone):
+                self.client.publish(topic, b"", qos=1, retain=True)
+            for topic, payload in self.discovery:
+                self.client.publish(topic, payload, qos=1, retain=True)
 
     def drain(self, timeout_s: float, wait: Callable[[float], object]) -> bool:
         """Keep pumping until the spool is empty or ``timeout_s`` passes; True when empty."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from edge.collect import Collector
     from edge.motion import FrameQueue
     from edge.publish import Publisher
     from edge.sources import Source
@@ -77,7 +78,8 @@ class Stats:
     """Counters and per-stage latencies shared by the threads; ``snapshot`` reports and resets windows."""
 
     STAGES = ("detect", "read", "track", "total")
-    COUNTERS = ("captured", "inferred", "skipped_stride", "skipped_motion", "frame_errors", "events")
+    COUNTERS = ("captured", "inferred", "skipped_stride", "skipped_motion", "frame_errors", "events",
+                "detector_runs", "reader_runs", "search_macs")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -85,6 +87,7 @@ class Stats:
         self.counts = dict.fromkeys(self.COUNTERS, 0)
         self._lat: dict[str, list[float]] = {s: [] for s in self.STAGES}
         self._last = (self.started, 0, 0)  # time, captured, inferred at the last snapshot
+        self._spent: dict[str, int] = {}  # the search's counters at the last snapshot
 
     def add(self, key: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``key`` (one of ``COUNTERS``)."""
@@ -116,6 +119,15 @@ class Stats:
                 "events": self.counts["events"],
                 "latency_ms": {s: _percentiles(v) for s, v in self._lat.items()},
             }
+            # What the detection search spent per inferred frame since the last snapshot (edge.search).
+            spent = {k: self.counts[k] - self._spent.get(k, 0) for k in ("detector_runs", "reader_runs", "search_macs")}
+            frames = self.counts["inferred"] - inf
+            out["search_per_frame"] = {
+                "detector_runs": round(spent["detector_runs"] / frames, 2) if frames else None,
+                "reader_runs": round(spent["reader_runs"] / frames, 2) if frames else None,
+                "gmac": round(spent["search_macs"] / frames / 1e9, 3) if frames else None,
+            }
+            self._spent = {k: self.counts[k] for k in spent}
             self._last = (now, self.counts["captured"], self.counts["inferred"])
             self._lat = {s: [] for s in self.STAGES}
         return out
@@ -129,8 +141,9 @@ def _percentiles(values: list[float]) -> dict:
 
 
 def stats_message(stats: Stats, queue: FrameQueue, source: Source, tracker: Tracker, spool: Spool,
-                  publisher: Publisher) -> dict:
-    """The stats message: ``stats``' snapshot and the state of every part (keys documented in the README)."""
+                  publisher: Publisher, collector: Collector | None = None) -> dict:
+    """The stats message: ``stats``' snapshot and the state of every part (keys documented in the README);
+    the ``collect_*`` keys only with collection on."""
     out = stats.snapshot()
     out |= {
         "queue_depth": len(queue),
@@ -149,4 +162,15 @@ def stats_message(stats: Stats, queue: FrameQueue, source: Source, tracker: Trac
         "broker_failures": publisher.failures.total,
         "broker_last_error": publisher.failures.last_reason,
     }
+    if collector is not None:
+        c = collector.stats()
+        out |= {
+            "collect_saved": c["saved"],
+            "collect_skipped": c["skipped"],
+            "collect_dropped": c["dropped"],
+            "collect_removed": c["removed"],
+            "collect_errors": c["errors"],
+            "collect_bytes": c["bytes"],
+            "collect_files": c["files"],
+        }
     return out

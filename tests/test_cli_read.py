@@ -9,6 +9,7 @@ import numpy as np
 
 from conftest import run_edge
 from edge.images import MAX_IMAGE_PIXELS
+from edge.model import DEFAULT_MODELS
 from test_images import zero_png
 
 
@@ -77,7 +78,8 @@ def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() ->
     """Surest by the one confidence of a read (geometric mean of its characters) times the detector's score."""
     from edge.detect import Detection
     from edge.formats import read_confidence
-    from edge.pipeline import PlateRead, read_as_video
+    from edge.pipeline import FrameReads, PlateRead, SearchCounts, read_as_video
+    from edge.search import SearchSettings
 
     def plate(text: str, box: tuple, chars: tuple) -> PlateRead:
         x1, y1, x2, y2 = box
@@ -87,7 +89,7 @@ def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() ->
     class _Frames:
         """Stand-in pipeline: a plate read badly, then well, then a part of it less surely; another plate once."""
 
-        tiles, tiles_per_frame = 2, 1
+        search = SearchSettings(tiles=2, tiles_per_frame=1)
 
         def __init__(self) -> None:
             self.frames = [[plate("AB12CD", (100, 100, 200, 140), (0.9, 0.4, 0.9, 0.9, 0.9, 0.9))],
@@ -95,10 +97,7 @@ def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() ->
                            [plate("CDE", (160, 100, 200, 140), (0.9,) * 3),
                             plate("XY51ABC", (400, 300, 480, 330), (0.8,) * 7)],
                            []]
-            self.shown, self.restarted = 0, False
-
-        def restart_tiles(self) -> None:
-            self.restarted = True
+            self.numbers: list[int | None] = []
 
         @property
         def detector(self):
@@ -107,14 +106,37 @@ def test_read_as_video_keeps_each_plates_surest_read_across_a_turn_of_tiles() ->
         def tile_windows(self, frame_wh, columns):
             return [None] * 4
 
-        def __call__(self, image):
-            self.shown += 1
-            return self.frames[self.shown - 1]
+        def run(self, image, frame=None):
+            self.numbers.append(frame)
+            return FrameReads(self.frames[frame], SearchCounts(detector_runs=2, reader_runs=1, macs=10))
 
     pipe = _Frames()
-    reads, shown = read_as_video(pipe, np.zeros((720, 1280, 3), np.uint8), 0)
-    assert pipe.restarted and shown == pipe.shown == 4  # one full turn of the 4 tiles, one a frame
+    reads, shown, spent = read_as_video(pipe, np.zeros((720, 1280, 3), np.uint8), 0)
+    assert shown == 4 and pipe.numbers == [0, 1, 2, 3]  # one full turn of the 4 tiles, one a frame, numbered
     assert sorted(r.text for r in reads) == ["AB12CDE", "XY51ABC"]
+    assert (spent.detector_runs, spent.reader_runs, spent.macs) == (8, 4, 40)
+
+
+def test_read_reports_what_the_search_spent_and_takes_a_daemon_configs_detection(tmp_path: Path) -> None:
+    good, _, _ = _images(tmp_path)
+    proc = run_edge("read", "--json", str(good))
+    assert proc.returncode == 0, proc.stderr
+    spent = json.loads(proc.stdout.splitlines()[0])["search"]
+    assert spent["detector_runs"] >= 1 and spent["macs"] > 0
+    # A config with tiles off and no zoomed looks: the whole frame alone, one detector run.
+    cfg = tmp_path / "cam.yaml"
+    cfg.write_text("camera: {type: file, path: x.mp4}\ndetection: {tiles: 0, refine: 0}\n")
+    proc = run_edge("read", "--json", "--config", str(cfg), str(good))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])["search"]["detector_runs"] == 1
+    # --models overrides the config's models (a device config names the device's folder).
+    cfg.write_text("camera: {type: file, path: x.mp4}\ndetection: {models: /nonexistent, tiles: 0, refine: 0}\n")
+    assert run_edge("read", "--config", str(cfg), str(good)).returncode == 3
+    proc = run_edge("read", "--json", "--config", str(cfg), "--models", str(DEFAULT_MODELS), str(good))
+    assert proc.returncode == 0, proc.stderr
+    # A flag overrides the config; a combination the settings refuse names its flag.
+    proc = run_edge("read", "--config", str(cfg), "--tiles", "2", "--tiles-per-frame", "0", str(good))
+    assert proc.returncode == 2 and "set tiles_per_frame to 1 or more" in proc.stderr
 
 
 def test_formats_lists_one_line_per_country_of_the_model_set(untrained_models: Path, tmp_path: Path) -> None:

@@ -92,24 +92,23 @@ def test_refine_zooms_in_and_maps_back_to_the_frame() -> None:
     frame = np.zeros((720, 1280, 3), np.uint8)
     quad = np.float32([[601, 403], [667, 403], [667, 436], [601, 436]])  # a 66x33 plate: 26 px wide at 512
     det = _Oracle(quad)
-    first = det.detect(frame)
-    refined = det.detect(frame, refine=1)
-    assert len(first) == len(refined) == 1 and det.runs == 3  # one pass, then a pass plus a zoomed look
+    first = det.look(frame)
+    refined = det.refine(frame, first[0])
+    assert len(first) == 1 and det.runs == 2  # one pass, then a zoomed look
     err_first = np.abs(np.subtract(first[0].box, [601, 403, 667, 436])).max()
-    err_refined = np.abs(np.subtract(refined[0].box, [601, 403, 667, 436])).max()
+    err_refined = np.abs(np.subtract(refined.box, [601, 403, 667, 436])).max()
     # Box edges are cell edges: 10 frame px per cell at whole-frame scale, under 2 px zoomed in.
     assert err_refined <= 2.0 < err_first
-    assert refined[0].score == first[0].score
-    # The first look stays a candidate for the reader, behind the zoomed box.
-    assert [c.box for c in refined[0].candidates()] == [refined[0].box, first[0].box]
+    assert refined.score == first[0].score
 
 
 def test_refine_keeps_the_first_detection_when_the_zoom_finds_nothing() -> None:
     det = _Oracle(_HIDDEN)  # found at frame scale, gone in the zoomed window
     frame = np.zeros((720, 1280, 3), np.uint8)
-    refined = det.detect(frame, refine=1)
-    assert len(refined) == 1 and det.runs == 2
-    np.testing.assert_allclose(refined[0].box, [601, 403, 667, 436], atol=4.0)
+    first = det.look(frame)
+    refined = det.refine(frame, first[0])
+    assert len(first) == 1 and det.runs == 2 and refined is first[0]
+    np.testing.assert_allclose(refined.box, [601, 403, 667, 436], atol=4.0)
 
 
 def test_letterbox_with_offset_maps_window_pixels_to_frame() -> None:
@@ -147,49 +146,18 @@ def test_tile_windows_cover_the_frame_with_the_detector_aspect() -> None:
     assert ys[0] - h / 2 == 0 and abs(ys[-1] + h / 2 - 720) < 1e-6
 
 
-def test_tiles_find_a_plate_too_small_for_the_whole_frame() -> None:
-    class _SmallBlind(_Oracle):
-        """Sees the plate only where it is at least 30 input pixels wide."""
-
-        def probabilities(self, pixels):
-            if (self.quad[1, 0] - self.quad[0, 0]) * self.lb.scale < 30:
-                return np.zeros((self.height // 4, self.width // 4), np.float32)
-            return super().probabilities(pixels)
-
-    quad = np.float32([[300, 200], [360, 200], [360, 230], [300, 230]])  # 24 px wide at whole-frame scale
+def test_a_tile_drops_the_plates_its_inner_edges_cut() -> None:
+    quad = np.float32([[500, 200], [600, 200], [600, 240], [500, 240]])  # across the right tile's left edge (544)
     frame = np.zeros((720, 1280, 3), np.uint8)
-    assert _SmallBlind(quad).detect(frame) == []
-    found = _SmallBlind(quad).detect(frame, tiles=2)
-    assert len(found) == 1
-    np.testing.assert_allclose(found[0].box, [300, 200, 360, 230], atol=6.0)  # a cell of the tile: 5.75 px
+    det = _Oracle(quad)
+    left, right = det.tile_windows((1280, 720), 2)[:2]
+    assert len(det.look(frame, left)) == 1  # whole inside the left tile
+    assert det.look(frame, right) == []  # cut by the right tile's inner edge: the left tile has it
 
 
-def test_tile_indices_pick_windows_and_max_runs_caps_the_zoomed_looks() -> None:
-    class _Windows(_Oracle):
-        """Records the centre of every tile it is shown."""
-
-        def __init__(self, quad):
-            super().__init__(quad)
-            self.centres = []
-
-        def window(self, image, centre, width):
-            self.centres.append(centre)
-            return super().window(image, centre, width)
-
-    frame = np.zeros((720, 1280, 3), np.uint8)
-    wins = _Oracle(None).tile_windows((1280, 720), 2)
-    det = _Windows(None)
-    det.detect(frame, tiles=2, tile_indices=[5, 2])  # indices wrap around the 4 windows of a 16:9 frame
-    assert det.runs == 3 and det.centres == [wins[1][0], wins[2][0]]
-
-    quad = np.float32([[601, 403], [667, 403], [667, 436], [601, 436]])  # small enough to be zoomed in on
-    uncapped, capped = _Windows(quad), _Windows(quad)
-    uncapped.detect(frame, refine=4, tiles=2)
-    capped.detect(frame, refine=4, tiles=2, tile_indices=[0], max_runs=3)
-    assert uncapped.runs > 5  # the whole frame, 4 tiles, a zoomed look at each candidate box
-    assert capped.runs == 3  # the whole frame, one tile, one zoomed look
-    found = capped.detect(frame, refine=4, tiles=2, tile_indices=[3], max_runs=2)  # nothing left for a zoom
-    assert len(found) == 1 and capped.runs == 3 + 2
+def test_a_4_3_photo_gets_2_rows_of_tiles_not_3() -> None:
+    # Two rows of the 2-column windows (552 px tall, overlapping) cover 960 px; a third row only repeats them.
+    assert len(_Oracle(None).tile_windows((1280, 960), 2)) == 4
 
 
 def test_a_strip_no_camera_makes_gets_no_tiles_only_the_whole_frame() -> None:

@@ -8,6 +8,7 @@ from edge.detect import Detection
 from edge.formats import PlateText
 from edge.model import DEFAULT_MODELS
 from edge.pipeline import Pipeline
+from edge.search import SearchSettings
 
 
 def _det(box: tuple[float, float, float, float], score: float, alternatives: tuple = ()) -> Detection:
@@ -107,34 +108,10 @@ def test_a_free_text_needs_a_sure_read_and_a_format_fit_ranks_first() -> None:
     assert reads[1].format is None and reads[1].display == "NEILDMND"
 
 
-class _TurnDetector:
-    """Stand-in detector that records which tiles each frame looked at."""
-
-    def __init__(self) -> None:
-        self.turns: list = []
-
-    def detect(self, image, refine=0, tiles=0, tile_indices=None, max_runs=0):
-        self.turns.append((tile_indices, max_runs))
-        return []
-
-
-def test_tiles_per_frame_take_turns_across_frames() -> None:
-    det = _TurnDetector()
-    pipe = Pipeline(det, None, tiles=2, tiles_per_frame=1, max_runs=3)
-    for _ in range(3):
-        pipe.detect(np.zeros((8, 8, 3), np.uint8))
-    pipe.restart_tiles()
-    pipe.detect(np.zeros((8, 8, 3), np.uint8))
-    assert det.turns == [([0], 3), ([1], 3), ([2], 3), ([0], 3)]
-    every = _TurnDetector()
-    Pipeline(every, None, tiles=2).detect(np.zeros((8, 8, 3), np.uint8))
-    assert every.turns == [(None, 0)]  # by default every tile on every frame, no cap
-
-
 def test_the_daemon_and_health_build_the_pipeline_the_detection_section_describes() -> None:
     from edge.config import DetectionConfig
 
-    cfg = DetectionConfig(refine=2, tiles=3, tiles_per_frame=2, max_detector_runs=5)
+    cfg = DetectionConfig(refine=2, tiles=3, tiles_per_frame=2, max_detector_runs=5, sure=0.9)
     pipe = Pipeline.from_config(cfg)
-    assert (pipe.refine, pipe.tiles, pipe.tiles_per_frame, pipe.max_runs) == (2, 3, 2, 5)
+    assert pipe.search == SearchSettings(refine=2, tiles=3, tiles_per_frame=2, max_detector_runs=5, sure=0.9)
     assert pipe.detector.model.path.parent == DEFAULT_MODELS

@@ -7,9 +7,11 @@
   python -m trainer train         --kind reader|detector --data FILE.npz --run DIR
   python -m trainer export        --kind reader|detector --run DIR --data FILE.npz --out DIR [--install edge/models]
   python -m trainer evaluate      --models DIR [--models DIR ...] [--set FOLDER ...] [--synthetic N] --out report.json
+  python -m trainer review        FOLDER [--port N] [--host 127.0.0.1] [--no-open]
+  python -m trainer finetune      --data FOLDER [--data FOLDER ...] --out DIR [--models DIR] [--minutes N]
 
-TensorFlow is imported only by the verbs that need it (train, export). `train` resumes a stopped
-run when rerun with the same --run; `train --help` has the details.
+TensorFlow is imported only by the verbs that need it (train, export, finetune). `train` resumes a stopped
+run when rerun with the same --run, `finetune` when rerun with the same --out; their --help has the details.
 """
 from __future__ import annotations
 
@@ -224,6 +226,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review(args: argparse.Namespace) -> int:
+    from trainer.review import serve
+
+    return serve(args.folder, host=args.host, port=args.port, open_browser=not args.no_open)
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Help that shows each option's default, unless its text already says it or there is none to show."""
 
@@ -357,6 +365,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, default=None,
                     help="write the JSON report here, with its pictures beside it (default: print only)")
     ev.set_defaults(func=_evaluate)
+
+    rv = sub.add_parser(
+        "review", formatter_class=_Help,
+        help="review a labelled folder's reads in a local web page, keyboard only",
+        description=textwrap.fill(
+            "Serve a page that shows the folder's crops lowest confidence first (confidence.tsv), the read "
+            "filled in: Enter accepts the text as typed, Escape marks 'not a plate', Tab or PageDown skips, "
+            "Shift+Tab or PageUp goes back. Each answer is saved to FOLDER/labels.tsv at once (a crop that "
+            "is not a plate leaves it), and to FOLDER/review.json; a reload resumes at the first crop "
+            "without an answer. The README's 'Reviewing plates' has the details.", 78, break_on_hyphens=False))
+    rv.add_argument("folder", type=Path, metavar="FOLDER", help="folder with images and labels.tsv")
+    rv.add_argument("--port", type=int, default=8765, help="port to serve on; 0: any free one")
+    rv.add_argument("--host", default="127.0.0.1",
+                    help="address to serve on (default: 127.0.0.1, this machine only)")
+    rv.add_argument("--no-open", action="store_true", help="do not open the page in a browser (default: open it)")
+    rv.set_defaults(func=_review)
+
+    from trainer.finetune import add_parser as add_finetune_parser
+
+    add_finetune_parser(sub, _Help)
     return p
 
 

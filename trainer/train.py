@@ -485,6 +485,7 @@ def train(
     transplant: float | None = None,
     max_steps: int | None = None,
     fresh: bool = False,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> dict:
     """Train ``kind`` on the set at ``data`` in ``run_dir``, resuming from its checkpoint if it has one.
 
@@ -496,7 +497,8 @@ def train(
     ``init``: an exported int8 model (a model set directory or a .tflite file) to start from
     (see ``trainer.from_tflite``). ``transplant``: detector only, the share of training crops given a
     plate from another scene. ``fresh``: start over, deleting the run's checkpoint, best weights, model,
-    log and record. Returns what ``train.json`` holds.
+    log and record. ``callbacks``: more Keras callbacks for this session (a progress display), run after
+    the trainer's own. Returns what ``train.json`` holds.
     """
     started = time.monotonic()
     if max_steps is not None and max_steps < 1:
@@ -576,7 +578,7 @@ def train(
     session = _Session(run, monitor, started + minutes * 60, max_steps, started,
                        wall_before=sum(s.get("wall_s", 0.0) for s in state["sessions"][:-1]), verbose=verbose)
     # The accuracy callback runs first, so the session's best weights and log see its figure.
-    callbacks = ([accuracy] if accuracy else []) + [session]
+    callbacks = ([accuracy] if accuracy else []) + [session] + list(callbacks or [])
     # shuffle=False: Keras would shuffle the batches from Python's global random state, which a resumed
     # process does not share; ``_Batches`` shuffles the samples of each epoch from the seed instead.
     first = state["epoch"]

@@ -191,9 +191,10 @@ def train_models(out: Path, frames: list[np.ndarray], labels: list[list[dict]], 
 def check_reads(models: Path, frames: list[np.ndarray], labels: list[list[dict]]) -> dict:
     """Read every frame through the edge pipeline: counts of right, wrong and spurious reads."""
     from edge.pipeline import Pipeline
+    from edge.search import SearchSettings
 
     # These models know the clip at whole-frame scale only: no tiles, no zoomed second look (as in base_config).
-    pipe = Pipeline.from_dir(models, num_threads=2, refine=0, tiles=0)
+    pipe = Pipeline.from_dir(models, num_threads=2, search=SearchSettings(refine=0, tiles=0))
     right = wrong = spurious = missed = 0
     for f, lab in zip(frames, labels, strict=True):
         reads = pipe(f)

@@ -30,11 +30,14 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_device_config_keeps_within_the_detector_budget_and_is_what_the_benchmark_measures() -> None:
-    from tools.bench import MODES
+    from edge.search import SearchSettings
+    from tools.bench import DEVICE_CONFIG, daemon_mode
 
     det = load_config(ROOT / "deploy" / "config.device.yaml").detection
-    assert {"tiles": det.tiles, "refine": det.refine, "tiles_per_frame": det.tiles_per_frame,
-            "max_runs": det.max_detector_runs} == MODES["device_config"]
+    # The device ships the search defaults, and the benchmark's daemon mode is that file's search.
+    assert det.search_settings() == SearchSettings()
+    assert DEVICE_CONFIG == ROOT / "deploy" / "config.device.yaml"
+    assert daemon_mode(DEVICE_CONFIG)[:2] == (det.search_settings(), det.threads)
     from edge.model import read_metadata
 
     macs = read_metadata(ROOT / "edge" / "models" / "detector.tflite").macs

@@ -66,6 +66,12 @@ def test_jpeg_crop_and_stats() -> None:
     assert snap["frames_inferred"] == 3 and snap["latency_ms"]["detect"]["p50"] == 3.0
     assert snap["latency_ms"]["read"] == {"p50": None, "p95": None}
     assert s.snapshot()["latency_ms"]["detect"]["p50"] is None  # windows reset per report
+    # What the search spent, per inferred frame of the window.
+    s.add("inferred", 2)
+    s.add("detector_runs", 5)
+    s.add("reader_runs", 3)
+    s.add("search_macs", 700_000_000)
+    assert s.snapshot()["search_per_frame"] == {"detector_runs": 2.5, "reader_runs": 1.5, "gmac": 0.35}
 
 
 def test_daemon_imports_no_tensorflow() -> None:
@@ -119,7 +125,7 @@ def test_event_messages_wire_format(crop: str) -> None:
     jpeg = b"\xff\xd8jpeg"
     msgs = event_messages(_event(None if crop == "none" else jpeg), crop, topics)
     assert [topic for topic, _ in msgs] == ["anpr/gate/plates"] + (
-        ["anpr/gate/crops/gate-20250114T081502123Z-3fa9c1"] if crop == "topic" else [])
+        ["anpr/gate/crops/gate-20250114T081502123Z-3fa9c1"] if crop == "topic" else []) + ["anpr/gate/arrivals"]
     event = json.loads(msgs[0][1])
     fields = {"type", "id", "camera", "text", "display", "format", "country", "confidence", "best_confidence",
               "first_seen", "last_seen", "frame_count", "box"}
@@ -134,10 +140,11 @@ def test_event_messages_wire_format(crop: str) -> None:
 
 def test_discovery_messages() -> None:
     msgs = dict(discovery_messages(Topics("anpr/gate", "gate"), "1.2.3"))
-    assert set(msgs) == {"homeassistant/sensor/edge_anpr_gate/last_plate/config",
-                         "homeassistant/sensor/edge_anpr_gate/fps/config"}
+    assert {"homeassistant/sensor/edge_anpr_gate/last_plate/config",
+            "homeassistant/sensor/edge_anpr_gate/fps/config"} <= set(msgs)  # topics only ever grow
     plate = json.loads(msgs["homeassistant/sensor/edge_anpr_gate/last_plate/config"])
-    assert plate["state_topic"] == "anpr/gate/plates" and plate["availability_topic"] == "anpr/gate/status"
+    # Fed by the retained last plate, not by every event (tests/test_ha_discovery.py has the rest).
+    assert plate["state_topic"] == "anpr/gate/last_plate" and plate["availability_topic"] == "anpr/gate/status"
     assert plate["unique_id"] == "edge_anpr_gate_last_plate" and plate["device"]["sw_version"] == "1.2.3"
 
 
@@ -176,8 +183,9 @@ def test_stats_message_keeps_its_keys_and_adds_the_failure_counters(tmp_path) ->
            "frames_dropped", "source_errors", "source_reconnects", "tracks_active", "spool_depth", "spool_dropped",
            "published", "mqtt_connects"}
     new = {"spool_write_failures", "spool_memory_depth", "spool_memory_dropped", "broker_failures",
-           "broker_last_error"}
+           "broker_last_error", "search_per_frame"}
     assert set(msg) == old | new
+    assert msg["search_per_frame"] == {"detector_runs": None, "reader_runs": None, "gmac": None}  # none inferred
     assert msg["queue_size"] == 3 and msg["spool_depth"] == 1 and msg["published"] == 4
     assert msg["broker_failures"] == 1 and msg["broker_last_error"] == "connection refused"
     assert msg["spool_write_failures"] == 0 and msg["spool_memory_depth"] == 0
@@ -193,6 +201,7 @@ def test_a_failing_inference_thread_stops_the_daemon_naming_it(tmp_path, monkeyp
 
     from edge.config import parse_config
     from edge.daemon import Daemon, ExitCode
+    from edge.pipeline import FrameReads, SearchCounts
     from edge.publish import Publisher
     from edge.sources import open_source
     from edge.spool import Spool
@@ -208,7 +217,7 @@ def test_a_failing_inference_thread_stops_the_daemon_naming_it(tmp_path, monkeyp
                                  "drain_timeout_s": 0},
                         "spool": {"path": str(tmp_path / "spool.sqlite")}})
     spool = Spool(cfg.spool.path)
-    pipeline = SimpleNamespace(formats=None, detect=lambda image: [], read_detections=lambda image, dets: [])
+    pipeline = SimpleNamespace(formats=None, run=lambda image, frame=None: FrameReads([], SearchCounts()))
     daemon = Daemon(cfg, open_source(cfg.camera), pipeline, spool, Publisher(cfg.mqtt, spool))
 
     def broken(*args: object) -> list:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import shutil
 import signal
 import sqlite3
@@ -75,19 +76,24 @@ def test_clip_gives_one_new_and_one_end_per_vehicle(clip: Path, truth: dict, bro
     assert subscriber.statuses()[0] == "online" and subscriber.statuses()[-1] == "offline"
     stats = subscriber.stats()
     assert stats and stats[-1]["frames_inferred"] == truth["frames"] and stats[-1]["frames_dropped"] == 0
-    assert stats[-1]["spool_depth"] == 0 and stats[-1]["published"] == 6
+    # 3 new and 3 end on plates, and each new again on arrivals.
+    assert stats[-1]["spool_depth"] == 0 and stats[-1]["published"] == 9
     assert stats[-1]["broker_failures"] == 0 and stats[-1]["broker_last_error"] is None
     assert stats[-1]["spool_write_failures"] == stats[-1]["spool_memory_depth"] == 0
     assert {"p50", "p95"} <= set(stats[-1]["latency_ms"]["detect"]) and "uptime_s" in stats[-1]
-    disco = [m for m in subscriber.messages if m.topic.startswith("homeassistant/sensor/edge_anpr_test/")]
-    assert {m.topic.split("/")[-2] for m in disco} == {"last_plate", "fps"}
+    disco = {m.topic for m in subscriber.messages if m.topic.startswith("homeassistant/")}
+    assert {t.split("/")[-2] for t in disco if t.startswith("homeassistant/sensor/edge_anpr_test/")} == {
+        "last_plate", "fps", "source_errors", "source_reconnects", "frames_dropped", "spool_depth"}
     assert "end of file" in d.log()
-    late = Subscriber(broker.port).start()  # what a client connecting now is told: retained status and discovery
+    # What a client connecting now is told: retained status, discovery, last plate and its crop.
+    late = Subscriber(broker.port).start()
     try:
-        wait_for(lambda: late.statuses() == ["offline"] and len(late.messages) == 3, 5, "retained messages")
+        wait_for(lambda: late.statuses() == ["offline"] and len(late.messages) == 1 + len(disco) + 2, 5,
+                 "retained messages")
     finally:
         late.stop()
     assert all(m.retain for m in late.messages) and not late.events()
+    assert json.loads(late.on("last_plate")[0].payload)["id"] == [e for e in events if e["type"] == "new"][-1]["id"]
 
 
 def test_credentials_with_the_password_from_the_environment(clip: Path, truth: dict, tmp_path: Path) -> None:
@@ -159,7 +165,7 @@ def test_sigkill_then_restart_delivers_the_spool(clip: Path, truth: dict, tmp_pa
     spooled = [(t, i) for t, _, i in d1.logged_events()]
     assert len(spooled) == 6
     rows = sqlite3.connect(cfg["spool"]["path"]).execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-    assert rows == 6
+    assert rows == 9  # each event on plates, and each new again on arrivals
     broker = Broker(tmp_path / "broker", port=port).start()
     sub = Subscriber(port).start()
     try:
@@ -171,7 +177,7 @@ def test_sigkill_then_restart_delivers_the_spool(clip: Path, truth: dict, tmp_pa
     got = unique_in_order(sub.events())
     again = [(t, i) for t, _, i in d2.logged_events()]
     assert got[:6] == spooled and got[6:] == again  # the killed run's events first, oldest first
-    assert "6 events spooled from before" in d2.log()
+    assert "9 events spooled from before" in d2.log()  # messages: 6 on plates, 3 on arrivals
 
 
 def test_corrupt_and_truncated_images_are_logged_and_skipped(clip: Path, truth: dict, broker: Broker,

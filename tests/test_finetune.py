@@ -1,0 +1,269 @@
+"""`trainer finetune`: labelled folders -> reader crops mixed with synthetic ones -> a model set the edge loads.
+
+The end to end fine-tunes the shipped models for two steps on rendered scenes, in two sessions: the first is
+stopped before its export (as a kill would stop it), the second resumes its training and writes the set.
+Two steps teach nothing; what is asserted is what breaks when the chain breaks: the split by text, the rows
+skipped and why, the resumed state, a set that loads and reads, the card's before/after figures.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_edge
+from edge.plates import BLANK, READER_CLASSES
+
+pytest.importorskip("tensorflow", reason="fine-tuning needs the trainer's TensorFlow")
+
+SHIPPED = ROOT / "edge" / "models"
+
+
+def _columns(top: dict[int, str], bottom: dict[int, str]) -> np.ndarray:
+    """Reader columns (96 x classes) with the given characters peaking at the given columns, blank elsewhere."""
+    probs = np.full((96, len(READER_CLASSES)), 0.001, np.float32)
+    probs[:, READER_CLASSES.index(BLANK)] = 0.9
+    for col, ch in {**top, **{48 + k: v for k, v in bottom.items()}}.items():
+        probs[col, :] = 0.001
+        probs[col, READER_CLASSES.index(ch)] = 0.9
+    return probs
+
+
+def test_rows_are_split_where_the_reader_reads_two_rows_of_a_narrow_plate() -> None:
+    from trainer.finetune import split_rows
+
+    two = _columns({4: "A", 9: "B", 14: "1", 19: "2"}, {6: "C", 12: "D", 18: "E"})
+    assert split_rows(two, "AB12CDE", aspect=1.5) == ("AB12", "CDE")
+    # A misread top row still cuts where the label fits the reads best.
+    misread = _columns({4: "A", 9: "8", 14: "1", 19: "2"}, {6: "C", 12: "D", 18: "E"})
+    assert split_rows(misread, "AB12CDE", aspect=1.5) == ("AB12", "CDE")
+    # A wide plate is one row, whatever the reader's second head does; so is one with no bottom read.
+    assert split_rows(two, "AB12CDE", aspect=4.5) == ("AB12CDE", "")
+    assert split_rows(_columns({4: "A", 9: "B"}, {}), "AB12CDE", aspect=1.5) == ("AB12CDE", "")
+
+
+def test_a_collected_crop_gives_back_the_plate_box_it_was_cut_around() -> None:
+    from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
+    from trainer.finetune import collected_crop_quad
+
+    bw, bh = 100.0, 30.0  # the plate box; the device cut the crop with its margins around it
+    w, h = bw * (1 + 2 * CROP_MARGIN_X), bh * (1 + 2 * CROP_MARGIN_Y)
+    quad = collected_crop_quad(round(w), round(h))
+    assert np.allclose(quad[0], [bw * CROP_MARGIN_X, bh * CROP_MARGIN_Y], atol=0.5)
+    assert np.allclose(quad[2] - quad[0], [bw, bh], atol=0.5)
+
+
+def test_the_held_out_split_goes_by_text() -> None:
+    from trainer.finetune import Row, split_by_text
+
+    rng = np.random.default_rng(1)
+    texts = ["".join(rng.choice(list("ABC0123456789"), 6)) for _ in range(400)]
+    rows = [Row(Path("/x"), f"{i}.jpg", t, None, i + 2) for i, t in enumerate(texts + texts[:100])]  # 100 twice
+    train, held = split_by_text(rows, 0.25, seed=0)
+    assert len(train) + len(held) == len(rows)
+    assert not {r.text for r in train} & {r.text for r in held}  # no plate on both sides
+    assert 0.18 < len({r.text for r in held}) / len(set(texts)) < 0.32
+    assert split_by_text(rows, 0.25, seed=0) == (train, held)  # the same split on every rerun
+    assert {r.text for r in split_by_text(rows, 0.25, seed=1)[1]} != {r.text for r in held}
+    assert split_by_text(rows, 0.0, seed=0) == (rows, [])
+
+
+def test_rows_that_are_no_plate_or_not_reviewed_are_skipped(tmp_path: Path) -> None:
+    from trainer.finetune import read_rows
+
+    lines = ["file\ttext\tx1\ty1\tx2\ty2", "a.jpg\tAB123\t1\t2\t30\t12", "b.jpg\t-", "c.jpg\t\t1\t2\t3\t4",
+             "d.jpg\tcd 456", "e.jpg\tEF789\t5\t5\t1\t1", "f.jpg\tGH012\t1\t2\t30\t12", "g.jpg\tJK345", "h.jpg"]
+    (tmp_path / "labels.tsv").write_text("\n".join(lines) + "\n")
+    skipped: Counter[str] = Counter()
+    notes: list[str] = []
+    rows = read_rows(tmp_path, unreviewed=False, skipped=skipped, notes=notes)
+    assert [(r.file, r.text, r.box) for r in rows] == [
+        ("a.jpg", "AB123", (1.0, 2.0, 30.0, 12.0)), ("d.jpg", "CD456", None),
+        ("f.jpg", "GH012", (1.0, 2.0, 30.0, 12.0)), ("g.jpg", "JK345", None)]
+    assert skipped == {"not a plate": 2, "malformed box": 1, "malformed line": 1}
+    assert any(n.startswith(f"{tmp_path / 'labels.tsv'}:3: not a plate") for n in notes)
+
+    # A review record: only accepted or corrected rows count; a row marked not a plate (still in labels.tsv, as
+    # after a crash between the review's two writes) is skipped.
+    review = {"version": 1, "answers": {
+        "a.jpg\t1\t2\t30\t12": {"answer": "accepted"}, "d.jpg": {"answer": "corrected"},
+        "f.jpg\t1\t2\t30\t12": {"answer": "not_plate"}, "g.jpg": {"answer": "skipped"}}}
+    (tmp_path / "review.json").write_text(json.dumps(review))
+    skipped.clear()
+    assert [r.file for r in read_rows(tmp_path, False, skipped, [])] == ["a.jpg", "d.jpg"]
+    assert skipped["not a plate"] == 3 and skipped["not reviewed"] == 2  # e.jpg and g.jpg
+    assert [r.file for r in read_rows(tmp_path, True, Counter(), [])] == ["a.jpg", "d.jpg", "g.jpg"]
+
+
+def test_detector_samples_cover_the_boxes_of_frames_with_no_held_out_plate(tmp_path: Path) -> None:
+    from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE
+    from trainer.finetune import Row, detector_frames
+
+    for name in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(tmp_path / name), np.full((480, 640, 3), 90, np.uint8))
+    rows = [Row(tmp_path, "a.jpg", "AB123", (100.0, 200.0, 180.0, 220.0), 2),
+            Row(tmp_path, "a.jpg", "CD456", (400.0, 300.0, 480.0, 320.0), 3),
+            Row(tmp_path, "a.jpg", "EF789", None, 4),
+            Row(tmp_path, "b.jpg", "GH012", (10.0, 10.0, 90.0, 30.0), 5)]
+    x, y = detector_frames(rows, held_images={tmp_path / "b.jpg"}, progress=False)
+    h, w = DETECTOR_INPUT
+    assert x.shape == (1, h, w, 3) and y.shape == (1, h // DETECTOR_STRIDE, w // DETECTOR_STRIDE)
+    scale = w / 640  # the frame letterboxed as the device does: 640x480 -> 512x384
+    cells = np.argwhere(y[0] > 127)
+    for x1, y1, x2, y2 in ((100, 200, 180, 220), (400, 300, 480, 320)):  # both plates of a.jpg, b.jpg left out
+        inside = [(r, c) for r, c in cells if x1 * scale <= (c + 0.5) * DETECTOR_STRIDE <= x2 * scale
+                  and y1 * scale <= (r + 0.5) * DETECTOR_STRIDE <= y2 * scale]
+        assert len(inside) >= 0.8 * ((x2 - x1) * scale / DETECTOR_STRIDE) * ((y2 - y1) * scale / DETECTOR_STRIDE)
+    assert abs(len(cells) - 2 * (80 * scale / DETECTOR_STRIDE) * (20 * scale / DETECTOR_STRIDE)) <= 20
+
+
+def _scene_folders(root: Path) -> tuple[Path, Path]:
+    """A folder of rendered frames with boxes (plus a row that is no plate and one whose image is gone) and one of
+    frames without boxes that the shipped models read right (their plates must be found by reading)."""
+    from edge.pipeline import Pipeline
+    from trainer.synth import make_scene
+
+    boxed, unboxed = root / "boxed", root / "unboxed"
+    boxed.mkdir()
+    unboxed.mkdir()
+    pipeline = Pipeline.from_dir(SHIPPED, num_threads=1)
+    rows, loose = ["file\ttext\tx1\ty1\tx2\ty2"], ["file\ttext"]
+    seed = 0
+    while len(rows) < 15 or len(loose) < 4:
+        seed += 1
+        scene = make_scene(np.random.default_rng((77, seed)), width=640, height=480, max_plates=1)
+        if not scene.plates:
+            continue
+        plate = scene.plates[0]
+        name = f"scene_{seed:03d}.jpg"
+        if len(loose) < 4:
+            reads = pipeline(scene.image)
+            if reads and reads[0].text == plate.text:
+                cv2.imwrite(str(unboxed / name), scene.image)
+                loose.append(f"{name}\t{plate.text}")
+            continue
+        cv2.imwrite(str(boxed / name), scene.image)
+        (x1, y1), (x2, y2) = plate.quad.min(axis=0), plate.quad.max(axis=0)
+        rows.append(f"{name}\t{plate.text}\t{x1:.0f}\t{y1:.0f}\t{x2:.0f}\t{y2:.0f}")
+    rows += ["scene_gone.jpg\tGONE123\t10\t10\t60\t25", f"{rows[1].split(chr(9))[0]}\t-\t1\t1\t9\t5"]
+    (boxed / "labels.tsv").write_text("\n".join(rows) + "\n")
+    (unboxed / "labels.tsv").write_text("\n".join(loose) + "\n")
+    return boxed, unboxed
+
+
+class Killed(Exception):
+    """Stands for a kill between training and export."""
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Two sessions of one fine-tuning run: the first killed before its export, the second resuming it."""
+    import trainer.finetune as F
+    from trainer.cli import main
+
+    root = tmp_path_factory.mktemp("finetune")
+    boxed, unboxed = _scene_folders(root)
+    out = root / "set"
+    argv = ["finetune", "--data", str(boxed), "--data", str(unboxed), "--out", str(out), "--max-steps", "1",
+            "--crops-per-plate", "2", "--synthetic-share", "0.2", "--holdout", "0.3", "--synthetic-eval", "6",
+            "--batch", "16", "--workers", "1", "--threads", "2"]
+    ns = SimpleNamespace(out=out, argv=argv, boxed=boxed, unboxed=unboxed)
+
+    def killed(*args: object, **kwargs: object) -> dict:
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "export_network", killed)
+        with pytest.raises(Killed):
+            main(argv)
+    ns.first = json.loads((out / "work" / "finetune.json").read_text())
+    ns.npz_mtime = (out / "work" / "reader.npz").stat().st_mtime_ns
+    with pytest.MonkeyPatch.context() as mp:
+        import io
+        import sys
+
+        err = io.StringIO()
+        mp.setattr(sys, "stderr", err)
+        ns.code = main(argv)
+        ns.stderr = err.getvalue()
+    ns.state = json.loads((out / "work" / "finetune.json").read_text())
+    return ns
+
+
+def test_a_killed_run_resumes_its_training_and_keeps_its_data(finetuned: SimpleNamespace) -> None:
+    first, state = finetuned.first, finetuned.state
+    assert "after" not in first and first["sessions"][0]["ended"] == "stopped"
+    assert first["trained"]["reader"]["global_step"] == 1 and not first["trained"]["reader"]["finished"]
+    assert finetuned.code == 0, finetuned.stderr
+    assert "resuming" in finetuned.stderr and "global step 1" in finetuned.stderr
+    assert state["trained"]["reader"]["global_step"] == 2  # one more step from where the first session stopped
+    assert (finetuned.out / "work" / "reader.npz").stat().st_mtime_ns == finetuned.npz_mtime  # not made again
+    assert state["prep"] == first["prep"] and state["before"] == first["before"]
+    assert len(state["sessions"]) == 2 and state["exported"]["reader"]["global_step"] == 2
+
+
+def test_the_plates_are_split_by_text_and_skipped_rows_are_counted(finetuned: SimpleNamespace) -> None:
+    prep = finetuned.state["prep"]
+    held_lines = (finetuned.out / "work" / "heldout" / "labels.tsv").read_text().splitlines()[1:]
+    held = {line.split("\t")[1] for line in held_lines}
+    assert held and set(prep["heldout_texts"]) == held
+    assert not held & set(prep["training_texts"])
+    assert prep["skipped"].get("not a plate") == 1
+    assert prep["skipped"].get("image missing") == 1 and "GONE123" not in held  # on either side of the split
+    # The frames without boxes: the shipped models read each right, so each plate is found by its read.
+    unboxed = [line.split("\t")[1] for line in (finetuned.unboxed / "labels.tsv").read_text().splitlines()[1:]]
+    assert "no read close to the label" not in prep["skipped"]
+    assert set(unboxed) <= set(prep["training_texts"]) | held
+    reader = prep["reader"]
+    assert reader["user_crops"] == 2 * prep["training_plates"]
+    assert reader["synthetic_crops"] == round(reader["user_crops"] * 0.2 / 0.8)
+    assert reader["samples"] == reader["validation"] + reader["user_crops"] + reader["synthetic_crops"]
+
+
+def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace, tmp_path: Path) -> None:
+    from edge.model import load_model_set, read_metadata
+
+    detector, reader = load_model_set(finetuned.out)
+    assert detector.meta.kind == "detector"
+    shipped = read_metadata(SHIPPED / "reader.tflite")
+    assert reader.meta.note.startswith("fine-tuned by trainer finetune")
+    assert reader.meta.sha256 != shipped.sha256
+    assert reader.meta.reader is not None and shipped.reader is not None
+    assert reader.meta.reader.formats.sha256 == shipped.reader.formats.sha256  # the formats carried on
+    assert (finetuned.out / "detector.tflite").read_bytes() == (SHIPPED / "detector.tflite").read_bytes()
+    image = next(finetuned.boxed.glob("*.jpg"))
+    proc = run_edge("read", "--json", "--models", str(finetuned.out), str(image))
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout.splitlines()[0])
+    assert answer["image"] == str(image) and "error" not in answer
+
+
+def test_the_card_has_the_figures_before_and_after(finetuned: SimpleNamespace) -> None:
+    state = finetuned.state
+    card = (finetuned.out / "MODEL_CARD.md").read_text()
+    for when in ("before", "after"):
+        figures = state[when]
+        assert figures["heldout"]["images"] == state["prep"]["heldout_plates"]
+        assert 0.0 <= figures["heldout"]["exact"] <= 1.0 and figures["synthetic_plates"]["images"] == 6
+    row = next(line for line in card.splitlines() if line.startswith("| held-out plates |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == str(state["prep"]["heldout_plates"])
+    assert math.isclose(float(cells[2]), state["before"]["heldout"]["exact"], abs_tol=5e-4)
+    assert math.isclose(float(cells[3]), state["after"]["heldout"]["exact"], abs_tol=5e-4)
+    assert "| reader | 2 / 2 |" in card and "sudo deploy/update.sh --models" in card
+
+
+def test_a_rerun_with_other_options_is_refused(finetuned: SimpleNamespace, capsys: pytest.CaptureFixture) -> None:
+    from trainer.cli import main
+
+    argv = [a if a != "0.3" else "0.5" for a in finetuned.argv]  # another --holdout
+    assert main(argv) == 2
+    assert "--holdout 0.3, not 0.5" in capsys.readouterr().err
+    assert main(["finetune", "--data", str(finetuned.boxed), "--out", str(SHIPPED)]) == 2  # never over the models
+    assert "would overwrite the starting model set" in capsys.readouterr().err

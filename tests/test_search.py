@@ -1,0 +1,138 @@
+"""The detection search (edge.search settings, carried out by Pipeline.run): where passes go, and what they cost."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from edge.config import DetectionConfig
+from edge.detect import PlateDetector
+from edge.formats import PlateText
+from edge.pipeline import Pipeline
+from edge.search import SearchSettings
+
+DET_MACS, READER_MACS = 1000, 10
+
+
+class _Eye(PlateDetector):
+    """A detector that sees one frame rectangle perfectly, but only where it is ``min_px`` input pixels wide."""
+
+    def __init__(self, quad: np.ndarray, min_px: float = 0.0) -> None:  # no model: only the search is under test
+        self.width, self.height, self.stride, self.threshold, self.min_cells = 512, 384, 4, 0.5, 3
+        self.model = SimpleNamespace(meta=SimpleNamespace(macs=DET_MACS))
+        self.quad, self.min_px, self.lb, self.runs, self.centres = quad, min_px, None, 0, []
+
+    def prepare(self, image):
+        pixels, self.lb = super().prepare(image)
+        return pixels, self.lb
+
+    def window(self, image, centre, width):
+        self.centres.append(centre)
+        pixels, self.lb = super().window(image, centre, width)
+        return pixels, self.lb
+
+    def probabilities(self, pixels):
+        self.runs += 1
+        q = (self.quad - np.float32(self.lb.offset)) * self.lb.scale
+        out = np.zeros((self.height // 4, self.width // 4), np.float32)
+        if q[1, 0] - q[0, 0] < self.min_px:
+            return out
+        cv2.fillPoly(out, [np.round(q / 4).astype(np.int32)], 1.0)
+        return out
+
+
+class _Reader:
+    """Reads the plate with a given per-character probability wherever a crop holds most of it."""
+
+    def __init__(self, quad: np.ndarray, prob: float, text: str = "AB12CDE") -> None:
+        self.quad, self.prob, self.text, self.crops = quad, prob, text, 0
+        self.model = SimpleNamespace(meta=SimpleNamespace(macs=READER_MACS))
+        self.formats = None
+
+    def crop(self, image, quad):
+        self.crops += 1
+        return np.asarray(quad, np.float32)
+
+    def read_crop(self, quad) -> PlateText:
+        x1, y1 = np.maximum(quad.min(axis=0), self.quad.min(axis=0))
+        x2, y2 = np.minimum(quad.max(axis=0), self.quad.max(axis=0))
+        plate_area = np.prod(self.quad.max(axis=0) - self.quad.min(axis=0))
+        if max(0, x2 - x1) * max(0, y2 - y1) < 0.6 * plate_area:
+            return PlateText("", None, None, (), "")
+        return PlateText(self.text, "gb_current", "GB", (self.prob,) * len(self.text), self.text)
+
+
+LARGE = np.float32([[500, 400], [760, 400], [760, 460], [500, 460]])  # 104 px wide in the whole frame's input
+SMALL = np.float32([[300, 200], [360, 200], [360, 230], [300, 230]])  # 24 px wide there
+FRAME = np.zeros((720, 1280, 3), np.uint8)
+
+
+def test_a_sure_read_of_the_whole_frame_ends_the_search() -> None:
+    det, reader = _Eye(LARGE), _Reader(LARGE, 0.99)
+    result = Pipeline(det, reader).run(FRAME)
+    assert [r.text for r in result.reads] == ["AB12CDE"]
+    assert result.counts.detector_runs == det.runs == 1 and det.centres == []  # no zoom, no tiles
+    assert result.counts.stopped_early
+    assert result.counts.macs == DET_MACS + READER_MACS * result.counts.reader_runs
+
+
+def test_a_doubtful_read_brings_a_zoomed_look_and_every_tile_on_a_still() -> None:
+    det, reader = _Eye(LARGE), _Reader(LARGE, 0.8)  # a format fit, but below `sure`
+    result = Pipeline(det, reader).run(FRAME)
+    assert [r.text for r in result.reads] == ["AB12CDE"]
+    assert len(det.centres) >= 4 + 1  # a zoomed look, then the 4 tiles of a 16:9 frame
+    assert not result.counts.stopped_early
+    assert result.counts.detector_runs == det.runs
+    assert result.counts.macs == DET_MACS * det.runs + READER_MACS * result.counts.reader_runs
+    # A box is read once however many passes found it.
+    assert result.counts.reader_runs == reader.crops
+
+
+def test_tiles_find_a_plate_too_small_for_the_whole_frame() -> None:
+    det = _Eye(SMALL, min_px=30)
+    assert det.look(FRAME) == []
+    reads = Pipeline(det, _Reader(SMALL, 0.99)).run(FRAME).reads
+    assert [r.text for r in reads] == ["AB12CDE"]
+    np.testing.assert_allclose(reads[0].detection.box, SMALL.reshape(-1)[[0, 1, 4, 5]], atol=6.0)
+    assert Pipeline(_Eye(SMALL, min_px=30), _Reader(SMALL, 0.99), SearchSettings(tiles=0)).run(FRAME).reads == []
+
+
+def test_video_frames_take_the_tiles_in_turn_by_their_number_within_the_cap() -> None:
+    windows = _Eye(SMALL).tile_windows((1280, 720), 2)
+    settings = SearchSettings(tiles_per_frame=1, max_detector_runs=3)
+    seen = []
+    for n in (0, 1, 2, 3, 4, 1):
+        det = _Eye(SMALL, min_px=1000)  # sees nothing: every frame looks at its tile
+        counts = Pipeline(det, _Reader(SMALL, 0.99), settings).run(FRAME, frame=n).counts
+        assert counts.detector_runs == 2
+        seen.append(det.centres)
+    assert seen == [[windows[n % 4][0]] for n in (0, 1, 2, 3, 4, 1)]
+    det = _Eye(LARGE)
+    counts = Pipeline(det, _Reader(LARGE, 0.8), settings).run(FRAME, frame=7).counts
+    assert counts.detector_runs == det.runs == 3  # capped: the whole frame, a zoomed look, the frame's tile
+
+
+def test_one_frame_gives_one_answer() -> None:
+    """No state between calls: the same frame with the same number reads the same, whatever came before."""
+    pipe = Pipeline(_Eye(LARGE), _Reader(LARGE, 0.8), SearchSettings())
+    first = pipe.run(FRAME, frame=2)
+    pipe.run(FRAME, frame=0)
+    pipe.run(FRAME)
+    again = pipe.run(FRAME, frame=2)
+    assert [(r.text, r.detection.box) for r in first.reads] == [(r.text, r.detection.box) for r in again.reads]
+    assert (first.counts.detector_runs, first.counts.reader_runs) == (again.counts.detector_runs,
+                                                                      again.counts.reader_runs)
+
+
+def test_the_settings_have_one_set_of_defaults_and_refuse_what_cannot_run() -> None:
+    assert DetectionConfig().search_settings() == SearchSettings()
+    assert DetectionConfig(tiles=3, sure=0.5).search_settings() == SearchSettings(tiles=3, sure=0.5)
+    with pytest.raises(ValidationError, match="tiles_per_frame"):
+        SearchSettings(tiles=2, tiles_per_frame=0, max_detector_runs=3)
+    with pytest.raises(ValidationError):
+        SearchSettings().model_copy(update={}).__setattr__("tiles", 0)  # frozen
+    with pytest.raises(ValidationError, match="extra"):
+        SearchSettings(tile=2)  # type: ignore[call-arg]
