@@ -242,18 +242,20 @@ def test_spool_at_its_bound_keeps_the_newest(clip: Path, truth: dict, tmp_path: 
     port = free_port()
     cfg = base_config(clip, port, tmp_path, spool={"max_events": 2}, mqtt={"drain_timeout_s": 60})
     d = DaemonProc(cfg, tmp_path)  # no broker: events pile up in the spool
-    d.wait_log(r"spool full", 60, count=4)
+    # Three vehicles: six events, nine messages (a `new` also goes to arrivals), seven of them dropped.
+    wait_for(lambda: len(d.logged_events()) == 6 and d.log().count("spool full") == 7, 60, "six events spooled")
     logged = [(t, i) for t, _, i in d.logged_events()]
-    assert len(logged) == 6
     broker = Broker(tmp_path / "broker", port=port).start()
     sub = Subscriber(port).start()
     try:
         assert d.wait(60) == 0, d.log()
-        wait_for(lambda: sub.stats() and sub.stats()[-1]["spool_dropped"] == 4, 10, "final stats")
+        wait_for(lambda: sub.stats() and sub.stats()[-1]["spool_dropped"] == 7, 10, "final stats")
     finally:
         sub.stop()
         broker.stop()
-    assert unique_in_order(sub.events()) == logged[-2:]  # the two newest survived
+    # The two newest messages survived: the last vehicle's arrival and its `end`.
+    arrivals = [(e["type"], e["id"]) for e in (json.loads(m.payload) for m in sub.on("arrivals"))]
+    assert unique_in_order(sub.events()) == logged[-1:] and list(dict.fromkeys(arrivals)) == logged[-2:-1]
     assert "dropped the 1 oldest" in d.log()
 
 

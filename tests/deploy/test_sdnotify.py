@@ -18,6 +18,7 @@ from deploytools import ROOT
 from edge import sdnotify
 from edge.config import parse_config
 from edge.daemon import Daemon
+from edge.pipeline import FrameReads, SearchCounts
 from edge.publish import Publisher
 from edge.sources import open_source
 from edge.spool import Spool
@@ -148,13 +149,10 @@ class BlockingPipeline:
         self.detector = self
         self.formats = None  # no formats: events carry the bare text
 
-    def detect(self, image: np.ndarray) -> list:
+    def run(self, image: np.ndarray, frame: int | None = None) -> FrameReads:
         if self.hang.is_set():
             self.release.wait(30)
-        return []
-
-    def read_detections(self, image: np.ndarray, detections: list) -> list:
-        return []
+        return FrameReads([], SearchCounts())
 
 
 def test_a_hung_pipeline_stops_the_watchdog(listener: NotifyListener, frames: Path, tmp_path: Path,
