@@ -228,9 +228,10 @@ class Pipeline:
         With ``memo``, only detections one of whose boxes already read as a plate (``acceptable``) get one."""
         out = list(dets)
         for i, det in enumerate(dets[: self.search.refine]):
-            if memo is not None and not any(acceptable(memo[np.asarray(c.quad, np.float32).tobytes()])
-                                            for c in det.candidates()):
-                continue
+            if memo is not None and not any(
+                    (read := memo.get(np.asarray(c.quad, np.float32).tobytes())) is not None and acceptable(read)
+                    for c in det.candidates()):
+                continue  # not read (past max_plates) or read as nothing
             boxes: list[Detection] = []
             for cand in det.candidates():
                 key = np.asarray(cand.quad, np.float32).tobytes()

@@ -136,3 +136,11 @@ def test_the_settings_have_one_set_of_defaults_and_refuse_what_cannot_run() -> N
         SearchSettings().model_copy(update={}).__setattr__("tiles", 0)  # frozen
     with pytest.raises(ValidationError, match="extra"):
         SearchSettings(tile=2)  # type: ignore[call-arg]
+
+
+def test_more_zoomed_looks_than_plates_read_is_no_error() -> None:
+    """``refine`` may exceed ``max_plates``: detections past those read get no zoomed look before the tiles."""
+    pipe = Pipeline(_Eye(LARGE), _Reader(LARGE, 0.8), SearchSettings(refine=16))
+    pipe.max_plates = 0
+    result = pipe.run(FRAME)
+    assert result.reads == [] and result.counts.reader_runs == 0
