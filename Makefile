@@ -27,7 +27,7 @@ help:
 	@echo "make test-edge  - the edge's tests in $(EDGE_VENV), the edge alone without TensorFlow (as on a Pi)"
 	@echo "make test-ha    - the daemon against a real Home Assistant (installed in .venv-ha from PyPI; not in make test)"
 	@echo "make lint       - ruff (lint and import order) and mypy (types) on the checkout, as configured in pyproject.toml"
-	@echo "make bench      - latency, fps, RSS, sizes and MACs of the shipped models -> bench/results.json"
+	@echo "make bench      - ms, fps, detector runs and MACs per frame, RSS, ms per image beside OpenALPR -> bench/results.json"
 	@echo "make soak       - the daemon on a looping 720p clip for SOAK_MIN minutes (default 30) -> bench/soak.json"
 
 $(VENV)/.edge: pyproject.toml $(CONSTRAINTS)
