@@ -50,7 +50,7 @@ from pydantic import ValidationError
 
 from edge.config import KnownPlateConfig, KnownPlatesConfig
 from edge.plates import normalize
-from edge.yamlsafe import MAX_YAML_BYTES, YamlError, load_yaml
+from edge.yamlsafe import YamlError, load_yaml, read_text
 
 if TYPE_CHECKING:
     from edge.tracker import Event
@@ -378,16 +378,9 @@ def _plate_of(raw: Any) -> str:
 
 def _read_csv(path: Path) -> list[tuple[str, KnownPlateConfig]]:
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_YAML_BYTES + 1)
-    except OSError as exc:
-        raise KnownPlatesError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise KnownPlatesError(f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise KnownPlatesError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        text = read_text(path)
+    except YamlError as exc:
+        raise KnownPlatesError(str(exc)) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     out = []

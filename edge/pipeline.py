@@ -127,6 +127,11 @@ class FrameReads:
     counts: SearchCounts
 
 
+def _key(quad: np.ndarray) -> bytes:
+    """A box's identity within one frame's search: a box read or zoomed once is not read or zoomed again."""
+    return np.asarray(quad, np.float32).tobytes()
+
+
 class _Budget:
     """Detector runs of one frame: counted, timed, and capped on video (``SearchSettings.max_detector_runs``)."""
 
@@ -185,7 +190,7 @@ class Pipeline:
         return self.reader.formats
 
     def _read(self, image: np.ndarray, quad: np.ndarray, memo: dict[bytes, PlateText]) -> PlateText:
-        key = np.asarray(quad, np.float32).tobytes()
+        key = _key(quad)
         if key not in memo:
             memo[key] = self.reader.read_crop(self.reader.crop(image, quad))
         return memo[key]
@@ -229,18 +234,18 @@ class Pipeline:
         out = list(dets)
         for i, det in enumerate(dets[: self.search.refine]):
             if memo is not None and not any(
-                    (read := memo.get(np.asarray(c.quad, np.float32).tobytes())) is not None and acceptable(read)
+                    (read := memo.get(_key(c.quad))) is not None and acceptable(read)
                     for c in det.candidates()):
                 continue  # not read (past max_plates) or read as nothing
             boxes: list[Detection] = []
             for cand in det.candidates():
-                key = np.asarray(cand.quad, np.float32).tobytes()
+                key = _key(cand.quad)
                 if key in zoomed or not self.detector.zoom_helps(image, cand) or not budget.left(reserve):
                     boxes.append(cand)
                     continue
                 zoomed.add(key)
                 fine = budget.spend(partial(self.detector.refine, image, cand))
-                zoomed.add(np.asarray(fine.quad, np.float32).tobytes())
+                zoomed.add(_key(fine.quad))
                 boxes += [fine, cand]
             unique: list[Detection] = []
             for d in boxes:

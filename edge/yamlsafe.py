@@ -88,6 +88,22 @@ def _problem(exc: yaml.YAMLError) -> str:
     return ": ".join(parts)
 
 
+def read_text(path: Path) -> str:
+    """A configuration-sized text file (YAML, CSV): at most MAX_YAML_BYTES of UTF-8 (a BOM dropped); YamlError
+    names the file when it cannot be read, is larger or is not UTF-8."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise YamlError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise YamlError(f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise YamlError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
 def load_yaml(path: str | Path, text_keys: set[str] | frozenset[str] = frozenset()) -> Any:
     """Parse one YAML file safely; YamlError names the file and, where it can, the key and line.
 
@@ -96,18 +112,7 @@ def load_yaml(path: str | Path, text_keys: set[str] | frozenset[str] = frozenset
     ``text_keys`` (dotted paths, lists as ``key[0]``) is read as the string written.
     """
     p = Path(path)
-    try:
-        with p.open("rb") as f:
-            data = f.read(MAX_YAML_BYTES + 1)
-    except OSError as exc:
-        raise YamlError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise YamlError(f"{p}: larger than {MAX_YAML_BYTES // 1024} KiB")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise YamlError(f"{p}: not UTF-8 text (byte {exc.start})") from None
-    loader = _Loader(text, set(text_keys))
+    loader = _Loader(read_text(p), set(text_keys))
     try:
         node = loader.get_single_node()
         if node is None:
