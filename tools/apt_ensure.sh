@@ -35,17 +35,19 @@ apt_get() {
             cat "$errors" >&2
             return "$rc"
         fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            echo "apt is still locked after ${timeout} s (APT_LOCK_TIMEOUT); giving up:" >&2
-            cat "$errors" >&2
-            return "$rc"
-        fi
+        # Said before the deadline is checked: SECONDS counts whole seconds, so a first try that straddles a
+        # second's edge may already be past a short deadline, and the user is still told who holds the lock.
         if [ "$said" = 0 ]; then
             lock=$(sed -n 's/.*Could not get lock \([^ ]*[^ .]\).*/\1/p' "$errors" | head -n1)
             holder=$(sed -n 's/.*It is held by process \([0-9]* ([^)]*)\).*/\1/p' "$errors" | head -n1)
             echo "another apt or dpkg is running (${holder:+process $holder holds }${lock:-its lock}):" \
                 "waiting up to ${timeout} s for it to finish (APT_LOCK_TIMEOUT) ..." >&2
             said=1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "apt is still locked after ${timeout} s (APT_LOCK_TIMEOUT); giving up:" >&2
+            cat "$errors" >&2
+            return "$rc"
         fi
         sleep "$poll"
     done
