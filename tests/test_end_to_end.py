@@ -169,3 +169,31 @@ def test_keras_networks_start_from_exported_int8_models(trained: Path) -> None:
     # Another architecture is refused, naming the file.
     with pytest.raises(ValueError, match=r"reader\.tflite"):
         load_int8_weights(build_detector(*frames.shape[1:3]), int8 / "reader.tflite")
+
+
+def test_a_detector_narrows_from_its_int8_file_keeping_the_first_channels(trained: Path) -> None:
+    """`train --init --fine-channels N`: every convolution takes its wider partner's first channels."""
+    import keras
+
+    from trainer.from_tflite import int8_detector_fine, load_int8_weights
+    from trainer.nets import DETECTOR_FINE, build_detector, detector_fine
+
+    int8 = trained / "export" / "int8" / "detector.tflite"
+    assert int8_detector_fine(int8) == DETECTOR_FINE
+    wide = build_detector(64, 64)
+    load_int8_weights(wide, int8)
+    narrow = build_detector(64, 64, fine=DETECTOR_FINE // 2)
+    with pytest.raises(ValueError, match=r"detector\.tflite: no convolution fits"):
+        load_int8_weights(narrow, int8)  # not asked to narrow
+    assert load_int8_weights(narrow, int8, narrow=True) == 34 and detector_fine(narrow) == DETECTOR_FINE // 2
+
+    def convs(model: keras.Model) -> list[keras.layers.Layer]:
+        kinds = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+        return [layer for layer in model.layers if isinstance(layer, kinds)]
+
+    narrowed = 0
+    for w, n in zip(convs(wide), convs(narrow), strict=True):
+        kw, kn = w.get_weights()[0], n.get_weights()[0]
+        np.testing.assert_array_equal(kn, kw[:, :, : kn.shape[2], : kn.shape[3]])
+        narrowed += kn.shape != kw.shape
+    assert narrowed == 10, narrowed  # the stride-4 layers and the plate mask's input

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -222,8 +223,9 @@ def test_the_plates_are_split_by_text_and_skipped_rows_are_counted(finetuned: Si
     assert set(unboxed) <= set(prep["training_texts"]) | held
     reader = prep["reader"]
     assert reader["user_crops"] == 2 * prep["training_plates"]
-    assert reader["synthetic_crops"] == round(reader["user_crops"] * 0.2 / 0.8)
-    assert reader["samples"] == reader["validation"] + reader["user_crops"] + reader["synthetic_crops"]
+    user = reader["user_crops"] + reader["negative_crops"]
+    assert reader["synthetic_crops"] == round(user * 0.2 / 0.8)
+    assert reader["samples"] == reader["validation"] + user + reader["synthetic_crops"]
 
 
 def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace, tmp_path: Path) -> None:
@@ -256,7 +258,8 @@ def test_the_card_has_the_figures_before_and_after(finetuned: SimpleNamespace) -
     assert cells[1] == str(state["prep"]["heldout_plates"])
     assert math.isclose(float(cells[2]), state["before"]["heldout"]["exact"], abs_tol=5e-4)
     assert math.isclose(float(cells[3]), state["after"]["heldout"]["exact"], abs_tol=5e-4)
-    assert "| reader | 2 / 2 |" in card and "sudo deploy/update.sh --models" in card
+    # Two sessions of one step each (--max-steps 1), out of the steps the plan gave the reader.
+    assert re.search(r"^\| reader \| 2 / \d+ \|", card, re.M) and "sudo deploy/update.sh --models" in card
 
 
 def test_a_rerun_with_other_options_is_refused(finetuned: SimpleNamespace, capsys: pytest.CaptureFixture) -> None:
@@ -267,3 +270,41 @@ def test_a_rerun_with_other_options_is_refused(finetuned: SimpleNamespace, capsy
     assert "--holdout 0.3, not 0.5" in capsys.readouterr().err
     assert main(["finetune", "--data", str(finetuned.boxed), "--out", str(SHIPPED)]) == 2  # never over the models
     assert "would overwrite the starting model set" in capsys.readouterr().err
+
+
+def test_what_else_a_frame_reads_is_cut_as_no_text_only_where_its_plates_were_placed(tmp_path: Path) -> None:
+    """A sign read in a labelled frame becomes a crop labelled with no text; a read overlapping the plate, a read
+    like the label, and every read of a frame whose plate was not found stay out."""
+    from edge.detect import Detection
+    from edge.pipeline import Pipeline, PlateRead
+    from trainer.finetune import NEGATIVES_PER_FRAME, Row, box_quad, cut_reader_crops, row_label
+
+    def read(text: str, box: tuple[float, float, float, float]) -> PlateRead:
+        return PlateRead(text, text, None, None, 0.9, Detection(box_quad(box), box, 0.9))
+
+    frame_reads = [read("AB123CD", (100, 100, 220, 130)),   # the plate itself
+                   read("OPEN24", (300, 20, 420, 50)),       # a sign: no plate
+                   read("AB123CO", (300, 200, 420, 230)),    # like the label: maybe the plate seen twice
+                   *[read(f"SIGN{k}", (20 + 60 * k, 300, 70 + 60 * k, 320)) for k in range(NEGATIVES_PER_FRAME)]]
+
+    class Frames(Pipeline):
+        def __call__(self, image: np.ndarray, frame: int | None = None) -> list[PlateRead]:
+            return frame_reads
+
+    base = Pipeline.from_dir(SHIPPED)
+    pipeline = Frames(base.detector, base.reader)
+    image = np.full((400, 480, 3), 128, np.uint8)
+    cv2.imwrite(str(tmp_path / "boxed.jpg"), image)
+    cv2.imwrite(str(tmp_path / "lost.jpg"), image)
+    rows = [Row(tmp_path, "boxed.jpg", "AB123CD", (100, 100, 220, 130), 2),
+            Row(tmp_path, "lost.jpg", "ZZ999ZZ", None, 3)]  # no read close to it: the frame is left alone
+    skipped: Counter[str] = Counter()
+    crops = cut_reader_crops(rows, pipeline, per_plate=2, seed=0, skipped=skipped, notes=[], progress=False,
+                             per_negative=3)
+    assert skipped == Counter({"no read close to the label": 1})
+    assert crops.texts == ["AB123CD"]
+    assert crops.negatives == 3 * NEGATIVES_PER_FRAME  # the sign and the first signs of the row, up to the cap
+    no_text = row_label("", "")
+    assert sum((y == no_text).all() for y in crops.y) == crops.negatives and len(crops.x) == 2 + crops.negatives
+    none = cut_reader_crops(rows[:1], pipeline, per_plate=2, seed=0, skipped=Counter(), notes=[], progress=False)
+    assert none.negatives == 0 and len(none.x) == 2

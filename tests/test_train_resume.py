@@ -31,7 +31,7 @@ STEPS_PER_EPOCH = 4
 STOP_AT = 5  # epoch 2, step 1: a stop inside an epoch, the harder case to resume
 
 
-def _small_reader(kind: str):
+def _small_reader(kind: str, fine: int | None = None):
     import keras
 
     from edge.plates import READER_CLASSES

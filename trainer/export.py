@@ -32,7 +32,7 @@ from edge.model import (
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
 from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, load_set
-from trainer.nets import build_detector, build_reader, count_macs
+from trainer.nets import build_detector, build_reader, count_macs, detector_fine
 
 #: TFLite builtin ops that the Edge TPU compiler maps (its documented op table, the subset we use).
 EDGE_TPU_OPS = {
@@ -46,7 +46,7 @@ EDGETPU_COMPILE = "edgetpu_compiler --show_operations --out_dir {dir} {file}"
 def exportable(kind: str, trained: keras.Model) -> keras.Model:
     """The model at its deployment input size, batch 1, with the trained weights."""
     if kind == "detector":
-        model = build_detector(*DETECTOR_INPUT, batch=1)
+        model = build_detector(*DETECTOR_INPUT, batch=1, fine=detector_fine(trained))
     else:
         h, w = trained.input.shape[1:3]
         model = build_reader(h, w, batch=1)

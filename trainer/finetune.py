@@ -19,7 +19,10 @@ corrects it). From such folders the command:
    the plate the starting detector finds whose read is closest to the label.
    Labels are per row, as the synthesizer's: a plate on which the starting
    reader reads two rows (characters from both of its heads) is labelled in two
-   rows, cut where the label best matches those reads;
+   rows, cut where the label best matches those reads. What else the starting
+   models read in a frame whose labels were all placed (a sign, a badge) is
+   cut too, labelled with no text (``--negative-crops``): a reader tuned on
+   real crops alone grows sure of such lettering;
 4. mixes them with freshly synthesized crops (``--synthetic-share`` of the
    samples) so that formats missing from the user's plates are not forgotten,
    and, with ``--detector``, the full frames with boxes with synthetic scenes;
@@ -81,6 +84,12 @@ LENIENT = str.maketrans({"O": "0", "I": "1"})
 #: A plate is labelled in two rows only when its rectangle is narrower than this (width / height): a one-row
 #: plate is 2 (US) to 4.7 (EU) times as wide as tall, a two-row one 1.4 to 2.
 TWO_ROW_MAX_ASPECT = 3.0
+#: Things the starting pipeline reads in a training frame that are none of its labelled plates (signs, badges,
+#: lettering) are taught as no text, so that fine-tuning on real crops does not make the reader sure of them:
+#: at most this many per frame, each read at least this far from every label of the frame (a label misread stays
+#: out), and only in frames whose every label was placed (a box, or a read close to it).
+NEGATIVES_PER_FRAME = 4
+NEGATIVE_MAX_SIMILARITY = 0.5
 #: Seed of the synthetic plates scored before and after (``trainer evaluate``'s default).
 SYNTHETIC_EVAL_SEED = 999
 #: The scores of a set, by key, and their names: the held-out plates, synthetic plates (the reader alone) and,
@@ -310,18 +319,31 @@ class ReaderCrops:
     y: np.ndarray
     texts: list[str]
     two_row: int
+    #: Of ``x``: the crops of things in the frames that are no plate, labelled with no text (``NEGATIVES_*``).
+    negatives: int = 0
+
+
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _quad_box(quad: np.ndarray) -> tuple[float, float, float, float]:
+    q = np.asarray(quad, np.float32)
+    return float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())
 
 
 def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: int, skipped: Counter[str],
-                     notes: list[str], progress: bool = True) -> ReaderCrops:
+                     notes: list[str], progress: bool = True, per_negative: int = 0) -> ReaderCrops:
     """Reader crops and labels of ``rows`` (see the module's docstring, step 3); rows that give none are counted
-    in ``skipped``."""
+    in ``skipped``. ``per_negative``: jittered crops of each thing in a frame that is none of its plates
+    (``NEGATIVES_*``), labelled with no text (0: none)."""
     reader: PlateReader = pipeline.reader
     by_image: dict[Path, list[Row]] = {}
     for r in rows:
         by_image.setdefault(r.image, []).append(r)
     val_x, val_y, xs, ys, texts = [], [], [], [], []
-    two_row = 0
+    two_row = negatives = 0
+    no_text = row_label("", "")
 
     def skip(reason: str, row: Row) -> None:
         skipped[reason] += 1
@@ -336,6 +358,7 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
                 skip("image missing" if not path.is_file() else "image unreadable", r)
             continue
         reads = None
+        placed: list[tuple[float, float, float, float]] = []  # the boxes of this frame's labelled plates
         for r in image_rows:
             index += 1
             if r.box is not None:
@@ -350,6 +373,7 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
                     skip("no read close to the label", r)
                     continue
                 quad = found[0]
+            placed.append(_quad_box(quad))
             plain = reader.crop(image, quad)
             top, bottom = split_rows(reader.columns(plain), r.text, quad_aspect(quad))
             if len(top) > MAX_CHARS or len(bottom) > MAX_CHARS:
@@ -365,10 +389,23 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
                 crop = reader.crop(image, jitter_quad(rng, quad, JITTER))
                 xs.append(augment(rng, crop) if k else crop)
                 ys.append(label)
+        # A frame whose rows all placed their plates: what else the pipeline reads there is no plate.
+        if per_negative and len(placed) == len(image_rows) and not any(r.crop_only for r in image_rows):
+            reads = pipeline(image) if reads is None else reads
+            labels = [r.text.translate(LENIENT) for r in image_rows]
+            others = [rd for rd in reads if not any(_overlaps(rd.detection.box, b) for b in placed)
+                      and max(similarity(rd.text.translate(LENIENT), t) for t in labels) < NEGATIVE_MAX_SIMILARITY]
+            rng = np.random.default_rng((seed, index, 1))
+            for rd in others[:NEGATIVES_PER_FRAME]:
+                for k in range(per_negative):
+                    crop = reader.crop(image, jitter_quad(rng, rd.detection.quad, JITTER))
+                    xs.append(augment(rng, crop) if k else crop)
+                    ys.append(no_text)
+                negatives += per_negative
     h, w = reader.height, reader.width
     empty_x, empty_y = np.zeros((0, h, w), np.uint8), np.zeros((0, 2 * MAX_CHARS), np.int32)
     return ReaderCrops(np.stack(val_x) if val_x else empty_x, np.stack(val_y) if val_y else empty_y,
-                       np.stack(xs) if xs else empty_x, np.stack(ys) if ys else empty_y, texts, two_row)
+                       np.stack(xs) if xs else empty_x, np.stack(ys) if ys else empty_y, texts, two_row, negatives)
 
 
 def detector_frames(rows: list[Row], held_images: set[Path], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -438,6 +475,7 @@ class Options:
     holdout: float = 0.2
     synthetic_share: float = 0.5
     crops_per_plate: int = 20
+    negative_crops: int = 5
     detector: bool = False
     unreviewed: bool = False
     seed: int = 0
@@ -453,7 +491,8 @@ class Options:
         """The options a resumed run must keep (they shape its data or its training)."""
         return {"data": [str(p.resolve()) for p in self.data], "models": str(self.models.resolve()),
                 "holdout": self.holdout, "synthetic_share": self.synthetic_share,
-                "crops_per_plate": self.crops_per_plate, "detector": self.detector, "unreviewed": self.unreviewed,
+                "crops_per_plate": self.crops_per_plate, "negative_crops": self.negative_crops,
+                "detector": self.detector, "unreviewed": self.unreviewed,
                 "seed": self.seed, "batch": self.batch, "lr": self.lr}
 
     def check(self) -> None:
@@ -464,6 +503,8 @@ class Options:
             raise ValueError(f"--holdout {self.holdout}: a fraction from 0 up to (not including) 1")
         if not 0.0 <= self.synthetic_share < 1.0:
             raise ValueError(f"--synthetic-share {self.synthetic_share}: a fraction from 0 up to (not including) 1")
+        if self.negative_crops < 0:
+            raise ValueError(f"--negative-crops {self.negative_crops}: 0 or more")
         for name in ("crops_per_plate", "batch", "threads", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
@@ -598,7 +639,7 @@ class Finetune:
                              + (", ".join(f"{k}: {v}" for k, v in skipped.items()) or "no rows") + ")")
         pipeline = self._pipeline(opts.models)
         crops = cut_reader_crops(train_rows, pipeline, opts.crops_per_plate, opts.seed, skipped, notes,
-                                 opts.progress)
+                                 opts.progress, opts.negative_crops)
         if not len(crops.x):
             raise ValueError("no reader crops could be cut from the training plates ("
                              + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
@@ -641,7 +682,8 @@ class Finetune:
                  {"kind": "reader", "generator": "trainer.finetune", "seed": opts.seed,
                   "formats": reader_meta.reader.formats.model_dump(), "validation": n_val,
                   "user": len(crops.x), "synthetic": n_syn})
-        prep["reader"] = {"samples": len(x), "validation": n_val, "user_crops": len(crops.x),
+        prep["reader"] = {"samples": len(x), "validation": n_val, "user_crops": len(crops.x) - crops.negatives,
+                          "negative_crops": crops.negatives,
                           "synthetic_crops": n_syn, "synthetic_distinct": n_draw, "validation_user": n_val_user,
                           "validation_synthetic": n_syn_val}
         del x, y, syn_x, syn_y, synthetic
@@ -835,12 +877,11 @@ def measure_step_seconds(kind: str, batch: int, threads: int, steps: int = 6, in
     that compiles it."""
     import keras
 
+    from trainer.from_tflite import int8_detector_fine, load_int8_weights
     from trainer.train import DETECTOR_CROP, build_for, ctc_loss, detector_loss
 
-    model = build_for(kind)
+    model = build_for(kind, int8_detector_fine(init) if kind == "detector" and init is not None else None)
     if init is not None:
-        from trainer.from_tflite import load_int8_weights
-
         load_int8_weights(model, init)
     rng = np.random.default_rng(0)
     if kind == "reader":
@@ -962,7 +1003,9 @@ def model_card(state: dict[str, Any], opts: Options) -> str:
         f"seed {args['seed']}); no text on both sides |",
         f"| two-row plates (as the starting reader reads them) | {prep['two_row_plates']} |",
         f"| reader samples | {rd['user_crops']} crops of the user's plates ({args['crops_per_plate']} per plate, "
-        f"jittered detector-like rectangles, cut by the edge's crop code), {rd['synthetic_crops']} synthetic "
+        f"jittered detector-like rectangles, cut by the edge's crop code), {rd.get('negative_crops', 0)} of things "
+        f"in the frames that are no plate, taught as no text (--negative-crops "
+        f"{args.get('negative_crops', 0)}), {rd['synthetic_crops']} synthetic "
         f"({rd['synthetic_distinct']} distinct; --synthetic-share {args['synthetic_share']}); validation "
         f"{rd['validation']} "
         f"({rd['validation_user']} unjittered crops of training plates, {rd['validation_synthetic']} synthetic) |",
@@ -1063,6 +1106,7 @@ def run(opts: Options) -> int:
 def _command(args: argparse.Namespace) -> int:
     opts = Options(data=args.data, out=args.out, models=args.models, minutes=args.minutes, max_steps=args.max_steps,
                    holdout=args.holdout, synthetic_share=args.synthetic_share, crops_per_plate=args.crops_per_plate,
+                   negative_crops=args.negative_crops,
                    detector=args.detector, unreviewed=args.unreviewed, seed=args.seed, batch=args.batch, lr=args.lr,
                    synthetic_eval=args.synthetic_eval, threads=args.threads, workers=args.workers, fresh=args.fresh)
     return run(opts)
@@ -1100,6 +1144,11 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argparse.Ar
                          "forgotten")
     ft.add_argument("--crops-per-plate", type=int, default=20, metavar="K",
                     help="jittered reader crops cut from each of your plates")
+    ft.add_argument("--negative-crops", type=int, default=5, metavar="K",
+                    help="jittered reader crops, taught as no text, of each thing the starting models read in a "
+                         f"training frame that is none of its labelled plates (a sign, a badge; at most "
+                         f"{NEGATIVES_PER_FRAME} a frame, only in frames whose labels list all their plates "
+                         "and were all found) (0: none)")
     ft.add_argument("--detector", action="store_true",
                     help="also fine-tune the detector, on the frames with boxes mixed with synthetic scenes "
                          f"({DETECTOR_SHARE * 100:.0f} %% of the training time) (default: the detector is copied)")

@@ -67,14 +67,33 @@ def _keras_convs(model: keras.Model) -> list[tuple[tuple, keras.layers.Layer]]:
     return out
 
 
-def load_int8_weights(model: keras.Model, tflite_path: Path) -> int:
+def _narrows(wide: tuple, narrow: tuple) -> bool:
+    """Whether signature ``narrow`` is ``wide`` with fewer channels (same kind, kernel size and depth)."""
+    return (wide[0] == narrow[0] and wide[2] == narrow[2] and wide[1][:2] == narrow[1][:2]
+            and all(n <= w for n, w in zip(narrow[1][2:], wide[1][2:], strict=True)))
+
+
+def int8_detector_fine(tflite_path: Path) -> int:
+    """The stride-4 channels (``trainer.nets.build_detector``'s ``fine``) of an exported int8 detector:
+    the input channels of its last convolution, the plate mask's."""
+    interp = interpreter_class()(model_path=str(tflite_path), num_threads=1)
+    interp.allocate_tensors()
+    (_, kernel, _), _ = _tflite_convs(interp)[-1]
+    return int(kernel[2])
+
+
+def load_int8_weights(model: keras.Model, tflite_path: Path, narrow: bool = False) -> int:
     """Set every convolution of ``model`` from the int8 model at ``tflite_path``; return how many were set.
 
     The TFLite file must come from the same architecture (``trainer.nets``).
     Convolutions are paired by kind, kernel shape and how many convolutions
     lie before them (the converter may order parallel branches differently
     from Keras), then in order; a ``ValueError`` names the first that has no
-    partner.
+    partner. ``narrow``: ``model`` may have fewer channels in some layers
+    (a detector of a smaller ``fine``); a layer with no exact partner then
+    takes the first channels of one that differs only in channels. Every
+    narrowed layer keeps the same first channels, so the channels one layer
+    keeps are those the next one reads, and residual adds stay aligned.
     """
     interp = interpreter_class()(model_path=str(tflite_path), num_threads=1)
     interp.allocate_tensors()
@@ -87,14 +106,22 @@ def load_int8_weights(model: keras.Model, tflite_path: Path) -> int:
     free = list(ops)
     batchnorm_after = {id(layer.input): layer for layer in model.layers
                        if isinstance(layer, keras.layers.BatchNormalization)}
-    for signature, layer in convs:
+    exact = {id(layer) for signature, layer in convs if any(sig == signature for sig, _ in ops)}
+    # Exact partners first, so that a narrowed layer cannot take the partner of a layer that kept its width.
+    for signature, layer in sorted(convs, key=lambda c: id(c[1]) not in exact):
         k = next((i for i, (sig, _) in enumerate(free) if sig == signature), None)
+        if k is None and narrow:
+            k = next((i for i, (sig, _) in enumerate(free) if _narrows(sig, signature)), None)
         if k is None:
             raise ValueError(f"{tflite_path}: no convolution fits the Keras layer '{layer.name}' "
                              f"({signature[0]}, kernel {signature[1]}, after {signature[2]} convolutions)")
         _, op = free.pop(k)
         kernel = _dequantized(interp, details, int(op["inputs"][1])).transpose(1, 2, 3, 0)
         bias = _dequantized(interp, details, int(op["inputs"][2]))
+        if kernel.shape != tuple(signature[1]):  # narrowed: the first channels in and out
+            kernel = kernel[:, :, : signature[1][2], : signature[1][3]]
+            bias = bias[: kernel.shape[2] * kernel.shape[3] if signature[0] == "DEPTHWISE_CONV_2D"
+                        else kernel.shape[3]]
         if layer.use_bias:
             layer.set_weights([kernel, bias])
             continue

@@ -40,7 +40,7 @@ from keras import ops
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
 from trainer.data import DETECTOR_STRIDE, load_set, plate_weights, transplant_plate
-from trainer.nets import build_detector, build_reader, count_macs
+from trainer.nets import DETECTOR_FINE, build_detector, build_reader, count_macs
 
 DETECTOR_CROP = 256  # the detector is fully convolutional: train on crops, export at full size
 
@@ -406,10 +406,11 @@ def _set_threads(threads: int) -> None:
             torch.set_num_threads(threads)
 
 
-def build_for(kind: str) -> keras.Model:
-    """A fresh model of ``kind`` at its training input size."""
+def build_for(kind: str, fine: int | None = None) -> keras.Model:
+    """A fresh model of ``kind`` at its training input size; ``fine``: a detector's stride-4 channels
+    (None: ``trainer.nets.DETECTOR_FINE``)."""
     if kind == "detector":
-        return build_detector(DETECTOR_CROP, DETECTOR_CROP)
+        return build_detector(DETECTOR_CROP, DETECTOR_CROP, fine=DETECTOR_FINE if fine is None else fine)
     if kind == "reader":
         return build_reader()
     raise ValueError(f"unknown kind '{kind}', expected 'detector' or 'reader'")
@@ -423,7 +424,7 @@ def _run_args(run: _Run | None, given: dict, data: Path, samples: int) -> dict:
     """
     if run is None:
         return {k: (RUN_DEFAULTS[k] if given.get(k) is None else given[k]) for k in RUN_DEFAULTS} | {
-            "init": None if given.get("init") is None else str(given["init"])}
+            "init": None if given.get("init") is None else str(given["init"]), "fine": given.get("fine")}
     own = run.state["args"]
     where = run.path
     if run.state["samples"] != samples:
@@ -432,7 +433,9 @@ def _run_args(run: _Run | None, given: dict, data: Path, samples: int) -> dict:
     if Path(data).resolve() != Path(run.state["data"]).resolve():
         print(f"note: the run was trained on {run.state['data']}; continuing on {data} (same size)",
               file=sys.stderr)
-    for key in ("batch", "lr", "seed", "val_fraction", "transplant", "init"):
+    # A detector run of a trainer before --fine-channels was built 32 channels wide there.
+    own = own | {"fine": own.get("fine", 32 if run.state["kind"] == "detector" else None)}
+    for key in ("batch", "lr", "seed", "val_fraction", "transplant", "init", "fine"):
         value = given.get(key)
         if value is not None and (str(value) if key == "init" else value) != own[key]:
             flag = "--" + key.replace("_", "-")
@@ -483,6 +486,7 @@ def train(
     verbose: int = 2,
     init: Path | None = None,
     transplant: float | None = None,
+    fine: int | None = None,
     max_steps: int | None = None,
     fresh: bool = False,
     callbacks: list[keras.callbacks.Callback] | None = None,
@@ -496,9 +500,11 @@ def train(
     this session: it then checkpoints and stops, and the next call resumes at that step.
     ``init``: an exported int8 model (a model set directory or a .tflite file) to start from
     (see ``trainer.from_tflite``). ``transplant``: detector only, the share of training crops given a
-    plate from another scene. ``fresh``: start over, deleting the run's checkpoint, best weights, model,
-    log and record. ``callbacks``: more Keras callbacks for this session (a progress display), run after
-    the trainer's own. Returns what ``train.json`` holds.
+    plate from another scene. ``fine``: detector only, its stride-4 channels (``trainer.nets.build_detector``;
+    None: the ``init`` model's, else ``trainer.nets.DETECTOR_FINE``); fewer than the ``init`` model's
+    narrows it to its first channels there (``trainer.from_tflite.load_int8_weights``). ``fresh``: start
+    over, deleting the run's checkpoint, best weights, model, log and record. ``callbacks``: more Keras
+    callbacks for this session (a progress display), run after the trainer's own. Returns what ``train.json`` holds.
     """
     started = time.monotonic()
     if max_steps is not None and max_steps < 1:
@@ -513,7 +519,7 @@ def train(
         raise ValueError(f"{run.path}: a {run.state['kind']} run, not a {kind} one; another --run, or --fresh")
     d = load_set(data)
     given = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "val_fraction": val_fraction,
-             "init": init, "transplant": transplant}
+             "init": init, "transplant": transplant, "fine": fine}
     args = _run_args(run, given, data, len(d["x"]))
     if run is not None and run.state["epoch"] >= args["epochs"]:
         print(f"{run_dir}: finished, {run.state['epoch']} epochs done ({args['epochs']} asked for); "
@@ -529,16 +535,28 @@ def train(
     val_seq = _Batches(kind, d["x"][:n_val], d["y"][:n_val], args["batch"], args["seed"], train=False)
     steps_per_epoch = math.ceil(len(x_train) / args["batch"])
 
-    model = build_for(kind)
+    if kind != "detector" and args["fine"] is not None:
+        raise ValueError(f"--fine-channels {args['fine']}: the detector's, not the {kind}'s")
     if run is None:
+        source = None
         if args["init"] is not None:
-            from trainer.from_tflite import load_int8_weights
-
             source = Path(args["init"])
             source = source / f"{kind}.tflite" if source.is_dir() else source
             if not source.is_file():
                 raise FileNotFoundError(f"--init {args['init']}: no {source.name} there")
-            load_int8_weights(model, source)
+        if kind == "detector":
+            from trainer.from_tflite import int8_detector_fine
+
+            init_fine = None if source is None else int8_detector_fine(source)
+            if args["fine"] is not None and init_fine is not None and args["fine"] > init_fine:
+                raise ValueError(f"--fine-channels {args['fine']}: more than the {init_fine} of --init {source}; "
+                                 "a detector can be narrowed from its file, not widened")
+            args["fine"] = args["fine"] or init_fine or DETECTOR_FINE
+        model = build_for(kind, args["fine"])
+        if source is not None:
+            from trainer.from_tflite import load_int8_weights
+
+            load_int8_weights(model, source, narrow=True)
         # The schedule spans the epochs planned at the start; a run extended later trains on at its floor.
         args["decay_steps"] = args["epochs"] * steps_per_epoch
         state = {"format": CHECKPOINT_FORMAT, "kind": kind, "data": str(data), "samples": len(d["x"]),
@@ -549,6 +567,7 @@ def train(
         run = _Run(run_dir, state)
     else:
         state = run.state
+        model = build_for(kind, args["fine"])
         for i in state["frozen_layers"]:  # as --init froze them (its file is not needed to resume)
             model.layers[i].trainable = False
         state["epochs_planned"] = args["epochs"]
@@ -633,6 +652,7 @@ def train(
         "threads": threads,
         "init": args["init"],
         "transplant": args["transplant"],
+        "fine_channels": args["fine"],
         "sessions": sessions,
         "wall_s_this_session": sessions[-1]["wall_s"],
         "wall_s_total": round(sum(s["wall_s"] for s in sessions), 1),
