@@ -578,7 +578,8 @@ class Finetune:
                 f.unlink(missing_ok=True)
         state = self._recorded(state_path)
         if state is not None:
-            own, given = state.get("args") or {}, opts.run_args()
+            # A run of a version before --negative-crops cut none: it resumes with --negative-crops 0.
+            own, given = {"negative_crops": 0} | (state.get("args") or {}), opts.run_args()
             for key, value in given.items():
                 if own.get(key) != value:
                     flag = "--" + key.replace("_", "-")

@@ -438,7 +438,7 @@ def _run_args(run: _Run | None, given: dict, data: Path, samples: int) -> dict:
     for key in ("batch", "lr", "seed", "val_fraction", "transplant", "init", "fine"):
         value = given.get(key)
         if value is not None and (str(value) if key == "init" else value) != own[key]:
-            flag = "--" + key.replace("_", "-")
+            flag = "--fine-channels" if key == "fine" else "--" + key.replace("_", "-")
             raise ValueError(f"{where}: {flag} {value} differs from the run's own {own[key]}; a resumed run keeps "
                              "its arguments (leave the flag out, or --fresh to start over with new ones)")
     epochs = own["epochs"] if given.get("epochs") is None else given["epochs"]
