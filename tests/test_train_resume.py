@@ -297,3 +297,13 @@ def test_trainer_starts_tensorflow_without_cuinit_lines_where_no_gpu_is_wanted()
     assert proc.returncode == 0, proc.stderr
     assert "cuInit" not in proc.stderr and "absl::InitializeLog" not in proc.stderr
     assert REAL in proc.stderr  # errors and warnings written through the filter still reach stderr
+
+
+@pytest.mark.parametrize(("kind", "fine", "why"), [("reader", 16, "the detector's, not the reader's"),
+                                                   ("detector", 0, "at least 1")])
+def test_fine_channels_out_of_place_is_refused_before_the_data_is_read(tmp_path: Path, kind: str, fine: int,
+                                                                       why: str) -> None:
+    import trainer.train as T
+
+    with pytest.raises(ValueError, match=f"--fine-channels {fine}: {why}"):
+        T.train(kind, tmp_path / "no-such-set.npz", tmp_path / "run", fine=fine, threads=1, verbose=0)

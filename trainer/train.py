@@ -511,6 +511,9 @@ def train(
         raise ValueError(f"--max-steps {max_steps}: must be at least 1")
     if kind not in ("reader", "detector"):
         raise ValueError(f"unknown kind '{kind}', expected 'detector' or 'reader'")
+    if fine is not None and (kind != "detector" or fine < 1):
+        raise ValueError(f"--fine-channels {fine}: " + ("at least 1" if kind == "detector"
+                                                        else f"the detector's, not the {kind}'s"))
     run_dir.mkdir(parents=True, exist_ok=True)
     run = None if fresh else _Run.load(run_dir)
     if run is None and not fresh:
@@ -535,8 +538,6 @@ def train(
     val_seq = _Batches(kind, d["x"][:n_val], d["y"][:n_val], args["batch"], args["seed"], train=False)
     steps_per_epoch = math.ceil(len(x_train) / args["batch"])
 
-    if kind != "detector" and args["fine"] is not None:
-        raise ValueError(f"--fine-channels {args['fine']}: the detector's, not the {kind}'s")
     if run is None:
         source = None
         if args["init"] is not None:
@@ -551,7 +552,8 @@ def train(
             if args["fine"] is not None and init_fine is not None and args["fine"] > init_fine:
                 raise ValueError(f"--fine-channels {args['fine']}: more than the {init_fine} of --init {source}; "
                                  "a detector can be narrowed from its file, not widened")
-            args["fine"] = args["fine"] or init_fine or DETECTOR_FINE
+            if args["fine"] is None:
+                args["fine"] = DETECTOR_FINE if init_fine is None else init_fine
         model = build_for(kind, args["fine"])
         if source is not None:
             from trainer.from_tflite import load_int8_weights
