@@ -60,7 +60,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.detect import letterbox
+from edge.detect import letterbox, overlap
 from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
 from edge.formats import greedy_peaks
 from edge.model import DEFAULT_MODELS, ModelError, ModelKind, load_model_set, model_paths, read_metadata
@@ -323,10 +323,6 @@ class ReaderCrops:
     negatives: int = 0
 
 
-def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def _quad_box(quad: np.ndarray) -> tuple[float, float, float, float]:
     q = np.asarray(quad, np.float32)
     return float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())
@@ -393,7 +389,7 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
         if per_negative and len(placed) == len(image_rows) and not any(r.crop_only for r in image_rows):
             reads = pipeline(image) if reads is None else reads
             labels = [r.text.translate(LENIENT) for r in image_rows]
-            others = [rd for rd in reads if not any(_overlaps(rd.detection.box, b) for b in placed)
+            others = [rd for rd in reads if not any(overlap(rd.detection.box, b) > 0 for b in placed)
                       and max(similarity(rd.text.translate(LENIENT), t) for t in labels) < NEGATIVE_MAX_SIMILARITY]
             rng = np.random.default_rng((seed, index, 1))
             for rd in others[:NEGATIVES_PER_FRAME]:
