@@ -278,8 +278,8 @@ class Pipeline:
         reads = self.read_detections(image, dets, memo)
         stopped = self._sure(reads)
         if not stopped:
-            # Before the tiles, only boxes that read as something are worth a zoomed look: a whole frame that
-            # missed a small plate would spend it on a grille or a sign.
+            # Only boxes that read as something are worth a zoomed look: a whole frame that missed a small
+            # plate would spend it on a grille or a sign.
             dets = self._zoom(image, dets, budget, len(windows), zoomed, memo)
             reads = self.read_detections(image, dets, memo)
             stopped = self._sure(reads)
@@ -288,7 +288,11 @@ class Pipeline:
             for window in windows:
                 tiled += budget.spend(partial(self.detector.look, image, window))
             if tiled:
-                dets = self._zoom(image, merge_tiles(dets, tiled), budget, 0, zoomed)
+                # As before the tiles, only boxes that read as something get a zoomed look: the rest of what a
+                # tile finds (lettering, grilles, lamps) would spend a run each and read as nothing again.
+                dets = merge_tiles(dets, tiled)
+                self.read_detections(image, dets, memo)
+                dets = self._zoom(image, dets, budget, 0, zoomed, memo)
                 reads = self.read_detections(image, dets, memo)
         macs = budget.runs * self.detector.model.meta.macs + len(memo) * self.reader.model.meta.macs
         return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, stopped and bool(windows),

@@ -18,7 +18,11 @@ The search, per frame:
    needs), for plates too small for the whole frame: on a still every tile, on
    video ``tiles_per_frame`` of them in turn (the frame's number picks which:
    a plate stays in view for many frames, so every tile still sees it), then
-   zoomed looks at what only the tiles found.
+   zoomed looks at the boxes the tiles found that read as something.
+
+Zoomed looks go only to boxes whose read may stand for a plate
+(``edge.pipeline.acceptable``): what reads as nothing at one scale is mostly
+lettering, a grille or a lamp, not a plate.
 
 On video a frame spends at most ``max_detector_runs`` passes (whole frame,
 tiles, zoomed looks, in that order of priority). A still has no next frame:

@@ -144,3 +144,23 @@ def test_more_zoomed_looks_than_plates_read_is_no_error() -> None:
     pipe.max_plates = 0
     result = pipe.run(FRAME)
     assert result.reads == [] and result.counts.reader_runs == 0
+
+
+def test_what_a_tile_finds_that_reads_as_nothing_gets_no_zoomed_look() -> None:
+    # The whole frame misses the small plate; the tiles see it and a sign that reads as nothing.
+    sign = np.float32([[900, 500], [960, 500], [960, 530], [900, 530]])
+
+    class _Two(_Eye):
+        def probabilities(self, pixels):
+            out = super().probabilities(pixels)
+            q = (sign - np.float32(self.lb.offset)) * self.lb.scale
+            if q[1, 0] - q[0, 0] >= self.min_px:
+                cv2.fillPoly(out, [np.round(q / 4).astype(np.int32)], 1.0)
+            return out
+
+    det = _Two(SMALL, min_px=30)
+    result = Pipeline(det, _Reader(SMALL, 0.9)).run(FRAME)
+    assert [r.text for r in result.reads] == ["AB12CDE"]
+    zooms = det.centres[4:]  # after the 4 tiles of a 16:9 frame
+    assert zooms and all(abs(x - 330) < 40 and abs(y - 215) < 40 for x, y in zooms)  # the plate's, not the sign's
+    assert result.counts.detector_runs == det.runs == 1 + 4 + len(zooms)
