@@ -307,3 +307,48 @@ def test_fine_channels_out_of_place_is_refused_before_the_data_is_read(tmp_path:
 
     with pytest.raises(ValueError, match=f"--fine-channels {fine}: {why}"):
         T.train(kind, tmp_path / "no-such-set.npz", tmp_path / "run", fine=fine, threads=1, verbose=0)
+
+
+def test_the_schedule_is_keras_cosine_decay_with_an_end_that_can_move() -> None:
+    import keras
+
+    from trainer.train import LR_FLOOR, _Cosine
+
+    ours, keras_own = _Cosine(1e-3, 400, LR_FLOOR), keras.optimizers.schedules.CosineDecay(1e-3, 400, alpha=LR_FLOOR)
+    for step in (0, 1, 150, 399, 400, 900):
+        assert float(ours(step)) == pytest.approx(float(keras_own(step)), rel=1e-5)
+    ours.steps.assign(200.0)
+    assert float(ours(200)) == pytest.approx(1e-3 * LR_FLOOR)  # at the floor where the end moved to
+
+
+@pytest.mark.parametrize(("seconds_per_step", "planned", "want"), [
+    (1.0, 1000, 100),  # 1 step a second, 70 s left at step 30: the schedule ends at step 100
+    (1.0, 60, 60),  # never past the plan
+    (0.01, 1000, 1000),  # fast enough for the plan: it stands
+])
+def test_the_schedule_ends_when_the_time_does_at_the_rate_seen(seconds_per_step: float, planned: int,
+                                                                want: int) -> None:
+    from trainer.train import LR_FLOOR, _Cosine, _EndWithTime
+
+    clock = [0.0]
+    state = {"global_step": 0}
+    schedule = _Cosine(1e-3, planned, LR_FLOOR)
+    fit = _EndWithTime(schedule, state, deadline=100.0, planned=planned, clock=lambda: clock[0])
+    for _ in range(_EndWithTime.WARMUP + _EndWithTime.EVERY):
+        clock[0] += seconds_per_step
+        state["global_step"] += 1
+        fit.on_train_batch_end(0)
+    assert int(schedule.steps.numpy()) == state["decay_steps_fitted"] == want
+
+
+def test_a_run_fitted_to_its_time_ends_its_schedule_where_the_time_ran_out(tmp_path: Path, tiny_set: Path) -> None:
+    import trainer.train as T
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "build_for", _small_reader)
+        info = T.train("reader", tiny_set, tmp_path / "run", threads=1, verbose=0, minutes=0.15,
+                       end_with_time=True, **(RUN_ARGS | {"epochs": 100_000}))
+    assert info["stopped_by"] == "minutes" and info["lr_decay_steps"] == 100_000 * STEPS_PER_EPOCH
+    fitted = info["lr_decay_steps_fitted"]
+    assert fitted is not None and fitted < info["lr_decay_steps"] / 100
+    assert fitted <= 2 * info["global_step"] + 40  # the rate at its floor by about where the session stopped

@@ -815,12 +815,12 @@ class Finetune:
                              batch=plan["batch"], minutes=max(seconds, 1.0) / 60, lr=plan["lr"],
                              threads=self.opts.threads, seed=plan["seed"], val_fraction=plan["val_fraction"],
                              verbose=0, init=Path(self.state["args"]["models"]), max_steps=self.opts.max_steps,
-                             callbacks=[bar])
+                             callbacks=[bar], end_with_time=True)
             finally:
                 bar.close()
             trained[kind] = {k: info.get(k) for k in ("finished", "stopped_by", "epochs_run", "epochs_planned",
                                                        "global_step", "steps_per_epoch", "wall_s_total", "val",
-                                                       "sessions")}
+                                                       "sessions", "lr_decay_steps_fitted")}
             trained[kind]["steps_planned"] = total
             self.save()
 
@@ -1016,13 +1016,16 @@ def model_card(state: dict[str, Any], opts: Options) -> str:
                      + ("" if not det else f" ({det.get('note', '')})") + " |")
     lines += ["", "## Training", "",
               "From the int8 set (`train --init`): dequantized weights, BatchNorm frozen.", "",
-              "| network | steps done / planned | epochs | batch | peak learning rate | training time | ended |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| network | steps done / planned | epochs | batch | peak learning rate | rate at its floor from step "
+              "| training time | ended |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for kind, info in trained.items():
         plan = plans.get(kind, {})
         ended = "finished" if info["finished"] else info["stopped_by"]
+        # Where the machine ran slower than the step timed for the plan, the schedule was ended by the time.
+        floor_at = info.get("lr_decay_steps_fitted") or info["steps_planned"]
         lines.append(f"| {kind} | {info['global_step']} / {info['steps_planned']} | {info['epochs_run']} of "
-                     f"{info['epochs_planned']} | {plan.get('batch')} | {plan.get('lr')} | "
+                     f"{info['epochs_planned']} | {plan.get('batch')} | {plan.get('lr')} | {floor_at} | "
                      f"{_minutes(info.get('wall_s_total'))} | {ended} |")
     sessions = state.get("sessions", [])
     total = sum(s.get("wall_s", 0.0) for s in sessions)

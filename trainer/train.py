@@ -53,6 +53,58 @@ RUN_DEFAULTS = {"epochs": 20, "batch": 32, "lr": 2e-3, "seed": 0, "val_fraction"
 LR_FLOOR = 0.02
 
 
+class _Cosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Keras's cosine decay (``peak`` down to ``floor`` x ``peak`` over ``steps`` steps, then that floor), with
+    ``steps`` a variable that ``_EndWithTime`` may move while training."""
+
+    def __init__(self, peak: float, steps: int, floor: float) -> None:
+        self.peak, self.floor = peak, floor
+        self.steps = keras.Variable(float(steps), dtype="float32", trainable=False, name="decay_steps")
+
+    def __call__(self, step):  # a step tensor in, a rate tensor out
+        t = ops.minimum(ops.cast(step, "float32") / self.steps, 1.0)
+        return self.peak * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + ops.cos(math.pi * t)))
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "steps": int(keras.ops.convert_to_numpy(self.steps)), "floor": self.floor}
+
+
+class _EndWithTime(keras.callbacks.Callback):
+    """Ends the learning-rate schedule by the session's deadline, at the step rate this session has shown.
+
+    A run planned to fill a time (``trainer finetune``) times a step once, at
+    the start; when the machine then runs slower, a fixed schedule is cut off
+    by the deadline while its rate is still high, and its low-rate end, where
+    the weights settle, is lost. This moves the schedule's end to the step the
+    deadline will be reached at, re-estimated every ``EVERY`` steps, and never
+    past ``planned`` (the run's plan, or where an earlier session ended it).
+    """
+
+    #: Steps left out of the rate: the first ones include tracing the training step.
+    WARMUP = 10
+    EVERY = 20
+
+    def __init__(self, schedule: _Cosine, state: dict, deadline: float, planned: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.schedule, self.state, self.deadline, self.planned, self.clock = schedule, state, deadline, planned, clock
+        self.steps = 0
+        self.since = 0.0
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self.steps += 1
+        if self.steps == self.WARMUP:
+            self.since = self.clock()
+        if self.steps < self.WARMUP + self.EVERY or (self.steps - self.WARMUP) % self.EVERY:
+            return
+        now = self.clock()
+        rate = (self.steps - self.WARMUP) / max(now - self.since, 1e-9)
+        step = self.state["global_step"]
+        end = int(min(self.planned, max(step + 1, step + (self.deadline - now) * rate)))
+        self.schedule.steps.assign(float(end))
+        self.state["decay_steps_fitted"] = end
+
+
 class _Batches(keras.utils.PyDataset):
     """Mini-batches from in-memory uint8 arrays, with the kind's augmentation.
 
@@ -490,6 +542,7 @@ def train(
     max_steps: int | None = None,
     fresh: bool = False,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    end_with_time: bool = False,
 ) -> dict:
     """Train ``kind`` on the set at ``data`` in ``run_dir``, resuming from its checkpoint if it has one.
 
@@ -504,7 +557,9 @@ def train(
     None: the ``init`` model's, else ``trainer.nets.DETECTOR_FINE``); fewer than the ``init`` model's
     narrows it to its first channels there (``trainer.from_tflite.load_int8_weights``). ``fresh``: start
     over, deleting the run's checkpoint, best weights, model, log and record. ``callbacks``: more Keras
-    callbacks for this session (a progress display), run after the trainer's own. Returns what ``train.json`` holds.
+    callbacks for this session (a progress display), run after the trainer's own. ``end_with_time``: end the
+    learning-rate schedule by this session's deadline where the step rate seen says the plan would not fit
+    (``_EndWithTime``); for a run planned to fill ``minutes``. Returns what ``train.json`` holds.
     """
     started = time.monotonic()
     if max_steps is not None and max_steps < 1:
@@ -583,7 +638,10 @@ def train(
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = min(0.99, max(0.5, 1.0 - 10.0 / args["decay_steps"]))
-    schedule = keras.optimizers.schedules.CosineDecay(args["lr"], decay_steps=args["decay_steps"], alpha=LR_FLOOR)
+    # A session fitted to its time ends the schedule no later than the last one fitted it to: as for a run
+    # given more epochs, what follows trains on at the floor.
+    decay_steps = state.get("decay_steps_fitted", args["decay_steps"]) if end_with_time else args["decay_steps"]
+    schedule = _Cosine(args["lr"], decay_steps, LR_FLOOR)
     opt = keras.optimizers.Adam(schedule)
     if kind == "reader":
         model.compile(opt, ctc_loss)
@@ -600,6 +658,9 @@ def train(
                        wall_before=sum(s.get("wall_s", 0.0) for s in state["sessions"][:-1]), verbose=verbose)
     # The accuracy callback runs first, so the session's best weights and log see its figure.
     callbacks = ([accuracy] if accuracy else []) + [session] + list(callbacks or [])
+    if end_with_time:  # after the session's callback, which counts the step
+        callbacks.insert(callbacks.index(session) + 1,
+                         _EndWithTime(schedule, state, session.deadline, decay_steps))
     # shuffle=False: Keras would shuffle the batches from Python's global random state, which a resumed
     # process does not share; ``_Batches`` shuffles the samples of each epoch from the seed instead.
     first = state["epoch"]
@@ -650,6 +711,8 @@ def train(
         "batch": args["batch"],
         "lr": args["lr"],
         "lr_decay_steps": args["decay_steps"],
+        # Where ``end_with_time`` moved the schedule's end to (None: it ends where planned).
+        "lr_decay_steps_fitted": state.get("decay_steps_fitted") if end_with_time else None,
         "seed": args["seed"],
         "threads": threads,
         "init": args["init"],
