@@ -28,7 +28,8 @@ def record(models_dir: Path) -> int:
     variants = sorted(models_dir.glob("*_edgetpu.tflite"))
     if not variants:
         raise SystemExit(f"{models_dir}: no *_edgetpu.tflite (compile first: edgetpu_compiler --out_dir "
-                         f"{models_dir} {models_dir}/detector.tflite {models_dir}/reader.tflite)")
+                         f"{models_dir} {models_dir}/detector.tflite {models_dir}/detector_wide.tflite "
+                         f"{models_dir}/reader.tflite; the wide detector where the set has one)")
     for tpu in variants:
         meta_path = tpu.with_name(tpu.name.removesuffix("_edgetpu.tflite") + ".json")
         if not meta_path.is_file():

@@ -169,25 +169,61 @@ MAX_TILE_ROWS_PER_COLUMN = 3
 
 
 class PlateDetector:
-    """Runs the detector model on BGR frames."""
+    """Runs the detector model on BGR frames.
 
-    def __init__(self, model: Model) -> None:
-        self.model = model
-        _, self.height, self.width, self.channels = model.input.shape
+    With a ``wide`` model (the same network at a wider input, see ``edge.model``)
+    each frame goes through the cheaper of the two wherever it sees the frame
+    at the scale the main one would: a 16:9 frame (or any of aspect 1.6 or
+    more) sees the wide input, where the main 4:3 one would pad 96 of its
+    rows. Every look at one frame (whole, tiles, zoomed) uses the same model,
+    chosen by the frame's size.
+    """
+
+    def __init__(self, model: Model, wide: Model | None = None) -> None:
+        self.model, self.wide = model, wide
+        self.models = (model,) if wide is None else (model, wide)
         cfg = model.meta.detector
         if cfg is None:
             raise ModelError(f"{model.path}: metadata has no 'detector' section")
+        if wide is not None:
+            # A wide model runs the same network: the same output stride, threshold and cell count apply.
+            same = (wide.meta.detector is not None and wide.meta.detector.model_copy(update={"wide_of": None})
+                    == cfg.model_copy(update={"wide_of": None}) and wide.input.shape[3] == model.input.shape[3])
+            if not same:
+                raise ModelError(f"{wide.path}: its 'detector' section or input channels differ from {model.path}'s")
+        _, self.height, self.width, self.channels = model.input.shape
         self.stride = cfg.stride
         self.threshold = cfg.threshold
         self.min_cells = cfg.min_cells
 
+    def model_for(self, frame_wh: tuple[int, int]) -> Model:
+        """The model a frame of this size goes through: the one of the fewest MACs among those that see the
+        whole frame at (within 1 % of) the largest scale any of them does."""
+        if self.wide is None:
+            return self.model
+        fw, fh = frame_wh
+
+        def scale(m: Model) -> float:
+            return min(m.input.shape[2] / fw, m.input.shape[1] / fh)
+
+        best = max(scale(m) for m in self.models)
+        return min((m for m in self.models if scale(m) >= 0.99 * best), key=lambda m: m.meta.macs)
+
+    def _size(self, frame_wh: tuple[int, int]) -> tuple[int, int]:
+        """Width and height of the input a frame of this size goes through."""
+        model = self.model_for(frame_wh)
+        if model is self.model:
+            return self.width, self.height
+        return int(model.input.shape[2]), int(model.input.shape[1])
+
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """The uint8 model input for a BGR frame, and how it was fitted."""
-        return letterbox(image, self.width, self.height)
+        return letterbox(image, *self._size((image.shape[1], image.shape[0])))
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Plate probability per output cell for a prepared input."""
-        return self.model.run_pixels(pixels)[..., 0]
+        """Plate probability per output cell for a prepared input (of either model's shape)."""
+        model = next((m for m in self.models if tuple(m.input.shape[1:3]) == pixels.shape[:2]), self.model)
+        return model.run_pixels(pixels)[..., 0]
 
     def look(self, image: np.ndarray, window: tuple[tuple[float, float], float] | None = None) -> list[Detection]:
         """One detector pass, best first: over the whole frame (``window`` None), or over one tile window
@@ -201,7 +237,7 @@ class PlateDetector:
         pixels, lb = self.window(image, centre, width)
         found = mask_to_detections(self.probabilities(pixels), self.stride, self.threshold, self.min_cells, lb,
                                    frame_wh)
-        height = width * self.height / self.width
+        height = width * pixels.shape[0] / pixels.shape[1]
         inner = (max(0.0, centre[0] - width / 2), max(0.0, centre[1] - height / 2),
                  min(float(frame_wh[0]), centre[0] + width / 2), min(float(frame_wh[1]), centre[1] + height / 2))
         pad = 1.5 * self.stride / lb.scale
@@ -217,8 +253,9 @@ class PlateDetector:
         pass still looks at it.
         """
         fw, fh = frame_wh
+        in_w, in_h = self._size(frame_wh)
         tw = fw / columns * (1 + overlap)
-        th = tw * self.height / self.width
+        th = tw * in_h / in_w
         # The fewest rows of windows, each overlapping the next by ``overlap`` of its height, that cover the frame.
         rows = max(1, int(np.ceil((fh - th * overlap) / (th * (1 - overlap)) - 1e-9)))
         if rows > MAX_TILE_ROWS_PER_COLUMN * columns:
@@ -229,11 +266,12 @@ class PlateDetector:
 
     def window(self, image: np.ndarray, centre: tuple[float, float], width: float) -> tuple[np.ndarray, Letterbox]:
         """The model input showing ``width`` frame pixels around ``centre`` (outside the frame: black)."""
-        scale = self.width / width
-        ox, oy = centre[0] - width / 2, centre[1] - self.height / scale / 2
+        in_w, in_h = self._size((image.shape[1], image.shape[0]))
+        scale = in_w / width
+        ox, oy = centre[0] - width / 2, centre[1] - in_h / scale / 2
         m = np.array([[scale, 0, -ox * scale], [0, scale, -oy * scale]], np.float32)
         # warpAffine has no area filter: tiles shrunk below the frame's size alias a little more than the letterbox.
-        out = cv2.warpAffine(image, m, (self.width, self.height), flags=cv2.INTER_LINEAR,
+        out = cv2.warpAffine(image, m, (in_w, in_h), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_CONSTANT)
         return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), Letterbox(scale, (ox, oy))
 
@@ -241,8 +279,9 @@ class PlateDetector:
         """Whether a zoomed look makes the plate clearly larger than the whole-frame pass saw it."""
         x1, y1, x2, y2 = det.box
         w = max(x2 - x1, (y2 - y1) * 2.0)
-        first = min(self.width / image.shape[1], self.height / image.shape[0])  # the first pass's scale
-        return self.width / zoom >= 1.3 * w * first
+        in_w, in_h = self._size((image.shape[1], image.shape[0]))
+        first = min(in_w / image.shape[1], in_h / image.shape[0])  # the first pass's scale
+        return in_w / zoom >= 1.3 * w * first
 
     def refine(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> Detection:
         """Look again at a small detection with the plate ``zoom`` times narrower than the window.

@@ -10,7 +10,15 @@ The edge hard-codes none of it; a mismatch is a clear error naming the file.
 Coral: ``edgetpu_compiler`` turns ``NAME.tflite`` into ``NAME_edgetpu.tflite``
 with the same input and output tensors, so that variant shares ``NAME.json``;
 its own hash is the ``edgetpu_sha256`` key there (``deploy/edgetpu_hash.py``
-records it after compiling). With ``accelerator="edgetpu"`` a model set runs
+records it after compiling).
+
+A set may also carry ``detector_wide.tflite``: the same detector network
+at a wider input (512x320 where the main one is 512x384), which sees a 16:9
+frame at the same scale for five sixths of the MACs: the 4:3 input spends 96
+of its rows on letterbox below such a frame, the wide one 32 (the context the
+frame's bottom edge needs). Its metadata names the main detector file it was
+made from (``detector.wide_of``, that file's sha256), so that a set whose two
+detectors come from different trainings is an error, not a silent mix. With ``accelerator="edgetpu"`` a model set runs
 the variants through ``libedgetpu.so.1``; when the library or a variant is
 missing it runs the CPU models after one warning.
 """
@@ -206,6 +214,8 @@ class DetectorMeta(_Meta):
     min_cells: int = Field(3, ge=1, description="cells a plate needs")
     output: str = ""
     letterbox: str = ""
+    wide_of: str | None = Field(None, description="a wide detector only: the sha256 of the main detector.tflite "
+                                                   "whose network it is, at a wider input")
 
 
 class FormatsMeta(_Meta):
@@ -388,6 +398,19 @@ class Model:
         return (y.astype(np.float32) - self.output.zero_point) * self.output.scale
 
 
+#: The optional wide detector of a model set, beside ``detector.tflite`` (see the module docstring).
+WIDE_DETECTOR = "detector_wide.tflite"
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The loaded models of a set: the detector, the reader, and the wide detector where the set has one."""
+
+    detector: Model
+    reader: Model
+    wide: Model | None = None
+
+
 def model_paths(models_dir: str | Path) -> tuple[Path, Path]:
     """The detector and reader .tflite paths of a model set directory."""
     d = Path(models_dir)
@@ -396,29 +419,47 @@ def model_paths(models_dir: str | Path) -> tuple[Path, Path]:
     return d / "detector.tflite", d / "reader.tflite"
 
 
-def load_model_set(models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu") -> tuple[Model, Model]:
-    """Detector and reader of a model set on ``accelerator`` (``cpu`` or ``edgetpu``).
+def wide_detector_path(models_dir: str | Path) -> Path | None:
+    """The set's wide detector (``WIDE_DETECTOR``), or None when it has none."""
+    path = Path(models_dir) / WIDE_DETECTOR
+    return path if path.is_file() else None
+
+
+def load_model_set(models_dir: str | Path, num_threads: int = 2, accelerator: str = "cpu") -> ModelSet:
+    """Detector, reader and (where the set has one) wide detector of a model set on ``accelerator`` (``cpu`` or
+    ``edgetpu``).
 
     ``edgetpu`` without ``libedgetpu.so.1`` or without the compiled variants
     falls back to the CPU models with one warning that says why; a variant that
-    is present but fails its hash check is an error, as for any model file.
+    is present but fails its hash check is an error, as for any model file. A
+    wide detector made from another detector file than the set's is an error.
     """
     if accelerator not in ACCELERATORS:
         raise ModelError(f"accelerator '{accelerator}' is not one of {', '.join(ACCELERATORS)}")
     det_path, rd_path = model_paths(models_dir)
-    delegates: list[Any | None] = [None, None]
+    wide_path = wide_detector_path(models_dir)
+    paths = [det_path, rd_path] + ([wide_path] if wide_path else [])
+    delegates: list[Any | None] = [None] * len(paths)
     if accelerator == "edgetpu":
-        missing = [str(edgetpu_path(p)) for p in (det_path, rd_path) if not edgetpu_path(p).is_file()]
+        missing = [str(edgetpu_path(p)) for p in paths if not edgetpu_path(p).is_file()]
         reason = f"{' and '.join(missing)} not found" if missing else ""
         if not reason:
             # One delegate per interpreter, as pycoral does: the Edge TPU context is not shared between them.
-            for i in range(2):
+            for i in range(len(paths)):
                 delegates[i], reason = load_edgetpu_delegate()
                 if reason:
-                    delegates = [None, None]
+                    delegates = [None] * len(paths)
                     break
         if reason:
             log.warning("Edge TPU asked for (accelerator: edgetpu) but %s: running the CPU models in %s instead",
                         reason, Path(models_dir))
-    return (Model(det_path, "detector", num_threads, delegates[0]),
-            Model(rd_path, "reader", num_threads, delegates[1]))
+    detector = Model(det_path, "detector", num_threads, delegates[0])
+    wide = None
+    if wide_path is not None:
+        wide = Model(wide_path, "detector", num_threads, delegates[2])
+        made_from = wide.meta.detector.wide_of if wide.meta.detector else None
+        if made_from != detector.meta.sha256:
+            raise ModelError(f"{wide_path}: made from another detector ({str(made_from)[:12]}…) than "
+                             f"{det_path} ({detector.meta.sha256[:12]}…); export the set's detectors together "
+                             f"(python -m trainer widen {Path(models_dir)}) or remove {WIDE_DETECTOR}")
+    return ModelSet(detector, Model(rd_path, "reader", num_threads, delegates[1]), wide)

@@ -174,8 +174,9 @@ class Pipeline:
                  max_cost: float = DEFAULT_MAX_COST) -> Pipeline:
         """Load the detector and reader of a model set directory (see ``edge.model.load_model_set``);
         ``extra_formats`` adds country files to the formats the reader carries."""
-        det, rd = load_model_set(models_dir, num_threads, accelerator)
-        return cls(PlateDetector(det), PlateReader(rd, extra_formats, max_cost), search)
+        models = load_model_set(models_dir, num_threads, accelerator)
+        return cls(PlateDetector(models.detector, models.wide), PlateReader(models.reader, extra_formats, max_cost),
+                   search)
 
     @classmethod
     def from_config(cls, detection: DetectionConfig, extra_formats: FormatSet | None = None) -> Pipeline:
@@ -294,7 +295,8 @@ class Pipeline:
                 self.read_detections(image, dets, memo)
                 dets = self._zoom(image, dets, budget, 0, zoomed, memo)
                 reads = self.read_detections(image, dets, memo)
-        macs = budget.runs * self.detector.model.meta.macs + len(memo) * self.reader.model.meta.macs
+        detector_macs = self.detector.model_for((image.shape[1], image.shape[0])).meta.macs
+        macs = budget.runs * detector_macs + len(memo) * self.reader.model.meta.macs
         return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, stopped and bool(windows),
                                               round(budget.seconds * 1000, 3)))
 

@@ -67,6 +67,7 @@ class _Oracle(PlateDetector):
 
     def __init__(self, quad: np.ndarray | None) -> None:  # no model: only the geometry is under test
         self.width, self.height, self.stride, self.threshold, self.min_cells = 512, 384, 4, 0.5, 3
+        self.model, self.wide = None, None
         self.quad, self.lb, self.runs = quad, None, 0
 
     def prepare(self, image):

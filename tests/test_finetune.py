@@ -231,7 +231,8 @@ def test_the_plates_are_split_by_text_and_skipped_rows_are_counted(finetuned: Si
 def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace, tmp_path: Path) -> None:
     from edge.model import load_model_set, read_metadata
 
-    detector, reader = load_model_set(finetuned.out)
+    models = load_model_set(finetuned.out)
+    detector, reader = models.detector, models.reader
     assert detector.meta.kind == "detector"
     shipped = read_metadata(SHIPPED / "reader.tflite")
     assert reader.meta.note.startswith("fine-tuned by trainer finetune")

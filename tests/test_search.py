@@ -22,7 +22,7 @@ class _Eye(PlateDetector):
 
     def __init__(self, quad: np.ndarray, min_px: float = 0.0) -> None:  # no model: only the search is under test
         self.width, self.height, self.stride, self.threshold, self.min_cells = 512, 384, 4, 0.5, 3
-        self.model = SimpleNamespace(meta=SimpleNamespace(macs=DET_MACS))
+        self.model, self.wide = SimpleNamespace(meta=SimpleNamespace(macs=DET_MACS)), None
         self.quad, self.min_px, self.lb, self.runs, self.centres = quad, min_px, None, 0, []
 
     def prepare(self, image):

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from edge.model import DEFAULT_MODELS, ModelError, model_paths, read_metadata
+from edge.model import DEFAULT_MODELS, ModelError, model_paths, read_metadata, wide_detector_path
 from edge.pipeline import Pipeline, SearchCounts
 from edge.search import SEARCH_FIELDS, SearchSettings
 
@@ -167,8 +167,9 @@ def _time_mode(pipe: Pipeline, frames: list[np.ndarray], video: bool, passes: in
     return stats, counts
 
 
-def _counts(counts: list[SearchCounts], det_macs: int) -> dict:
-    """Totals and per-frame means of a mode's search counts."""
+def _counts(counts: list[SearchCounts], reader_macs: int) -> dict:
+    """Totals and per-frame means of a mode's search counts (detection: what the reads did not spend, so that a
+    frame counts the detector it went through, with a wide detector in the set)."""
     n = len(counts)
     runs = sum(c.detector_runs for c in counts)
     reads = sum(c.reader_runs for c in counts)
@@ -177,7 +178,7 @@ def _counts(counts: list[SearchCounts], det_macs: int) -> dict:
     return {
         "totals": {"frames": n, "detector_runs": runs, "reader_runs": reads, "macs": macs, "stopped_early": stopped},
         "per_frame": {"detector_runs": round(runs / n, 3), "reader_runs": round(reads / n, 3),
-                      "detection_macs": round(runs * det_macs / n), "total_macs": round(macs / n),
+                      "detection_macs": round((macs - reads * reader_macs) / n), "total_macs": round(macs / n),
                       "stopped_early_share": round(stopped / n, 3)},
     }
 
@@ -227,11 +228,11 @@ def run(models: Path, config: Path, passes: int, repeat: int, relay_runs: int) -
                     "frames": {"size": [1280, 720], "count": len(frames), "scenes": sorted(set(names)),
                                "held_frames_per_scene": 4, "passes": passes},
                     "models": {}, "stages": {}, "modes": {}, "pi_assumptions": PI_ASSUMPTIONS}
-    for path in model_paths(models):
+    for path in [*model_paths(models), *filter(None, [wide_detector_path(models)])]:
         meta = read_metadata(path)
-        result["models"][meta.kind] = {"file": path.name, "size_bytes": path.stat().st_size, "macs": meta.macs,
+        result["models"][path.stem] = {"file": path.name, "size_bytes": path.stat().st_size, "macs": meta.macs,
                                         "input": meta.input.shape, "dtype": meta.input.dtype}
-    det_macs = result["models"]["detector"]["macs"]
+    reader_macs = result["models"]["reader"]["macs"]
     modes = {"read": Mode("stills: run(image), every tile a frame needs, no cap", False, SearchSettings()),
              "daemon": Mode(f"video: run(image, frame=n), the search settings of {_shown(config)}", True,
                             daemon_search, _shown(config))}
@@ -249,7 +250,7 @@ def run(models: Path, config: Path, passes: int, repeat: int, relay_runs: int) -
             entry = result["modes"][name]
             entry["threads"][str(threads)] = stats
             if threads == 2:  # the counts do not depend on the threads: those of the last timing
-                entry |= _counts(counts, det_macs)
+                entry |= _counts(counts, reader_macs)
                 entry["pi_estimate"] = _pi_estimate(entry["per_frame"]["total_macs"])
             if name == "daemon" and threads == daemon_threads:
                 daemon_pipe = pipe
@@ -486,7 +487,7 @@ def print_table(r: dict) -> None:
     print(f"machine: {r['machine']['processor']} ({r['machine']['platform']}), python {r['machine']['python']}")
     for kind, m in r["models"].items():
         macs = f"{m['macs'] / 1e6:.1f} MMAC" if m.get("macs") else "-"
-        print(f"  {kind:<9} {m['file']:<16} {m['size_bytes'] / 1024:8.1f} KiB  {macs:>12}  "
+        print(f"  {kind:<14} {m['file']:<21} {m['size_bytes'] / 1024:8.1f} KiB  {macs:>12}  "
               f"input {m['input']} {m['dtype']}")
     f = r["frames"]
     print(f"\n{f['count']} frames of 1280x720 ({len(f['scenes'])} scenes, each held {f['held_frames_per_scene']} "

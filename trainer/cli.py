@@ -6,11 +6,12 @@
   python -m trainer synth clip    --out demo/clip.mp4
   python -m trainer train         --kind reader|detector --data FILE.npz --run DIR
   python -m trainer export        --kind reader|detector --run DIR --data FILE.npz --out DIR [--install edge/models]
+  python -m trainer widen         MODELS --data FILE.npz
   python -m trainer evaluate      --models DIR [--models DIR ...] [--set FOLDER ...] [--synthetic N] --out report.json
   python -m trainer review        FOLDER [--port N] [--host 127.0.0.1] [--no-open]
   python -m trainer finetune      --data FOLDER [--data FOLDER ...] --out DIR [--models DIR] [--minutes N]
 
-TensorFlow is imported only by the verbs that need it (train, export, finetune). `train` resumes a stopped
+TensorFlow is imported only by the verbs that need it (train, export, widen, finetune). `train` resumes a stopped
 run when rerun with the same --run, `finetune` when rerun with the same --out; their --help has the details.
 """
 from __future__ import annotations
@@ -196,6 +197,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _widen(args: argparse.Namespace) -> int:
+    start_tensorflow_quietly()
+    from edge.model import ModelError
+    from trainer.data import DETECTOR_INPUT, load_set
+    from trainer.export import widen
+
+    x = load_set(args.data)["x"]
+    if x.ndim != 4 or tuple(x.shape[1:3]) != DETECTOR_INPUT:
+        raise SystemExit(f"{args.data}: not a detector set (its images are {list(x.shape[1:])}, the detector's "
+                         f"input is {list(DETECTOR_INPUT)}): make one with `synth data --kind detector`")
+    try:
+        report = widen(args.models, x[: args.check])
+    except ModelError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from edge.pipeline import Pipeline
     from trainer import evaluate as ev
@@ -357,6 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calibration", type=int, default=1000, metavar="N",
                     help="samples drawn from --data to calibrate the int8 ranges")
     ex.set_defaults(func=_export)
+
+    wd = sub.add_parser(
+        "widen", formatter_class=_Help,
+        help="add the wide detector (detector_wide.tflite) to a model set exported without one",
+        description="Write MODELS/detector_wide.tflite and its .json: the network of MODELS/detector.tflite at a "
+                    "512x320 input, which sees 16:9 frames (720p, 1080p) at the scale the 512x384 input does for "
+                    "five sixths of the MACs, since the 4:3 input pads 96 rows below them. It is the same "
+                    "flatbuffer with its sizes scaled (same weights, same int8 quantization); detector.tflite stays "
+                    "as it is. A set has one only where it is added: the README's \"The wide detector\" has what "
+                    "it saves and what it cost on the shared sets.")
+    wd.add_argument("models", type=Path, help="model set directory with an int8 detector.tflite")
+    wd.add_argument("--data", type=Path, required=True,
+                    help="detector set (`synth data --kind detector`) whose scenes check the two detectors agree")
+    wd.add_argument("--check", type=int, default=200, metavar="N", help="scenes of --data to check on")
+    wd.set_defaults(func=_widen)
 
     ev = sub.add_parser("evaluate", help="score model sets through the edge pipeline", formatter_class=_Help)
     ev.add_argument("--models", type=Path, action="append", required=True, help="model set directory (repeatable)")

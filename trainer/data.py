@@ -26,6 +26,11 @@ from trainer.synth.text import countries_in_use, row_texts, use_countries
 # What the networks see (kept here, free of TensorFlow, so worker processes start fast).
 DETECTOR_STRIDE = 4
 DETECTOR_INPUT = (384, 512)  # height, width of the exported detector
+#: Height, width of the wide detector (``edge.model``'s ``detector_wide.tflite``): the same network, which sees a
+#: 16:9 frame at the 4:3 input's scale in 288 rows, with 32 rows of letterbox below them rather than 96: one cell
+#: of the network's coarsest (stride-32) layer, so the frame's bottom edge keeps the context the 4:3 input gives it
+#: (without them the detector finds plates near that edge less well).
+WIDE_DETECTOR_INPUT = (320, 512)
 READER_INPUT = (64, 192)  # height, width of the reader crop
 #: Crop margin the reader is trained with (fraction of plate width, height per side).
 READER_MARGIN = (0.06, 0.12)

@@ -2,7 +2,10 @@
 
 Each export is checked before it is written out as done: every op must be in
 the Edge TPU's mapped set, and the exported model, run through the edge's own
-``Model`` class, must agree with Keras on held-out samples.
+``Model`` class, must agree with Keras on held-out samples. ``widen``
+adds a detector's wide form (``detector_wide.tflite``, see ``edge.model``) to
+a set: the same flatbuffer with its sizes scaled, so the same weights and the
+same int8 quantization.
 """
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edge.detect import letterbox
 from edge.formats import COUNTRIES_DIR, FormatSet
 from edge.model import (
     METADATA_SCHEMA,
+    WIDE_DETECTOR,
     DetectorMeta,
     FormatsMeta,
     Model,
@@ -28,10 +33,11 @@ from edge.model import (
     TensorMeta,
     file_sha256,
     interpreter_class,
+    read_metadata,
 )
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
-from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, load_set
+from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, WIDE_DETECTOR_INPUT, load_set
 from trainer.nets import build_detector, build_reader, count_macs, detector_fine
 
 #: TFLite builtin ops that the Edge TPU compiler maps (its documented op table, the subset we use).
@@ -40,6 +46,8 @@ EDGE_TPU_OPS = {
     "RESIZE_BILINEAR", "RELU", "RELU6", "LOGISTIC", "SOFTMAX", "MAX_POOL_2D", "AVERAGE_POOL_2D",
     "FULLY_CONNECTED", "MUL", "MEAN", "PAD", "QUANTIZE", "DEQUANTIZE",
 }
+#: Builtin op codes of the resizes whose output size ``reshaped_detector`` scales.
+BUILTIN_RESIZE_BILINEAR, BUILTIN_RESIZE_NEAREST = 23, 97
 EDGETPU_COMPILE = "edgetpu_compiler --show_operations --out_dir {dir} {file}"
 
 
@@ -87,10 +95,12 @@ def op_names(tflite_bytes: bytes) -> list[str]:
     return [op["op_name"] for op in interp._get_ops_details()]
 
 
-def _write(kind: ModelKind, tflite: bytes, out: Path, macs: int, formats: FormatSet | None) -> Model:
-    """Write ``out/<kind>.tflite`` and its metadata; return it loaded through the edge."""
+def _write(kind: ModelKind, tflite: bytes, out: Path, macs: int, formats: FormatSet | None,
+           wide_of: str | None = None) -> Model:
+    """Write ``out/<kind>.tflite`` (``detector_wide.tflite`` with ``wide_of``, the sha256 of the detector whose
+    network it is) and its metadata; return it loaded through the edge."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{kind}.tflite"
+    path = out / (WIDE_DETECTOR if wide_of else f"{kind}.tflite")
     path.write_bytes(tflite)
     interp = interpreter_class()(model_content=tflite)
     inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -106,15 +116,16 @@ def _write(kind: ModelKind, tflite: bytes, out: Path, macs: int, formats: Format
         # The compiler is x86-64 only; a Coral user runs this on a workstation, next to the file.
         edgetpu_compile=EDGETPU_COMPILE.format(dir=".", file=path.name),
         input=spec(inp, color="rgb" if inp["shape"][-1] == 3 else "gray", value="pixel / 255"), output=spec(outp),
-        **_kind_section(kind, formats))
+        **_kind_section(kind, formats, wide_of))
     path.with_suffix(".json").write_text(meta.to_json())
     return Model(path, kind, num_threads=2)
 
 
-def _kind_section(kind: str, formats: FormatSet | None) -> dict:
+def _kind_section(kind: str, formats: FormatSet | None, wide_of: str | None = None) -> dict:
     if kind == "detector":
         return {"detector": DetectorMeta(stride=DETECTOR_STRIDE, threshold=0.5, min_cells=3,
-                                         output="plate probability per cell", letterbox="top-left, black padding")}
+                                         output="plate probability per cell", letterbox="top-left, black padding",
+                                         wide_of=wide_of)}
     if formats is None:
         raise ValueError("a reader export needs the plate formats it was trained with")
     return {"reader": ReaderMeta(classes=READER_CLASSES, blank=BLANK, decoding="ctc-format", max_chars=MAX_CHARS,
@@ -147,6 +158,65 @@ def export(kind: ModelKind, run_dir: Path, data: Path, out_dir: Path, n_rep: int
     return export_model(kind, exportable(kind, trained), rep, check, out_dir, formats)
 
 
+def reshaped_detector(tflite: bytes, height: int, width: int) -> bytes:
+    """The detector flatbuffer ``tflite`` laid out for a ``height`` x ``width`` input: every activation's and
+    resize's size scaled, weights and quantization untouched, so that it computes what the original does on
+    the same pixels (the network is fully convolutional) and needs no calibration of its own."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    graph = model.subgraphs[0]
+    _, old_h, old_w, _ = graph.tensors[graph.inputs[0]].shape
+
+    def scaled(v: int, new: int, old: int) -> int:
+        if v * new % old:
+            raise ValueError(f"a {v}-cell side does not scale from {old} to {new} input pixels")
+        return v * new // old
+
+    for t in graph.tensors:
+        data = model.buffers[t.buffer].data
+        if t.shape is not None and len(t.shape) == 4 and (data is None or len(data) == 0):  # activations, not weights
+            t.shape[1], t.shape[2] = scaled(t.shape[1], height, old_h), scaled(t.shape[2], width, old_w)
+            if t.shapeSignature is not None and len(t.shapeSignature) == 4:
+                t.shapeSignature[1:3] = t.shape[1:3]
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) in (BUILTIN_RESIZE_NEAREST, BUILTIN_RESIZE_BILINEAR):
+            size = model.buffers[graph.tensors[op.inputs[1]].buffer]
+            h, w = np.frombuffer(bytes(size.data), np.int32)
+            size.data = np.array([scaled(int(h), height, old_h), scaled(int(w), width, old_w)], np.int32).tobytes()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def add_wide(detector: Path, check_x: np.ndarray) -> dict:
+    """Write ``detector_wide.tflite`` and its .json beside the exported ``detector``: its network at the wide
+    input (``WIDE_DETECTOR_INPUT``, ``reshaped_detector``), naming the detector's sha256.
+
+    Checked as the edge uses it: the top 16:9 of each ``check_x`` scene, letterboxed into either input, must
+    give the same plate mask above the frame's bottom edge, where the two inputs' padding differs. Returns its
+    MACs, size and that agreement."""
+    main = read_metadata(detector)
+    height, width = WIDE_DETECTOR_INPUT
+    flat = reshaped_detector(detector.read_bytes(), height, width)
+    _, old_h, old_w, _ = main.input.shape
+    macs = main.macs * height * width // (old_h * old_w)  # every op's work scales with its area
+    wide = _write("detector", flat, detector.parent, macs, None, wide_of=main.sha256)
+    wide_meta = wide.meta.model_copy(update={"version": main.version, "note": main.note})
+    detector.with_name("detector_wide.json").write_text(wide_meta.to_json())
+    full = Model(detector, "detector", num_threads=2)
+    frame_rows = width * 9 // 16
+    stride = main.detector.stride if main.detector else 4
+    rows = frame_rows // stride - 2  # mask rows clear of the frame's bottom edge
+    same: list[float] = []
+    for xi in check_x:
+        frame = np.ascontiguousarray(xi[:frame_rows, :width, ::-1])  # as BGR: letterbox makes it RGB again
+        a = full.run_pixels(letterbox(frame, old_w, old_h)[0])[:rows] >= 0.5
+        b = wide.run_pixels(letterbox(frame, width, height)[0])[:rows] >= 0.5
+        same.append(float((a == b).mean()))
+    return {"file": wide.path.name, "macs": macs, "size_bytes": len(flat),
+            "agreement": {"samples": len(check_x), "match_above_bottom_edge": float(np.mean(same))}}
+
+
 def export_model(kind: ModelKind, model: keras.Model, rep_x: np.ndarray, check_x: np.ndarray, out_dir: Path,
                  formats: FormatSet | None = None) -> dict:
     """Convert ``model`` to float and int8 TFLite under ``out_dir``, check ops and agreement.
@@ -157,15 +227,24 @@ def export_model(kind: ModelKind, model: keras.Model, rep_x: np.ndarray, check_x
     macs = count_macs(model)
     report: dict = {"kind": kind, "macs": macs}
     for precision, rep in (("float", None), ("int8", rep_x)):
-        flat = convert(model, rep, len(rep_x))
-        ops = op_names(flat)
-        bad = sorted(set(ops) - EDGE_TPU_OPS)
-        if precision == "int8" and bad:
-            raise RuntimeError(f"{kind} int8 export has ops the Edge TPU does not map: {bad}")
+        flat = _checked(kind, precision, convert(model, rep, len(rep_x)))
         edge_model = _write(kind, flat, out_dir / precision, macs, formats)
-        report[precision] = {"ops": sorted(set(ops)), "size_bytes": len(flat),
+        report[precision] = {"ops": sorted(set(op_names(flat))), "size_bytes": len(flat),
                              "agreement": _agreement(kind, model, edge_model, check_x)}
     return report
+
+
+def _checked(kind: str, precision: str, flat: bytes) -> bytes:
+    bad = sorted(set(op_names(flat)) - EDGE_TPU_OPS)
+    if precision == "int8" and bad:
+        raise RuntimeError(f"{kind} int8 export has ops the Edge TPU does not map: {bad}")
+    return flat
+
+
+def widen(models_dir: Path, check_x: np.ndarray) -> dict:
+    """Add the wide detector to the model set ``models_dir`` (a set exported before there was one, or whose
+    detector was replaced); its ``detector.tflite`` stays as it is."""
+    return add_wide(models_dir / "detector.tflite", check_x)
 
 
 def _agreement(kind: str, keras_model: keras.Model, edge_model: Model, x: np.ndarray) -> dict:

@@ -63,7 +63,15 @@ from tqdm import tqdm
 from edge.detect import letterbox, overlap
 from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
 from edge.formats import greedy_peaks
-from edge.model import DEFAULT_MODELS, ModelError, ModelKind, load_model_set, model_paths, read_metadata
+from edge.model import (
+    DEFAULT_MODELS,
+    WIDE_DETECTOR,
+    ModelError,
+    ModelKind,
+    load_model_set,
+    model_paths,
+    read_metadata,
+)
 from edge.pipeline import Pipeline, PlateRead
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES, normalize, similarity
 from edge.recognize import PlateReader, encode_label
@@ -539,6 +547,7 @@ class Finetune:
 
     def _own_files(self) -> list[Path]:
         return [self.out / n for n in ("detector.tflite", "detector.json", "detector_edgetpu.tflite",
+                                       "detector_wide.tflite", "detector_wide.json", "detector_wide_edgetpu.tflite",
                                        "reader.tflite", "reader.json", CARD)]
 
     def open(self) -> None:
@@ -941,25 +950,32 @@ def export_network(kind: ModelKind, run: Path, data: Path, out: Path) -> dict[st
 def write_model_set(out: Path, detector: Path, reader: Path, card: str, note: str,
                     tuned: set[str] | frozenset[str] = frozenset({"reader"})) -> None:
     """Write ``out`` as a model set: each network's .tflite and .json (the networks in ``tuned`` with ``note`` in
-    their metadata), the detector's Edge TPU variant where it is copied unchanged, and ``card`` as MODEL_CARD.md.
+    their metadata), the wide detector beside ``detector`` where there is one, each detector's Edge TPU variant
+    where it is copied unchanged, and ``card`` as MODEL_CARD.md.
 
     Each file is written under a temporary name and renamed; the set is then loaded as the edge loads it, so a
     set that would not load is an error here rather than on the device.
     """
     out.mkdir(parents=True, exist_ok=True)
-    for kind, src in (("detector", detector), ("reader", reader)):
+    wide = detector.with_name(WIDE_DETECTOR)
+    files = [("detector", detector), ("reader", reader)] + ([("detector", wide)] if wide.is_file() else [])
+    if not wide.is_file():
+        for stale in (WIDE_DETECTOR, "detector_wide.json", "detector_wide_edgetpu.tflite"):
+            (out / stale).unlink(missing_ok=True)
+    for kind, src in files:
         meta = read_metadata(src)
         if kind in tuned:
             meta = meta.model_copy(update={"note": note})
-        tmp = out / f".{kind}.tflite.tmp"
+        name = src.stem if src.name == WIDE_DETECTOR else kind
+        tmp = out / f".{name}.tflite.tmp"
         shutil.copyfile(src, tmp)
-        os.replace(tmp, out / f"{kind}.tflite")
-        _atomic_write_text(out / f"{kind}.json", meta.to_json())
+        os.replace(tmp, out / f"{name}.tflite")
+        _atomic_write_text(out / f"{name}.json", meta.to_json())
         tpu = src.with_name(f"{src.stem}_edgetpu.tflite")
         if kind not in tuned and tpu.is_file() and meta.edgetpu_sha256:
-            shutil.copyfile(tpu, out / tpu.name)
+            shutil.copyfile(tpu, out / f"{name}_edgetpu.tflite")
         else:
-            (out / f"{kind}_edgetpu.tflite").unlink(missing_ok=True)
+            (out / f"{name}_edgetpu.tflite").unlink(missing_ok=True)
     _atomic_write_text(out / CARD, card)
     try:
         load_model_set(out, num_threads=1)

@@ -39,7 +39,8 @@ def fallback_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_no_variants_falls_back_with_one_warning(untrained_models: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        det, rd = load_model_set(untrained_models, 1, "edgetpu")
+        models = load_model_set(untrained_models, 1, "edgetpu")
+    det, rd = models.detector, models.reader
     assert (det.accelerator, rd.accelerator) == ("cpu", "cpu")
     assert det.run_path == untrained_models / "detector.tflite"
     [warning] = fallback_warnings(caplog)
@@ -48,7 +49,8 @@ def test_no_variants_falls_back_with_one_warning(untrained_models: Path, caplog:
 
 def test_no_libedgetpu_falls_back_with_one_warning(with_variants: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        det, rd = load_model_set(with_variants, 1, "edgetpu")
+        models = load_model_set(with_variants, 1, "edgetpu")
+    det, rd = models.detector, models.reader
     assert (det.accelerator, rd.accelerator) == ("cpu", "cpu")
     [warning] = fallback_warnings(caplog)
     assert "libedgetpu.so.1 cannot be loaded" in warning
