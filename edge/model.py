@@ -10,7 +10,9 @@ The edge hard-codes none of it; a mismatch is a clear error naming the file.
 Coral: ``edgetpu_compiler`` turns ``NAME.tflite`` into ``NAME_edgetpu.tflite``
 with the same input and output tensors, so that variant shares ``NAME.json``;
 its own hash is the ``edgetpu_sha256`` key there (``deploy/edgetpu_hash.py``
-records it after compiling).
+records it after compiling). With ``accelerator="edgetpu"`` a model set runs
+the variants through ``libedgetpu.so.1``; when the library or a variant is
+missing it runs the CPU models after one warning.
 
 A set may also carry ``detector_wide.tflite``: the same detector network
 at a wider input (512x320 where the main one is 512x384), which sees a 16:9
@@ -18,9 +20,7 @@ frame at the same scale for five sixths of the MACs: the 4:3 input spends 96
 of its rows on letterbox below such a frame, the wide one 32 (the context the
 frame's bottom edge needs). Its metadata names the main detector file it was
 made from (``detector.wide_of``, that file's sha256), so that a set whose two
-detectors come from different trainings is an error, not a silent mix. With ``accelerator="edgetpu"`` a model set runs
-the variants through ``libedgetpu.so.1``; when the library or a variant is
-missing it runs the CPU models after one warning.
+detectors come from different trainings is an error, not a silent mix.
 """
 from __future__ import annotations
 
