@@ -54,7 +54,7 @@ def check_models(cfg: AppConfig, holder: dict) -> str:
     extra = FormatSet.load(cfg.detection.countries) if cfg.detection.countries else None
     pipeline = holder["pipeline"] = Pipeline.from_config(cfg.detection, extra)
     det, rd = pipeline.detector.model, pipeline.reader.model
-    wide = " with its wide detector" if len(pipeline.detector.models) > 1 else ""
+    wide = " with its wide detector" if pipeline.detector.wide is not None else ""
     versions = f"detector {det.meta.version}{wide}, reader {rd.meta.version}"
     return f"{models} ({versions}) verified and loaded on {det.accelerator}"
 

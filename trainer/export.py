@@ -96,9 +96,9 @@ def op_names(tflite_bytes: bytes) -> list[str]:
 
 
 def _write(kind: ModelKind, tflite: bytes, out: Path, macs: int, formats: FormatSet | None,
-           wide_of: str | None = None) -> Model:
+           wide_of: str | None = None, version: str | None = None, note: str = "") -> Model:
     """Write ``out/<kind>.tflite`` (``detector_wide.tflite`` with ``wide_of``, the sha256 of the detector whose
-    network it is) and its metadata; return it loaded through the edge."""
+    network it is) and its metadata (``version``: default now); return it loaded through the edge."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / (WIDE_DETECTOR if wide_of else f"{kind}.tflite")
     path.write_bytes(tflite)
@@ -111,7 +111,8 @@ def _write(kind: ModelKind, tflite: bytes, out: Path, macs: int, formats: Format
                           zero_point=int(zp), color=color, value=value)
 
     meta = ModelMeta(
-        schema_version=METADATA_SCHEMA, kind=kind, version=dt.datetime.now(dt.UTC).strftime("%Y.%m.%d.%H%M"),
+        schema_version=METADATA_SCHEMA, kind=kind, note=note,
+        version=version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d.%H%M"),
         file=path.name, sha256=file_sha256(path), size_bytes=path.stat().st_size, macs=macs,
         # The compiler is x86-64 only; a Coral user runs this on a workstation, next to the file.
         edgetpu_compile=EDGETPU_COMPILE.format(dir=".", file=path.name),
@@ -188,21 +189,22 @@ def reshaped_detector(tflite: bytes, height: int, width: int) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def add_wide(detector: Path, check_x: np.ndarray) -> dict:
-    """Write ``detector_wide.tflite`` and its .json beside the exported ``detector``: its network at the wide
-    input (``WIDE_DETECTOR_INPUT``, ``reshaped_detector``), naming the detector's sha256.
+def widen(models_dir: Path, check_x: np.ndarray) -> dict:
+    """Add the wide detector to the model set ``models_dir`` (a set exported before there was one, or whose
+    detector was replaced): ``detector_wide.tflite`` and its .json beside ``detector.tflite``, which stays as it
+    is; its network at the wide input (``WIDE_DETECTOR_INPUT``, ``reshaped_detector``), naming its sha256.
 
     Checked as the edge uses it: the top 16:9 of each ``check_x`` scene, letterboxed into either input, must
     give the same plate mask above the frame's bottom edge, where the two inputs' padding differs. Returns its
     MACs, size and that agreement."""
+    detector = models_dir / "detector.tflite"
     main = read_metadata(detector)
     height, width = WIDE_DETECTOR_INPUT
     flat = reshaped_detector(detector.read_bytes(), height, width)
     _, old_h, old_w, _ = main.input.shape
     macs = main.macs * height * width // (old_h * old_w)  # every op's work scales with its area
-    wide = _write("detector", flat, detector.parent, macs, None, wide_of=main.sha256)
-    wide_meta = wide.meta.model_copy(update={"version": main.version, "note": main.note})
-    detector.with_name("detector_wide.json").write_text(wide_meta.to_json())
+    wide = _write("detector", flat, models_dir, macs, None, wide_of=main.sha256, version=main.version,
+                  note=main.note)
     full = Model(detector, "detector", num_threads=2)
     frame_rows = width * 9 // 16
     stride = main.detector.stride if main.detector else 4
@@ -227,24 +229,15 @@ def export_model(kind: ModelKind, model: keras.Model, rep_x: np.ndarray, check_x
     macs = count_macs(model)
     report: dict = {"kind": kind, "macs": macs}
     for precision, rep in (("float", None), ("int8", rep_x)):
-        flat = _checked(kind, precision, convert(model, rep, len(rep_x)))
+        flat = convert(model, rep, len(rep_x))
+        ops = op_names(flat)
+        bad = sorted(set(ops) - EDGE_TPU_OPS)
+        if precision == "int8" and bad:
+            raise RuntimeError(f"{kind} int8 export has ops the Edge TPU does not map: {bad}")
         edge_model = _write(kind, flat, out_dir / precision, macs, formats)
-        report[precision] = {"ops": sorted(set(op_names(flat))), "size_bytes": len(flat),
+        report[precision] = {"ops": sorted(set(ops)), "size_bytes": len(flat),
                              "agreement": _agreement(kind, model, edge_model, check_x)}
     return report
-
-
-def _checked(kind: str, precision: str, flat: bytes) -> bytes:
-    bad = sorted(set(op_names(flat)) - EDGE_TPU_OPS)
-    if precision == "int8" and bad:
-        raise RuntimeError(f"{kind} int8 export has ops the Edge TPU does not map: {bad}")
-    return flat
-
-
-def widen(models_dir: Path, check_x: np.ndarray) -> dict:
-    """Add the wide detector to the model set ``models_dir`` (a set exported before there was one, or whose
-    detector was replaced); its ``detector.tflite`` stays as it is."""
-    return add_wide(models_dir / "detector.tflite", check_x)
 
 
 def _agreement(kind: str, keras_model: keras.Model, edge_model: Model, x: np.ndarray) -> dict:

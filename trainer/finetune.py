@@ -958,15 +958,17 @@ def write_model_set(out: Path, detector: Path, reader: Path, card: str, note: st
     """
     out.mkdir(parents=True, exist_ok=True)
     wide = detector.with_name(WIDE_DETECTOR)
-    files = [("detector", detector), ("reader", reader)] + ([("detector", wide)] if wide.is_file() else [])
-    if not wide.is_file():
-        for stale in (WIDE_DETECTOR, "detector_wide.json", "detector_wide_edgetpu.tflite"):
-            (out / stale).unlink(missing_ok=True)
-    for kind, src in files:
+    wide_name = wide.stem
+    files = [("detector", detector, "detector"), ("reader", reader, "reader")]
+    if wide.is_file():
+        files.append(("detector", wide, wide_name))
+    else:  # a new detector without one: the old detector's wide form must not stay beside it
+        for suffix in (".tflite", ".json", "_edgetpu.tflite"):
+            (out / f"{wide_name}{suffix}").unlink(missing_ok=True)
+    for kind, src, name in files:
         meta = read_metadata(src)
         if kind in tuned:
             meta = meta.model_copy(update={"note": note})
-        name = src.stem if src.name == WIDE_DETECTOR else kind
         tmp = out / f".{name}.tflite.tmp"
         shutil.copyfile(src, tmp)
         os.replace(tmp, out / f"{name}.tflite")
