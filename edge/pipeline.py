@@ -87,6 +87,16 @@ def _candidate_rank(read: PlateText) -> tuple[bool, float]:
     return len(read.text) >= MIN_TEXT_LEN, read.confidence * _evidence(read)
 
 
+#: A still's plate whose read is not ``sure`` is read again in its box shifted by these fractions of the box's width
+#: and height (left, right, up, down; see ``Pipeline.read_detections``).
+REREAD_SHIFTS = ((-0.03, 0.0), (0.03, 0.0), (0.0, -0.06), (0.0, 0.06))
+
+
+def _shifted(quad: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    q = np.asarray(quad, np.float32)
+    return q + np.float32(dx) * (q[1] - q[0]) + np.float32(dy) * (q[3] - q[0])
+
+
 def _box_area(box: tuple[float, float, float, float]) -> float:
     return (box[2] - box[0]) * (box[3] - box[1])
 
@@ -197,7 +207,7 @@ class Pipeline:
         return memo[key]
 
     def read_detections(self, image: np.ndarray, detections: list[Detection],
-                        memo: dict[bytes, PlateText] | None = None) -> list[PlateRead]:
+                        memo: dict[bytes, PlateText] | None = None, reread: bool = False) -> list[PlateRead]:
         """Read the text of given detections; drop reads that cannot be plates; best first.
 
         A detection with several candidate boxes (see ``edge.detect``) is read
@@ -205,6 +215,12 @@ class Pipeline:
         stands for the plate, with the tightest box of the candidates that read
         the same text. ``memo`` keeps reads across calls on one frame, so a box
         is read once.
+
+        ``reread`` (a still, which has no next frame to read the plate again):
+        a plate whose best read is below ``sure`` is read again in its best box
+        shifted by ``REREAD_SHIFTS``, and the text with the most confidence over
+        all its crops stands. A read hangs on where the box's edges fall, one
+        mask cell either way; on video the tracker votes over frames instead.
         """
         memo = {} if memo is None else memo
         reads = []
@@ -216,7 +232,18 @@ class Pipeline:
                     seen.append((read, cand))
             if not seen:
                 continue
-            read, _ = max(seen, key=lambda rc: _candidate_rank(rc[0]))
+            read, best = max(seen, key=lambda rc: _candidate_rank(rc[0]))
+            if reread and read.confidence < self.search.sure:
+                for dx, dy in REREAD_SHIFTS:
+                    again = self._read(image, _shifted(best.quad, dx, dy), memo)
+                    if acceptable(again):
+                        seen.append((again, best))
+                votes: dict[str, tuple[bool, float]] = {}
+                for r, _ in seen:
+                    long, weight = _candidate_rank(r)
+                    votes[r.text] = (long, votes.get(r.text, (long, 0.0))[1] + weight)
+                text = max(votes, key=lambda t: votes[t])
+                read = max((r for r, _ in seen if r.text == text), key=_candidate_rank)
             # Every candidate that reads the same text holds the plate; the tightest of them is its box (a looser
             # one takes in the bumper or the plate frame around it).
             cand = min((c for r, c in seen if r.text == read.text), key=lambda c: _box_area(c.box))
@@ -295,6 +322,8 @@ class Pipeline:
                 self.read_detections(image, dets, memo)
                 dets = self._zoom(image, dets, budget, 0, zoomed, memo)
                 reads = self.read_detections(image, dets, memo)
+        if not video:
+            reads = self.read_detections(image, dets, memo, reread=True)
         detector_macs = self.detector.model_for((image.shape[1], image.shape[0])).meta.macs
         macs = budget.runs * detector_macs + len(memo) * self.reader.model.meta.macs
         return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, stopped and bool(windows),

@@ -26,7 +26,10 @@ lettering, a grille or a lamp, not a plate.
 
 On video a frame spends at most ``max_detector_runs`` passes (whole frame,
 tiles, zoomed looks, in that order of priority). A still has no next frame:
-it gets every tile it needs and no cap.
+it gets every tile it needs and no cap, and a plate whose read stays below
+``sure`` is read again in its box shifted a little four ways, the text with
+the most confidence over its crops standing (``Pipeline.read_detections``);
+on video the tracker's vote over frames does that.
 """
 from __future__ import annotations
 

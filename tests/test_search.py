@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from edge.config import DetectionConfig
-from edge.detect import PlateDetector
+from edge.detect import Detection, PlateDetector
 from edge.formats import PlateText
-from edge.pipeline import Pipeline
+from edge.pipeline import REREAD_SHIFTS, Pipeline
 from edge.search import SearchSettings
 
 DET_MACS, READER_MACS = 1000, 10
@@ -164,3 +164,42 @@ def test_what_a_tile_finds_that_reads_as_nothing_gets_no_zoomed_look() -> None:
     zooms = det.centres[4:]  # after the 4 tiles of a 16:9 frame
     assert zooms and all(abs(x - 330) < 40 and abs(y - 215) < 40 for x, y in zooms)  # the plate's, not the sign's
     assert result.counts.detector_runs == det.runs == 1 + 4 + len(zooms)
+
+
+class _EdgeReader(_Reader):
+    """Reads the plate's last character wrong in exactly its detected box; any shift of the box reads it right."""
+
+    def __init__(self, box_quad: np.ndarray, prob: float, shifted_prob: float) -> None:
+        super().__init__(box_quad, prob)
+        self.shifted_prob = shifted_prob
+
+    def read_crop(self, quad) -> PlateText:
+        if np.allclose(quad, self.quad):
+            return PlateText("AB12CDF", "gb_current", "GB", (self.prob,) * 7, "AB12CDF")
+        return PlateText("AB12CDE", "gb_current", "GB", (self.shifted_prob,) * 7, "AB12CDE")
+
+
+def test_a_doubtful_read_of_a_still_is_read_again_in_shifted_boxes_and_the_most_confident_text_stands() -> None:
+    box = Detection(LARGE, (500.0, 400.0, 760.0, 460.0), 0.9)
+    reader = _EdgeReader(LARGE, 0.9, 0.85)
+    pipe = Pipeline(_Eye(LARGE), reader)
+    [read] = pipe.read_detections(FRAME, [box], reread=True)
+    # One crop says CDF at 0.9, the four shifted ones CDE at 0.85 each; the plate keeps its detected box.
+    assert (read.text, read.confidence) == ("AB12CDE", pytest.approx(0.85))
+    assert read.detection.box == box.box and reader.crops == 1 + len(REREAD_SHIFTS)
+    # Without reread (video, where the tracker votes over frames) the box's own read stands, read once.
+    reader.crops = 0
+    assert [r.text for r in pipe.read_detections(FRAME, [box])] == ["AB12CDF"] and reader.crops == 1
+    # A sure read is not read again.
+    sure = _EdgeReader(LARGE, 0.99, 0.85)
+    assert [r.text for r in Pipeline(_Eye(LARGE), sure).read_detections(FRAME, [box], reread=True)] == ["AB12CDF"]
+    assert sure.crops == 1
+
+
+def test_only_stills_read_a_doubtful_plate_again() -> None:
+    settings = SearchSettings(tiles=0, refine=0)
+    still = Pipeline(_Eye(LARGE), _Reader(LARGE, 0.8), settings).run(FRAME).counts
+    video = Pipeline(_Eye(LARGE), _Reader(LARGE, 0.8), settings).run(FRAME, frame=0).counts
+    assert (still.detector_runs, video.detector_runs) == (1, 1)
+    assert video.reader_runs == 1 and still.reader_runs == 1 + len(REREAD_SHIFTS)
+    assert still.macs == DET_MACS + READER_MACS * still.reader_runs
