@@ -172,11 +172,12 @@ class PlateDetector:
     """Runs the detector model on BGR frames.
 
     With a ``wide`` model (the same network at a wider input, see ``edge.model``)
-    each frame goes through the cheaper of the two wherever it sees the frame
-    at the scale the main one would: a 16:9 frame (or any of aspect 1.6 or
-    more) sees the wide input, where the main 4:3 one would pad 96 of its
-    rows. Every look at one frame (whole, tiles, zoomed) uses the same model,
-    chosen by the frame's size.
+    the whole-frame look goes through the cheaper of the two wherever it sees
+    the frame at the scale the main one would: a 16:9 frame (or any of aspect
+    1.6 or more) sees the wide input, where the main 4:3 one would pad 96 of
+    its rows with black. Tiles and zoomed windows are cut from the frame at the
+    main input's shape, which they fill wholly, so that the search looks at the
+    same pixels with a wide model as without one.
     """
 
     def __init__(self, model: Model, wide: Model | None = None) -> None:
@@ -197,7 +198,7 @@ class PlateDetector:
         self.min_cells = cfg.min_cells
 
     def model_for(self, frame_wh: tuple[int, int]) -> Model:
-        """The model a frame of this size goes through: the one of the fewest MACs among those that see the
+        """The model a whole frame of this size goes through: the one of the fewest MACs among those that see the
         whole frame at (within 1 % of) the largest scale any of them does."""
         if self.wide is None:
             return self.model
@@ -210,7 +211,7 @@ class PlateDetector:
         return min((m for m in self.models if scale(m) >= 0.99 * best), key=lambda m: m.meta.macs)
 
     def _size(self, frame_wh: tuple[int, int]) -> tuple[int, int]:
-        """Width and height of the input a frame of this size goes through."""
+        """Width and height of the input a whole frame of this size goes through."""
         model = self.model_for(frame_wh)
         if model is self.model:
             return self.width, self.height
@@ -253,7 +254,7 @@ class PlateDetector:
         pass still looks at it.
         """
         fw, fh = frame_wh
-        in_w, in_h = self._size(frame_wh)
+        in_w, in_h = self.width, self.height
         tw = fw / columns * (1 + overlap)
         th = tw * in_h / in_w
         # The fewest rows of windows, each overlapping the next by ``overlap`` of its height, that cover the frame.
@@ -266,7 +267,7 @@ class PlateDetector:
 
     def window(self, image: np.ndarray, centre: tuple[float, float], width: float) -> tuple[np.ndarray, Letterbox]:
         """The model input showing ``width`` frame pixels around ``centre`` (outside the frame: black)."""
-        in_w, in_h = self._size((image.shape[1], image.shape[0]))
+        in_w, in_h = self.width, self.height
         scale = in_w / width
         ox, oy = centre[0] - width / 2, centre[1] - in_h / scale / 2
         m = np.array([[scale, 0, -ox * scale], [0, scale, -oy * scale]], np.float32)
@@ -279,9 +280,9 @@ class PlateDetector:
         """Whether a zoomed look makes the plate clearly larger than the whole-frame pass saw it."""
         x1, y1, x2, y2 = det.box
         w = max(x2 - x1, (y2 - y1) * 2.0)
-        in_w, in_h = self._size((image.shape[1], image.shape[0]))
-        first = min(in_w / image.shape[1], in_h / image.shape[0])  # the first pass's scale
-        return in_w / zoom >= 1.3 * w * first
+        whole_w, whole_h = self._size((image.shape[1], image.shape[0]))
+        first = min(whole_w / image.shape[1], whole_h / image.shape[0])  # the whole-frame pass's scale
+        return self.width / zoom >= 1.3 * w * first
 
     def refine(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> Detection:
         """Look again at a small detection with the plate ``zoom`` times narrower than the window.

@@ -14,9 +14,10 @@ records it after compiling). With ``accelerator="edgetpu"`` a model set runs
 the variants through ``libedgetpu.so.1``; when the library or a variant is
 missing it runs the CPU models after one warning.
 
-A set may also carry ``detector_wide.tflite``: the same detector network
-at a wider input (512x320 where the main one is 512x384), which sees a 16:9
-frame at the same scale for five sixths of the MACs: the 4:3 input spends 96
+A set may also carry ``detector_wide.tflite`` (every exported one does): the
+same detector network at a wider input (512x320 where the main one is
+512x384), through which the whole-frame look at a 16:9 frame goes, at the
+same scale for five sixths of the MACs: the 4:3 input spends 96
 of its rows on letterbox below such a frame, the wide one 32 (the context the
 frame's bottom edge needs). Its metadata names the main detector file it was
 made from (``detector.wide_of``, that file's sha256), so that a set whose two

@@ -324,8 +324,9 @@ class Pipeline:
                 reads = self.read_detections(image, dets, memo)
         if not video:
             reads = self.read_detections(image, dets, memo, reread=True)
-        detector_macs = self.detector.model_for((image.shape[1], image.shape[0])).meta.macs
-        macs = budget.runs * detector_macs + len(memo) * self.reader.model.meta.macs
+        # The whole frame went through the model that fits its aspect; every other look, through the main one.
+        whole_macs = self.detector.model_for((image.shape[1], image.shape[0])).meta.macs
+        macs = whole_macs + (budget.runs - 1) * self.detector.model.meta.macs + len(memo) * self.reader.model.meta.macs
         return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, stopped and bool(windows),
                                               round(budget.seconds * 1000, 3)))
 

@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import PlateDetector, letterbox
+from edge.detect import Detection, PlateDetector, letterbox
 from edge.model import WIDE_DETECTOR, ModelError, file_sha256, load_model_set, read_metadata
 from edge.pipeline import Pipeline
+from edge.search import SearchSettings
 from trainer.data import DETECTOR_INPUT, WIDE_DETECTOR_INPUT
 from trainer.export import widen
 
@@ -81,28 +82,35 @@ def test_each_frame_goes_through_the_cheaper_model_that_sees_it_as_large(widened
         assert detector.model_for(size) is loaded.wide, size
     for size in ((640, 480), (1500, 1000), (1080, 1920), (1000, 1000)):
         assert detector.model_for(size) is loaded.detector, size
-    # Tiles and zoomed windows of a 16:9 frame have the wide input's shape; a 4:3 frame's the main one's.
+    # Only the whole frame goes through the wide input: tiles and zoomed windows are cut at the main input's shape,
+    # so a frame's search looks where it would without a wide detector.
     wide_frame, square_frame = street(1280, 720), street(640, 480)
     assert detector.prepare(wide_frame)[0].shape == (*WIDE_DETECTOR_INPUT, 3)
-    assert detector.window(wide_frame, (640, 360), 600)[0].shape == (*WIDE_DETECTOR_INPUT, 3)
+    assert detector.prepare(square_frame)[0].shape == (*DETECTOR_INPUT, 3)
+    assert detector.window(wide_frame, (640, 360), 600)[0].shape == (*DETECTOR_INPUT, 3)
     assert detector.window(square_frame, (320, 240), 300)[0].shape == (*DETECTOR_INPUT, 3)
-    # The top row of tiles is as tall as the input it goes through: 16:9 on a 16:9 frame, 4:3 on a 4:3 one.
+    alone = PlateDetector(loaded.detector)
+    assert detector.tile_windows((1280, 720), 2) == alone.tile_windows((1280, 720), 2)
     (centre, width), *_ = detector.tile_windows((1280, 720), 2)
-    assert centre[1] == pytest.approx(width * WIDE_DETECTOR_INPUT[0] / WIDE_DETECTOR_INPUT[1] / 2)
-    (centre, width), *_ = detector.tile_windows((640, 480), 2)
     assert centre[1] == pytest.approx(width * DETECTOR_INPUT[0] / DETECTOR_INPUT[1] / 2)
+    # Whether a zoomed look helps depends on the whole frame's scale, the same through either input.
+    small = Detection(np.zeros((4, 2), np.float32), (600.0, 400.0, 660.0, 430.0), 0.9)
+    large = Detection(np.zeros((4, 2), np.float32), (400.0, 300.0, 700.0, 450.0), 0.9)
+    for det in (small, large):
+        assert detector.zoom_helps(wide_frame, det) == alone.zoom_helps(wide_frame, det)
+    assert detector.zoom_helps(wide_frame, small) and not detector.zoom_helps(wide_frame, large)
 
 
-def test_the_pipeline_counts_the_macs_of_the_model_a_frame_went_through(widened: tuple[Path, dict]) -> None:
+def test_the_pipeline_counts_the_macs_of_the_models_a_frame_went_through(widened: tuple[Path, dict]) -> None:
     models, _ = widened
-    pipe = Pipeline.from_dir(models, num_threads=1)
+    pipe = Pipeline.from_dir(models, num_threads=1, search=SearchSettings(sure=1.01))  # never stop before the tiles
     wide = read_metadata(models / WIDE_DETECTOR)
     main = read_metadata(models / "detector.tflite")
     reader = read_metadata(models / "reader.tflite")
-    for frame, det_macs in ((street(1280, 720, 3), wide.macs), (street(640, 480, 3), main.macs)):
+    for frame, whole_macs in ((street(1280, 720, 3), wide.macs), (street(640, 480, 3), main.macs)):
         counts = pipe.run(frame).counts
-        assert counts.detector_runs >= 1
-        assert counts.macs == counts.detector_runs * det_macs + counts.reader_runs * reader.macs
+        assert counts.detector_runs >= 5  # the whole frame and its four tiles
+        assert counts.macs == whole_macs + (counts.detector_runs - 1) * main.macs + counts.reader_runs * reader.macs
 
 
 def test_a_wide_detector_made_from_another_detector_is_refused(widened: tuple[Path, dict], tmp_path: Path) -> None:
@@ -129,6 +137,10 @@ def test_a_written_model_set_carries_the_wide_detector_of_its_detector(widened: 
     assert (out / WIDE_DETECTOR).read_bytes() == (models / WIDE_DETECTOR).read_bytes()
     assert load_model_set(out, 1).wide is not None
     # Written again from a detector without one, the set must not keep the old wide detector beside the new one.
-    write_model_set(out, SHIPPED / "detector.tflite", models / "reader.tflite", card="card", note="tuned")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("detector.tflite", "detector.json"):
+        shutil.copyfile(SHIPPED / name, bare / name)
+    write_model_set(out, bare / "detector.tflite", models / "reader.tflite", card="card", note="tuned")
     assert not (out / WIDE_DETECTOR).exists() and not (out / "detector_wide.json").exists()
     assert load_model_set(out, 1).wide is None

@@ -381,11 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         "widen", formatter_class=_Help,
         help="add the wide detector (detector_wide.tflite) to a model set exported without one",
         description="Write MODELS/detector_wide.tflite and its .json: the network of MODELS/detector.tflite at a "
-                    "512x320 input, which sees 16:9 frames (720p, 1080p) at the scale the 512x384 input does for "
-                    "five sixths of the MACs, since the 4:3 input pads 96 rows below them. It is the same "
+                    "512x320 input, through which the whole-frame look at a 16:9 frame (720p, 1080p) goes, at the "
+                    "scale the 512x384 input sees it, for five sixths of the MACs, since the 4:3 input pads 96 rows "
+                    "below it. It is the same "
                     "flatbuffer with its sizes scaled (same weights, same int8 quantization); detector.tflite stays "
-                    "as it is. A set has one only where it is added: the README's \"The wide detector\" has what "
-                    "it saves and what it cost on the shared sets.")
+                    "as it is. Every detector `export` and `finetune` write comes with one; this adds it to a set "
+                    "exported before: the README's \"The wide detector\" has what it saves and what it costs on "
+                    "the shared sets.")
     wd.add_argument("models", type=Path, help="model set directory with an int8 detector.tflite")
     wd.add_argument("--data", type=Path, required=True,
                     help="detector set (`synth data --kind detector`) whose scenes check the two detectors agree")

@@ -190,9 +190,10 @@ def reshaped_detector(tflite: bytes, height: int, width: int) -> bytes:
 
 
 def widen(models_dir: Path, check_x: np.ndarray) -> dict:
-    """Add the wide detector to the model set ``models_dir`` (a set exported before there was one, or whose
-    detector was replaced): ``detector_wide.tflite`` and its .json beside ``detector.tflite``, which stays as it
-    is; its network at the wide input (``WIDE_DETECTOR_INPUT``, ``reshaped_detector``), naming its sha256.
+    """Add the wide detector to the model set ``models_dir`` (``export_model`` does, for every detector it
+    writes; by hand, a set exported before there was one): ``detector_wide.tflite`` and its .json beside
+    ``detector.tflite``, which stays as it is; its network at the wide input (``WIDE_DETECTOR_INPUT``,
+    ``reshaped_detector``), naming its sha256.
 
     Checked as the edge uses it: the top 16:9 of each ``check_x`` scene, letterboxed into either input, must
     give the same plate mask above the frame's bottom edge, where the two inputs' padding differs. Returns its
@@ -237,6 +238,8 @@ def export_model(kind: ModelKind, model: keras.Model, rep_x: np.ndarray, check_x
         edge_model = _write(kind, flat, out_dir / precision, macs, formats)
         report[precision] = {"ops": sorted(set(ops)), "size_bytes": len(flat),
                              "agreement": _agreement(kind, model, edge_model, check_x)}
+        if kind == "detector":  # every detector comes with its wide form, which 16:9 frames go through
+            report[precision]["wide"] = widen(out_dir / precision, check_x)
     return report
 
 
