@@ -14,7 +14,7 @@ from edge.detect import Detection, PlateDetector, letterbox
 from edge.model import WIDE_DETECTOR, ModelError, file_sha256, load_model_set, read_metadata
 from edge.pipeline import Pipeline
 from edge.search import SearchSettings
-from trainer.data import DETECTOR_INPUT, WIDE_DETECTOR_INPUT
+from trainer.data import DETECTOR_INPUT, WIDE_DETECTOR_INPUT, wide_input
 from trainer.export import widen
 
 SHIPPED = Path(__file__).resolve().parents[1] / "edge" / "models"
@@ -58,6 +58,13 @@ def test_widen_writes_the_detector_network_at_16_9_beside_it(widened: tuple[Path
     assert (wide.input.scale, wide.input.zero_point) == (main.input.scale, main.input.zero_point)
     assert (wide.output.scale, wide.output.zero_point) == (main.output.scale, main.output.zero_point)
     assert report["agreement"]["samples"] == 6 and report["agreement"]["match_above_bottom_edge"] >= 0.99
+
+
+def test_the_wide_input_holds_a_16_9_frame_and_one_coarse_cell_below_it() -> None:
+    assert wide_input(*DETECTOR_INPUT) == WIDE_DETECTOR_INPUT == (288 + 32, 512)
+    assert wide_input(384, 640) is None  # 360 + 32 rows, in whole cells 416: no fewer than its own 384
+    assert wide_input(480, 640) == (416, 640)
+    assert wide_input(280, 512) is None  # a detector already wider than 16:10 has no wide form
 
 
 def test_a_16_9_frame_gets_the_same_mask_from_either_detector(widened: tuple[Path, dict]) -> None:

@@ -37,7 +37,7 @@ from edge.model import (
 )
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES
 from edge.recognize import decode_ctc
-from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, WIDE_DETECTOR_INPUT, load_set
+from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, READER_MARGIN, load_set, wide_input
 from trainer.nets import build_detector, build_reader, count_macs, detector_fine
 
 #: TFLite builtin ops that the Edge TPU compiler maps (its documented op table, the subset we use).
@@ -192,7 +192,7 @@ def reshaped_detector(tflite: bytes, height: int, width: int) -> bytes:
 def widen(models_dir: Path, check_x: np.ndarray) -> dict:
     """Add the wide detector to the model set ``models_dir`` (``export_model`` does, for every detector it
     writes; by hand, a set exported before there was one): ``detector_wide.tflite`` and its .json beside
-    ``detector.tflite``, which stays as it is; its network at the wide input (``WIDE_DETECTOR_INPUT``,
+    ``detector.tflite``, which stays as it is; its network at the wide input (``trainer.data.wide_input``,
     ``reshaped_detector``), naming its sha256.
 
     Checked as the edge uses it: the top 16:9 of each ``check_x`` scene, letterboxed into either input, must
@@ -200,9 +200,12 @@ def widen(models_dir: Path, check_x: np.ndarray) -> dict:
     MACs, size and that agreement."""
     detector = models_dir / "detector.tflite"
     main = read_metadata(detector)
-    height, width = WIDE_DETECTOR_INPUT
-    flat = reshaped_detector(detector.read_bytes(), height, width)
     _, old_h, old_w, _ = main.input.shape
+    size = wide_input(old_h, old_w)
+    if size is None:
+        raise ValueError(f"{detector}: its {old_w}x{old_h} input is already as wide as a wide detector's")
+    height, width = size
+    flat = reshaped_detector(detector.read_bytes(), height, width)
     macs = main.macs * height * width // (old_h * old_w)  # every op's work scales with its area
     wide = _write("detector", flat, models_dir, macs, None, wide_of=main.sha256, version=main.version,
                   note=main.note)
@@ -238,7 +241,8 @@ def export_model(kind: ModelKind, model: keras.Model, rep_x: np.ndarray, check_x
         edge_model = _write(kind, flat, out_dir / precision, macs, formats)
         report[precision] = {"ops": sorted(set(ops)), "size_bytes": len(flat),
                              "agreement": _agreement(kind, model, edge_model, check_x)}
-        if kind == "detector":  # every detector comes with its wide form, which 16:9 frames go through
+        if kind == "detector" and wide_input(*model.input_shape[1:3]) is not None:
+            # Every detector comes with its wide form, through which a 16:9 frame's whole-frame look goes.
             report[precision]["wide"] = widen(out_dir / precision, check_x)
     return report
 

@@ -22,10 +22,13 @@ pytestmark = pytest.mark.skipif(load_edgetpu_delegate()[0] is not None,
 
 @pytest.fixture
 def with_variants(untrained_models: Path, tmp_path: Path) -> Path:
-    """The untrained set with stand-in NAME_edgetpu.tflite files (copies) whose hashes are recorded."""
+    """The untrained set with stand-in NAME_edgetpu.tflite files (copies) whose hashes are recorded: one for each of
+    its models (the detector, its wide form and the reader)."""
     models = tmp_path / "models"
     shutil.copytree(untrained_models, models)
-    for name in ("detector", "reader"):
+    names = sorted(p.stem for p in models.glob("*.tflite"))
+    assert names == ["detector", "detector_wide", "reader"]
+    for name in names:
         shutil.copy(models / f"{name}.tflite", models / f"{name}_edgetpu.tflite")
     proc = subprocess.run([sys.executable, str(DEPLOY / "edgetpu_hash.py"), str(models)], capture_output=True,
                           text=True)
@@ -40,8 +43,8 @@ def fallback_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_no_variants_falls_back_with_one_warning(untrained_models: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         models = load_model_set(untrained_models, 1, "edgetpu")
-    det, rd = models.detector, models.reader
-    assert (det.accelerator, rd.accelerator) == ("cpu", "cpu")
+    det, rd, wide = models.detector, models.reader, models.wide
+    assert wide is not None and (det.accelerator, rd.accelerator, wide.accelerator) == ("cpu", "cpu", "cpu")
     assert det.run_path == untrained_models / "detector.tflite"
     [warning] = fallback_warnings(caplog)
     assert "detector_edgetpu.tflite and" in warning and "not found" in warning and "CPU models" in warning
@@ -50,8 +53,8 @@ def test_no_variants_falls_back_with_one_warning(untrained_models: Path, caplog:
 def test_no_libedgetpu_falls_back_with_one_warning(with_variants: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         models = load_model_set(with_variants, 1, "edgetpu")
-    det, rd = models.detector, models.reader
-    assert (det.accelerator, rd.accelerator) == ("cpu", "cpu")
+    det, rd, wide = models.detector, models.reader, models.wide
+    assert wide is not None and (det.accelerator, rd.accelerator, wide.accelerator) == ("cpu", "cpu", "cpu")
     [warning] = fallback_warnings(caplog)
     assert "libedgetpu.so.1 cannot be loaded" in warning
 
@@ -79,7 +82,7 @@ def test_variant_must_match_its_recorded_hash(with_variants: Path) -> None:
 def test_update_verification_covers_the_variants(with_variants: Path) -> None:
     verify = ["bash", "-c", f'. "{DEPLOY}/lib.sh"; verify_models "$1"', "verify", str(with_variants)]
     ok = subprocess.run(verify, capture_output=True, text=True)
-    assert ok.returncode == 0 and ok.stdout.count("ok    ") == 4, ok.stdout
+    assert ok.returncode == 0 and ok.stdout.count("ok    ") == 6, ok.stdout  # 3 models, each with its variant
     with open(with_variants / "reader_edgetpu.tflite", "ab") as f:
         f.write(b"\0")
     bad = subprocess.run(verify, capture_output=True, text=True)
