@@ -119,7 +119,8 @@ class SearchCounts:
     reader_runs: int = 0
     #: Multiply-accumulates of those runs, from the models' metadata.
     macs: int = 0
-    #: Whether the search stopped on a sure read before the tiles (``SearchSettings.sure``).
+    #: Whether the search stopped on a sure read before it had looked at every tile of the frame
+    #: (``SearchSettings.sure``).
     stopped_early: bool = False
     #: Wall time of the detector passes alone, in milliseconds (the rest of a search is crops and reads).
     detector_ms: float = 0.0
@@ -311,10 +312,10 @@ class Pipeline:
             dets = self._zoom(image, dets, budget, len(windows), zoomed, memo)
             reads = self.read_detections(image, dets, memo)
             stopped = self._sure(reads)
-        if windows and not stopped:
-            tiled: list[Detection] = []
-            for window in windows:
-                tiled += budget.spend(partial(self.detector.look, image, window))
+        looked = 0
+        for window in windows if not stopped else []:
+            tiled = budget.spend(partial(self.detector.look, image, window))
+            looked += 1
             if tiled:
                 # As before the tiles, only boxes that read as something get a zoomed look: the rest of what a
                 # tile finds (lettering, grilles, lamps) would spend a run each and read as nothing again.
@@ -322,12 +323,14 @@ class Pipeline:
                 self.read_detections(image, dets, memo)
                 dets = self._zoom(image, dets, budget, 0, zoomed, memo)
                 reads = self.read_detections(image, dets, memo)
+                if self._sure(reads):  # as before the tiles: a sure read ends the search
+                    break
         if not video:
             reads = self.read_detections(image, dets, memo, reread=True)
         # The whole frame went through the model that fits its aspect; every other look, through the main one.
         whole_macs = self.detector.model_for((image.shape[1], image.shape[0])).meta.macs
         macs = whole_macs + (budget.runs - 1) * self.detector.model.meta.macs + len(memo) * self.reader.model.meta.macs
-        return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, stopped and bool(windows),
+        return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, looked < len(windows),
                                               round(budget.seconds * 1000, 3)))
 
     def __call__(self, image: np.ndarray, frame: int | None = None) -> list[PlateRead]:

@@ -17,8 +17,9 @@ The search, per frame:
 4. otherwise full-resolution tiles (``tiles`` columns, and the rows their aspect
    needs), for plates too small for the whole frame: on a still every tile, on
    video ``tiles_per_frame`` of them in turn (the frame's number picks which:
-   a plate stays in view for many frames, so every tile still sees it), then
-   zoomed looks at the boxes the tiles found that read as something.
+   a plate stays in view for many frames, so every tile still sees it), each
+   followed by zoomed looks at the boxes it found that read as something; a
+   sure read after a tile ends the search there as in step 3.
 
 Zoomed looks go only to boxes whose read may stand for a plate
 (``edge.pipeline.acceptable``): what reads as nothing at one scale is mostly
@@ -54,8 +55,8 @@ class SearchSettings(BaseModel):
                                    "frame, tiles, then zoomed looks until it is spent (0: no cap). Each run of the "
                                    "shipped detector is 0.16 GMAC. A still image has no cap.")
     sure: float = Field(0.98, ge=0, le=1.01, description="A read that fits a plate format with at least this "
-                        "confidence ends the search of its frame: no tiles are looked at (1.01: never stop early, "
-                        "always look at the tiles).")
+                        "confidence ends the search of its frame: no tile, or no further tile, is looked at (1.01: "
+                        "never stop early, always look at every tile).")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSettings:

@@ -100,6 +100,21 @@ def test_tiles_find_a_plate_too_small_for_the_whole_frame() -> None:
     assert Pipeline(_Eye(SMALL, min_px=30), _Reader(SMALL, 0.99), SearchSettings(tiles=0)).run(FRAME).reads == []
 
 
+def test_a_sure_read_after_a_tile_ends_the_search_there() -> None:
+    tiles = [centre for centre, _ in _Eye(SMALL).tile_windows((1280, 720), 2)]
+    det = _Eye(SMALL, min_px=30)  # the first tile (top left) holds the plate
+    result = Pipeline(det, _Reader(SMALL, 0.99)).run(FRAME)
+    assert [r.text for r in result.reads] == ["AB12CDE"]
+    assert [c for c in det.centres if c in tiles] == tiles[:1]
+    assert result.counts.stopped_early and result.counts.detector_runs == det.runs
+    # Read with doubt, the plate leaves every tile to be looked at.
+    det = _Eye(SMALL, min_px=30)
+    result = Pipeline(det, _Reader(SMALL, 0.8)).run(FRAME)
+    assert [r.text for r in result.reads] == ["AB12CDE"]
+    assert [c for c in det.centres if c in tiles] == tiles
+    assert not result.counts.stopped_early
+
+
 def test_video_frames_take_the_tiles_in_turn_by_their_number_within_the_cap() -> None:
     windows = _Eye(SMALL).tile_windows((1280, 720), 2)
     settings = SearchSettings(tiles_per_frame=1, max_detector_runs=3)
@@ -158,10 +173,12 @@ def test_what_a_tile_finds_that_reads_as_nothing_gets_no_zoomed_look() -> None:
                 cv2.fillPoly(out, [np.round(q / 4).astype(np.int32)], 1.0)
             return out
 
+    tiles = [centre for centre, _ in _Eye(SMALL).tile_windows((1280, 720), 2)]
     det = _Two(SMALL, min_px=30)
     result = Pipeline(det, _Reader(SMALL, 0.9)).run(FRAME)
     assert [r.text for r in result.reads] == ["AB12CDE"]
-    zooms = det.centres[4:]  # after the 4 tiles of a 16:9 frame
+    assert [c for c in det.centres if c in tiles] == tiles  # a doubtful read: every tile of the 16:9 frame
+    zooms = [c for c in det.centres if c not in tiles]
     assert zooms and all(abs(x - 330) < 40 and abs(y - 215) < 40 for x, y in zooms)  # the plate's, not the sign's
     assert result.counts.detector_runs == det.runs == 1 + 4 + len(zooms)
 
