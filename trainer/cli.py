@@ -383,11 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write MODELS/detector_wide.tflite and its .json: the network of MODELS/detector.tflite at a "
                     "512x320 input, through which the whole-frame look at a 16:9 frame (720p, 1080p) goes, at the "
                     "scale the 512x384 input sees it, for five sixths of the MACs, since the 4:3 input pads 96 rows "
-                    "below it. It is the same "
-                    "flatbuffer with its sizes scaled (same weights, same int8 quantization); detector.tflite stays "
-                    "as it is. Every detector `export` and `finetune` write comes with one; this adds it to a set "
-                    "exported before: the README's \"The wide detector\" has what it saves and what it costs on "
-                    "the shared sets.")
+                    "below it. It is the same flatbuffer with its sizes scaled (same weights, same int8 "
+                    "quantization); detector.tflite stays as it is. Every detector `export` and `finetune` write "
+                    "comes with one; this adds it to a set exported before: the README's \"The wide detector\" has "
+                    "what it saves and what it costs on the shared sets.")
     wd.add_argument("models", type=Path, help="model set directory with an int8 detector.tflite")
     wd.add_argument("--data", type=Path, required=True,
                     help="detector set (`synth data --kind detector`) whose scenes check the two detectors agree")

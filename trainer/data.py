@@ -32,6 +32,10 @@ DETECTOR_INPUT = (384, 512)  # height, width of the exported detector
 #: (without them the detector finds plates near that edge less well).
 WIDE_DETECTOR_INPUT = (320, 512)
 
+READER_INPUT = (64, 192)  # height, width of the reader crop
+#: Crop margin the reader is trained with (fraction of plate width, height per side).
+READER_MARGIN = (0.06, 0.12)
+
 
 def wide_input(height: int, width: int) -> tuple[int, int] | None:
     """Height, width of the wide form of a detector of this input (``WIDE_DETECTOR_INPUT`` for the shipped one): the
@@ -39,9 +43,6 @@ def wide_input(height: int, width: int) -> tuple[int, int] | None:
     detector's own input has no more rows than that (it is already as wide)."""
     rows = -(-(width * 9 // 16 + 32) // 32) * 32
     return (rows, width) if rows < height else None
-READER_INPUT = (64, 192)  # height, width of the reader crop
-#: Crop margin the reader is trained with (fraction of plate width, height per side).
-READER_MARGIN = (0.06, 0.12)
 
 
 def plate_mask(quads: list[np.ndarray], height: int, width: int, stride: int) -> np.ndarray:
