@@ -41,6 +41,17 @@ def _decode_timed(path: str) -> tuple[np.ndarray | ImageError, float]:
     return image, (time.perf_counter() - start) * 1000
 
 
+def _decoded(paths: list[str]) -> Iterator[tuple[str, np.ndarray | ImageError, float]]:
+    """Each path with its decoded image (or the ``ImageError`` that says why there is none) and the decoding's ms,
+    in order. The next image is decoded on a second thread while the caller works on this one: at most one ahead."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        ahead = [pool.submit(_decode_timed, path) for path in paths[:1]]
+        for i, path in enumerate(paths):
+            image, ms = ahead.pop().result()
+            ahead += [pool.submit(_decode_timed, nxt) for nxt in paths[i + 1:i + 2]]
+            yield path, image, ms
+
+
 def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1) -> Iterator[dict]:
     """Yield one contract object per image path (see the README, 'Reading plates').
 
@@ -49,31 +60,25 @@ def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1) -> Iterat
     ``frames`` != 1: see ``read_as_video``; ``latency_ms`` and ``search`` (what the search spent) are then
     per frame.
 
-    The next image is decoded on a second thread while this one is searched (decoding a 720p JPEG takes
-    about as long as a detector pass, and the search's Python leaves a core idle); ``latency_ms`` is still
-    the image's own decoding and search.
+    The next image is decoded while this one is searched (``_decoded``: decoding a 720p JPEG takes about as
+    long as a detector pass, and the search's Python leaves a core idle); ``latency_ms`` is still the image's
+    own decoding and search.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        ahead = pool.submit(_decode_timed, paths[0]) if paths else None
-        for i, path in enumerate(paths):
-            assert ahead is not None
-            image, decode_ms = ahead.result()
-            ahead = pool.submit(_decode_timed, paths[i + 1]) if i + 1 < len(paths) else None
-            if isinstance(image, ImageError):
-                yield {"image": path, "plates": [], "error": {"type": "unreadable", "message": str(image)},
-                       "latency_ms": round(decode_ms, 2)}
-                continue
-            start = time.perf_counter()
-            if frames == 1:
-                result = pipeline.run(image)
-                reads, counts = result.reads, result.counts.as_json()
-                ms = decode_ms + (time.perf_counter() - start) * 1000
-            else:
-                reads, shown, total = read_as_video(pipeline, image, frames)
-                counts = {k: round(v / shown, 2) for k, v in total.as_json().items() if k != "stopped_early"}
-                ms = (decode_ms + (time.perf_counter() - start) * 1000) / shown
-            yield {"image": path, "plates": [r.as_json() for r in reads], "latency_ms": round(ms, 2),
-                   "search": counts}
+    for path, image, decode_ms in _decoded(paths):
+        if isinstance(image, ImageError):
+            yield {"image": path, "plates": [], "error": {"type": "unreadable", "message": str(image)},
+                   "latency_ms": round(decode_ms, 2)}
+            continue
+        start = time.perf_counter()
+        if frames == 1:
+            result = pipeline.run(image)
+            reads, counts = result.reads, result.counts.as_json()
+            ms = decode_ms + (time.perf_counter() - start) * 1000
+        else:
+            reads, shown, total = read_as_video(pipeline, image, frames)
+            counts = {k: round(v / shown, 2) for k, v in total.as_json().items() if k != "stopped_early"}
+            ms = (decode_ms + (time.perf_counter() - start) * 1000) / shown
+        yield {"image": path, "plates": [r.as_json() for r in reads], "latency_ms": round(ms, 2), "search": counts}
 
 
 def cmd_read(args: argparse.Namespace) -> int:

@@ -14,10 +14,11 @@ from edge.detect import Detection, PlateDetector, letterbox
 from edge.model import WIDE_DETECTOR, ModelError, file_sha256, load_model_set, read_metadata
 from edge.pipeline import Pipeline
 from edge.search import SearchSettings
-from trainer.data import DETECTOR_INPUT, WIDE_DETECTOR_INPUT, wide_input
+from trainer.data import DETECTOR_INPUT, wide_input
 from trainer.export import widen
 
 SHIPPED = Path(__file__).resolve().parents[1] / "edge" / "models"
+WIDE_DETECTOR_INPUT = (320, 512)  # the shipped detector's wide input (trainer.data.wide_input, checked below)
 
 
 def street(width: int, height: int, seed: int = 0) -> np.ndarray:

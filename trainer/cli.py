@@ -209,7 +209,7 @@ def _widen(args: argparse.Namespace) -> int:
                          f"input is {list(DETECTOR_INPUT)}): make one with `synth data --kind detector`")
     try:
         report = widen(args.models, x[: args.check])
-    except ModelError as exc:
+    except (ModelError, ValueError) as exc:  # ValueError: a detector already as wide as a wide one
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps(report, indent=2))
     return 0

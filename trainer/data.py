@@ -26,21 +26,19 @@ from trainer.synth.text import countries_in_use, row_texts, use_countries
 # What the networks see (kept here, free of TensorFlow, so worker processes start fast).
 DETECTOR_STRIDE = 4
 DETECTOR_INPUT = (384, 512)  # height, width of the exported detector
-#: Height, width of the wide detector (``edge.model``'s ``detector_wide.tflite``): the same network, which sees a
-#: 16:9 frame at the 4:3 input's scale in 288 rows, with 32 rows of letterbox below them rather than 96: one cell
-#: of the network's coarsest (stride-32) layer, so the frame's bottom edge keeps the context the 4:3 input gives it
-#: (without them the detector finds plates near that edge less well).
-WIDE_DETECTOR_INPUT = (320, 512)
-
 READER_INPUT = (64, 192)  # height, width of the reader crop
 #: Crop margin the reader is trained with (fraction of plate width, height per side).
 READER_MARGIN = (0.06, 0.12)
 
 
 def wide_input(height: int, width: int) -> tuple[int, int] | None:
-    """Height, width of the wide form of a detector of this input (``WIDE_DETECTOR_INPUT`` for the shipped one): the
-    same width, and the rows a 16:9 frame fills at it plus one stride-32 cell, in whole cells; None where the
-    detector's own input has no more rows than that (it is already as wide)."""
+    """Height, width of the wide form (``edge.model``'s ``detector_wide.tflite``) of a detector of this input, or
+    None where the detector's own input has no more rows than it (it is already as wide).
+
+    The same width, and the rows a 16:9 frame fills at it plus one cell of the network's coarsest (stride-32)
+    layer, in whole cells: 320 for the shipped 512x384 detector, whose 16:9 frame takes 288 rows. The cell of
+    letterbox below the frame keeps the context the 4:3 input gives its bottom edge (without it the detector
+    finds plates near that edge less well)."""
     rows = -(-(width * 9 // 16 + 32) // 32) * 32
     return (rows, width) if rows < height else None
 
