@@ -26,6 +26,15 @@ when it costs at most ``max_cost`` nats of log-probability. Otherwise the
 raw read stays, so a vanity plate or an unknown format is never forced into
 a format. A read's confidence is defined once, by :func:`read_confidence`;
 an edit that takes a column as blank counts that choice's probability in it.
+
+A format prior (:class:`FormatPrior`) says how often each format occurs
+where the camera is. The shipped reader has none: every format it knows
+weighs the same. ``trainer finetune`` learns one from the user's labelled
+plates (:meth:`FormatSet.learn_prior`) and stores it in the reader's
+metadata. Decoding then adds to each fit the log of how much rarer its format
+is than the most common one, so a Greek plate with its first letter lost is
+read as a Greek plate rather than as a German one that fits the rest, and a
+format the camera never saw no longer bends a read into its shape.
 """
 from __future__ import annotations
 
@@ -239,6 +248,29 @@ class Country(_Strict):
                 "formats": [f.part() for f in self.formats if f.decode]}
 
 
+class FormatPrior(_Strict):
+    """How often each format occurs among one camera's plates, learnt from labelled plates (in the reader's metadata).
+
+    ``shares`` sums with ``none`` to 1. A format it does not name (a country
+    file added after it was learnt) costs nothing in decoding.
+    """
+
+    plates: int = Field(ge=1, description="labelled plates it was learnt from")
+    shares: dict[str, float] = Field(description="format name -> share of the plates")
+    none: float = Field(ge=0, le=1, description="share of the plates that fit no format")
+    source: str = Field("", description="where the plates came from")
+
+    @field_validator("shares")
+    @classmethod
+    def _shares_ok(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, x in v.items() if not 0 <= x <= 1)
+        if bad:
+            raise ValueError(f"shares must lie in [0, 1] (not so for {bad[:5]})")
+        if not any(x > 0 for x in v.values()):
+            raise ValueError("shares must give some format a share above 0")
+        return v
+
+
 def _pydantic_message(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors():
@@ -397,7 +429,8 @@ class PlateText:
     country: str | None
     char_probs: tuple[float, ...]
     display: str
-    #: Nats of log-probability the format fit cost against the unconstrained read (0: the read fit as it was).
+    #: Nats of log-probability the format fit cost against the unconstrained read, with its format's prior cost
+    #: (0: the read fit as it was, in the most common format).
     cost: float = 0.0
     #: Probabilities of the decoder's edits to the greedy read (for a column taken as blank, that of the blank).
     edit_probs: tuple[float, ...] = ()
@@ -423,18 +456,20 @@ def read_confidence(char_probs: tuple[float, ...] | list[float]) -> float:
 class FormatSet:
     """The formats a model set reads, compiled for matching and format-aware decoding."""
 
-    def __init__(self, countries: list[dict[str, Any]], source: str = "") -> None:
-        """``countries``: the format parts of country files (``Country.format_part``), as the metadata holds them."""
+    def __init__(self, countries: list[dict[str, Any]], source: str = "", prior: FormatPrior | None = None) -> None:
+        """``countries``: the format parts of country files (``Country.format_part``), as the metadata holds them;
+        ``prior``: how often each format occurs where the camera is (None: all alike)."""
         self.countries = countries
         self.source = source
+        self.prior = prior
         formats: list[PlateFormat] = []
         total_weight = sum(float(c.get("weight", 1.0)) for c in countries) or 1.0
         try:
             for c in countries:
                 fshare = sum(float(f.get("share", 1.0)) for f in c["formats"]) or 1.0
                 for f in c["formats"]:
-                    prior = float(c.get("weight", 1.0)) / total_weight * float(f.get("share", 1.0)) / fshare
-                    fmt = PlateFormat.from_part(c["code"], dict(c.get("classes", {})), f, prior)
+                    draw = float(c.get("weight", 1.0)) / total_weight * float(f.get("share", 1.0)) / fshare
+                    fmt = PlateFormat.from_part(c["code"], dict(c.get("classes", {})), f, draw)
                     fmt.expansions  # noqa: B018 - compile now, so a bad pattern fails at load
                     formats.append(fmt)
         except (KeyError, TypeError, ValueError) as exc:
@@ -442,7 +477,20 @@ class FormatSet:
         # Most likely first: ties in decoding and matching go to the format the training draw favoured.
         self.formats: tuple[PlateFormat, ...] = tuple(sorted(formats, key=lambda f: -f.prior))
         self.by_name = {f.name: f for f in self.formats}
-        self._tables: dict[int, tuple[np.ndarray, np.ndarray, list[PlateFormat]]] = {}
+        self.penalty = self._penalties(prior)
+        self._ranked = sorted(self.formats, key=lambda f: self.penalty.get(f.name, 0.0))  # stable: prior order kept
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, list[PlateFormat]]] = {}
+
+    def _penalties(self, prior: FormatPrior | None) -> dict[str, float]:
+        """Nats each format's fit costs under ``prior``: the log of how much rarer it is than the most common one."""
+        if prior is None:
+            return {}
+        unknown = sorted(set(prior.shares) - set(self.by_name))
+        if unknown:
+            raise FormatError(f"{self.source or 'formats'}: formats.prior names formats the formats do not list: "
+                              f"{unknown[:5]}")
+        top = max(prior.shares.values())
+        return {name: (math.log(top / share) if share > 0 else math.inf) for name, share in prior.shares.items()}
 
     @classmethod
     def from_countries(cls, countries: list[Country], source: str = "") -> FormatSet:
@@ -454,15 +502,28 @@ class FormatSet:
         return cls.from_countries(load_countries(*folders), ", ".join(str(f) for f in folders if f))
 
     def merged(self, other: FormatSet) -> FormatSet:
-        """This set with ``other``'s countries added (a country in both: ``other``'s file wins)."""
+        """This set with ``other``'s countries added (a country in both: ``other``'s file wins). This set's prior
+        stays, less the formats the merge drops; the added formats cost nothing in decoding."""
         codes = {c["code"] for c in other.countries}
-        return FormatSet([c for c in self.countries if c["code"] not in codes] + other.countries,
-                         f"{self.source} + {other.source}")
+        countries = [c for c in self.countries if c["code"] not in codes] + other.countries
+        prior = self.prior
+        if prior is not None:
+            kept = {f["name"] for c in countries for f in c["formats"]}
+            shares = {k: v for k, v in prior.shares.items() if k in kept}
+            prior = prior.model_copy(update={"shares": shares}) if any(shares.values()) else None
+        return FormatSet(countries, f"{self.source} + {other.source}", prior)
+
+    def with_prior(self, prior: FormatPrior | None) -> FormatSet:
+        """The same formats under another prior."""
+        return FormatSet(self.countries, self.source, prior)
 
     def to_meta(self) -> dict[str, Any]:
-        """The metadata form, with the sha256 of its canonical JSON."""
+        """The metadata form, with the sha256 of its canonical JSON (the formats; the prior is beside them)."""
         body = json.dumps(self.countries, sort_keys=True, separators=(",", ":"))
-        return {"sha256": hashlib.sha256(body.encode()).hexdigest(), "countries": self.countries}
+        out: dict[str, Any] = {"sha256": hashlib.sha256(body.encode()).hexdigest(), "countries": self.countries}
+        if self.prior is not None:
+            out["prior"] = self.prior.model_dump()
+        return out
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], source: str = "") -> FormatSet:
@@ -472,7 +533,51 @@ class FormatSet:
         body = json.dumps(countries, sort_keys=True, separators=(",", ":"))
         if meta.get("sha256") and hashlib.sha256(body.encode()).hexdigest() != meta["sha256"]:
             raise FormatError(f"{source}: formats.sha256 does not match the formats it lists")
-        return cls(countries, source)
+        prior = None
+        if meta.get("prior") is not None:
+            try:
+                prior = FormatPrior.model_validate(meta["prior"])
+            except ValidationError as exc:
+                raise FormatError(f"{source}: formats.prior: {_pydantic_message(exc)}") from None
+        return cls(countries, source, prior)
+
+    def learn_prior(self, texts: list[str], source: str = "", pseudo_count: float = 1.0,
+                    iterations: int = 200) -> FormatPrior:
+        """How often each format occurs among labelled plate ``texts``: a mixture of the formats, each drawing its
+        texts uniformly, and of unformatted text (a vanity plate), fitted by expectation-maximisation.
+
+        Texts often fit several formats (ZG1746AC fits the Croatian format and
+        several broader ones). Since a format spreads its probability over every
+        text it allows, a narrow format that fits a text explains it better than
+        a broad one, and the fit gives the shares to the formats that account
+        for the plates. ``pseudo_count`` plates are spread evenly over every
+        format and unformatted text, so no share is 0.
+        """
+        clean = [t for t in ("".join(ch for ch in str(x).upper() if ch.isalnum()) for x in texts) if t]
+        if not clean:
+            raise ValueError("no plate texts to learn a format prior from")
+        fmts = self.formats
+        # log P(text | component): a format draws each text it allows alike; unformatted text draws its length
+        # evenly from 1..MAX_CHARS and then each character from the alphabet.
+        log_volume = np.array([math.log(sum(math.prod(len(a) for a in seq) for seq in f.expansions)) for f in fmts])
+        fits = np.array([[f.regex.match(t) is not None for f in fmts] for t in clean], bool).reshape(len(clean),
+                                                                                                      len(fmts))
+        loglik = np.concatenate([np.where(fits, -log_volume[None], -np.inf),
+                                 np.array([[-len(t) * math.log(len(ALPHABET)) - math.log(MAX_CHARS)]
+                                           for t in clean])], axis=1)
+        k = len(fmts) + 1
+        share = np.full(k, 1.0 / k)
+        for _ in range(iterations):
+            joint = loglik + np.log(share)[None]
+            resp = np.exp(joint - joint.max(axis=1, keepdims=True))
+            resp /= resp.sum(axis=1, keepdims=True)
+            new = (resp.sum(axis=0) + pseudo_count / k) / (len(clean) + pseudo_count)
+            if np.abs(new - share).max() < 1e-9:
+                share = new
+                break
+            share = new
+        return FormatPrior(plates=len(clean), source=source, none=float(share[-1]),
+                           shares={f.name: float(f"{v:.6g}") for f, v in zip(fmts, share[:-1], strict=True)})
 
     @property
     def country_codes(self) -> list[str]:
@@ -480,42 +585,44 @@ class FormatSet:
 
     def match(self, text: str) -> PlateFormat | None:
         """The most likely format the bare text fits exactly, or None."""
-        return next((f for f in self.formats if f.regex.match(text)), None)
+        return next((f for f in self._ranked if f.regex.match(text)), None)
 
     def display(self, text: str, format_name: str | None) -> str:
         """Display form with the format's separators, else the bare text."""
         fmt = self.by_name.get(format_name or "")
         return (fmt.display(text) if fmt else None) or text
 
-    def _length_table(self, n: int) -> tuple[np.ndarray, np.ndarray, list[PlateFormat]]:
+    def _length_table(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[PlateFormat]]:
         """Every expansion of length n as indices into a table of distinct allowed-character sets.
 
-        Returns (sets, n) int indices, the (distinct sets, alphabet) bool table and each sequence's format, most
-        likely first. Few distinct sets exist (digits, letters, letters without I/O/Q...), so a fit scores each
-        set once per position and then only adds up indices.
+        Returns (sets, n) int indices, the (distinct sets, alphabet) bool table, each sequence's prior cost and
+        its format, most likely first. Few distinct sets exist (digits, letters, letters without I/O/Q...), so a
+        fit scores each set once per position and then only adds up indices. Under a prior, a sequence two
+        formats share belongs to the one that costs less.
         """
         if n not in self._tables:
             allowed_sets: dict[str, int] = {}
             rows, owners, seen = [], [], set()
-            for fmt in self.formats:
+            for fmt in self._ranked:
                 for seq in fmt.expansions:
                     if len(seq) == n and seq not in seen:
                         seen.add(seq)
                         rows.append([allowed_sets.setdefault(a, len(allowed_sets)) for a in seq])
                         owners.append(fmt)
             table = np.array([[c in a for c in ALPHABET] for a in allowed_sets], bool).reshape(-1, len(ALPHABET))
-            self._tables[n] = (np.array(rows, np.int32).reshape(len(rows), n), table, owners)
+            cost = np.array([self.penalty.get(f.name, 0.0) for f in owners], np.float64)
+            self._tables[n] = (np.array(rows, np.int32).reshape(len(rows), n), table, cost, owners)
         return self._tables[n]
 
     def _fit(self, logp: np.ndarray) -> tuple[float, PlateFormat, np.ndarray] | None:
-        """Most probable fit of (n, alphabet) log-probabilities to a format: (log-probability, format, characters),
-        or None when no format has that length."""
-        seqs, table, owners = self._length_table(len(logp))
+        """Most probable fit of (n, alphabet) log-probabilities to a format, less its prior cost: (log-probability,
+        format, characters), or None when no format has that length."""
+        seqs, table, cost, owners = self._length_table(len(logp))
         if not owners:
             return None
         masked = np.where(table[:, None, :], logp[None], -np.inf)  # (sets, n, alphabet)
         best = masked.max(axis=2)
-        fit = best[seqs, np.arange(len(logp))].sum(axis=1)
+        fit = best[seqs, np.arange(len(logp))].sum(axis=1) - cost
         s = int(np.argmax(fit))  # ties go to the first: the format the training draw favoured
         if not math.isfinite(fit[s]):
             return None

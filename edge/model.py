@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge.formats import FormatError, FormatSet
+from edge.formats import FormatError, FormatPrior, FormatSet
 
 #: Version 2: typed sections, and the reader carries its plate formats.
 METADATA_SCHEMA = 2
@@ -224,6 +224,8 @@ class FormatsMeta(_Meta):
 
     sha256: str
     countries: list[dict[str, Any]] = Field(min_length=1)
+    prior: FormatPrior | None = Field(None, description="how often each format occurs where the camera is, learnt "
+                                      "from the user's labelled plates by trainer finetune (none: all alike)")
 
 
 class ReaderMeta(_Meta):

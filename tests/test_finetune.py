@@ -239,6 +239,17 @@ def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace
     assert reader.meta.sha256 != shipped.sha256
     assert reader.meta.reader is not None and shipped.reader is not None
     assert reader.meta.reader.formats.sha256 == shipped.reader.formats.sha256  # the formats carried on
+    # With the format prior learnt from every training row (found by the starting models or not), which the
+    # reader decodes with.
+    prior = reader.meta.reader.formats.prior
+    assert shipped.reader.formats.prior is None and prior is not None
+    prep = finetuned.state["prep"]
+    assert prior.plates == prep["training_rows"] and prior.model_dump() == prep["format_prior"]
+    from edge.pipeline import Pipeline
+
+    assert Pipeline.from_dir(finetuned.out, num_threads=1).reader.formats.prior == prior
+    card = (finetuned.out / "MODEL_CARD.md").read_text()
+    assert f"| format prior | learnt from the {prior.plates} plates trained on: " in card
     assert (finetuned.out / "detector.tflite").read_bytes() == (SHIPPED / "detector.tflite").read_bytes()
     image = next(finetuned.boxed.glob("*.jpg"))
     proc = run_edge("read", "--json", "--models", str(finetuned.out), str(image))

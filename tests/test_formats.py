@@ -130,6 +130,76 @@ def test_metadata_round_trip_checks_its_hash(world: FormatSet) -> None:
         FormatSet.from_meta(meta, "reader.json")
 
 
+def _greek_and_german() -> FormatSet:
+    """A narrow format (Greek-like: three letters of a short list, four digits) and a broad one that also takes
+    its texts with the first letter lost (German-like)."""
+    return FormatSet([
+        {"code": "GR", "name": "Greece", "weight": 1, "classes": {"G": "ABEHIKMNOPTXYZ"},
+         "formats": [{"name": "gr", "groups": ["GGG", "DDDD"], "separators": ["-"]}]},
+        {"code": "DE", "name": "Germany", "weight": 1, "classes": {},
+         "formats": [{"name": "de", "groups": ["L{1,3}", "L{1,2}", "D{1,4}"], "separators": [" ", " "]}]},
+    ], "test")
+
+
+def test_a_prior_learnt_from_plates_goes_to_the_formats_that_account_for_them() -> None:
+    fs = _greek_and_german()
+    # Every Greek text fits both formats; the narrow one explains it better, so it takes the share.
+    prior = fs.learn_prior(["IEB-2949", "mib5482", "YHK 9499", "ZZY4008", "KAB1234", "NITESKY"], "labels.tsv")
+    assert prior.plates == 6 and prior.source == "labels.tsv"
+    assert prior.shares["gr"] > 0.6 and prior.shares["de"] < 0.05
+    assert 0.1 < prior.none < 0.3  # the one plate that fits neither
+    assert sum(prior.shares.values()) + prior.none == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="no plate texts"):
+        fs.learn_prior(["", " - "])
+
+
+def test_under_a_prior_a_lost_letter_is_put_back_rather_than_a_rare_format_fitted() -> None:
+    # IEB2949 with I's column half blank: the greedy read EB2949 fits the broad format exactly.
+    cols = _columns("EB2949")
+    cols[0, READER_CLASSES.index("I")] = cols[0, READER_CLASSES.index(BLANK)] * 0.4
+    cols /= cols.sum(axis=1, keepdims=True)
+    fs = _greek_and_german()
+    plain = fs.decode(cols, READER_CLASSES, BLANK)
+    assert (plain.text, plain.format) == ("EB2949", "de")
+    local = fs.with_prior(fs.learn_prior(["IEB2949", "MIB5482", "YHK9499", "ZZY4008"]))
+    read = local.decode(cols, READER_CLASSES, BLANK)
+    assert (read.text, read.format) == ("IEB2949", "gr") and 0 < read.cost < 2
+    # A sure read of a format the camera never saw stays as it was read: the prior bends no read into a shape.
+    sure = local.decode(_columns("AB1234", p=0.99), READER_CLASSES, BLANK)
+    assert sure.text == "AB1234"
+    # A text both formats take is matched to the cheaper one, whatever the order of the country files.
+    de_first = FormatSet(list(reversed(fs.countries)))
+    assert de_first.match("KAB1234").name == "de"
+    assert de_first.with_prior(local.prior).match("KAB1234").name == "gr"
+
+
+def test_a_prior_travels_in_the_metadata_and_names_only_known_formats() -> None:
+    fs = _greek_and_german()
+    local = fs.with_prior(fs.learn_prior(["IEB2949", "MIB5482"], "half A"))
+    meta = local.to_meta()
+    assert meta["sha256"] == fs.to_meta()["sha256"] and "prior" not in fs.to_meta()
+    again = FormatSet.from_meta(meta, "reader.json")
+    assert again.prior == local.prior and again.penalty == local.penalty and again.penalty["gr"] == 0.0
+    meta["prior"]["shares"]["xx_gone"] = 0.5
+    with pytest.raises(FormatError, match=r"reader\.json: formats\.prior names formats .*xx_gone"):
+        FormatSet.from_meta(meta, "reader.json")
+    del meta["prior"]["shares"]["xx_gone"]
+    meta["prior"]["shares"]["gr"] = 1.5
+    with pytest.raises(FormatError, match=r"reader\.json: formats\.prior: shares"):
+        FormatSet.from_meta(meta, "reader.json")
+
+
+def test_formats_added_to_a_set_with_a_prior_cost_nothing() -> None:
+    fs = _greek_and_german()
+    local = fs.with_prior(fs.learn_prior(["IEB2949", "MIB5482", "YHK9499"]))
+    assert local.penalty["de"] > 2
+    extra = _one_format(["LL", "DDD", "LL"])
+    merged = local.merged(extra)
+    assert merged.prior is not None and "xx" not in merged.penalty and merged.penalty["de"] == local.penalty["de"]
+    read = merged.decode(_columns("ZG162LC", alt={2: {"1": 0.05}}), READER_CLASSES, BLANK)
+    assert (read.text, read.format) == ("ZG162LC", "xx") and read.cost == 0.0
+
+
 def _write(folder: Path, name: str, text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name

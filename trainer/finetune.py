@@ -31,7 +31,9 @@ corrects it). From such folders the command:
 6. trains from the int8 set (``trainer.train``'s ``init``), the detector
    first with ``--detector``, within the time ``--minutes`` leaves, exports
    int8, writes OUT as a complete model set with its ``MODEL_CARD.md``, and
-   scores it as in 5.
+   scores it as in 5. The reader carries a format prior learnt from the
+   training plates (``FormatSet.learn_prior``): decoding then favours the
+   formats the user's camera sees (``--no-format-prior``: it does not).
 
 Everything but the model set lives in OUT/work; a rerun of the same command
 resumes where the last one stopped (prepared data, scores and training are
@@ -62,7 +64,7 @@ from tqdm import tqdm
 
 from edge.detect import letterbox, overlap
 from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
-from edge.formats import greedy_peaks
+from edge.formats import FormatPrior, greedy_peaks
 from edge.model import (
     DEFAULT_MODELS,
     WIDE_DETECTOR,
@@ -490,6 +492,7 @@ class Options:
     workers: int = 2
     fresh: bool = False
     progress: bool = True
+    format_prior: bool = True
 
     def run_args(self) -> dict[str, Any]:
         """The options a resumed run must keep (they shape its data or its training)."""
@@ -668,6 +671,12 @@ class Finetune:
                                 "training_rows": len(train_rows), "heldout_plates": len(held),
                                 "heldout_texts": sorted({r.text for r in held}),
                                 "training_texts": sorted(set(crops.texts)), "two_row_plates": crops.two_row,
+                                # How often each format occurs among the plates trained on (every training row,
+                                # found by the starting models or not); the reader carries it unless told not to.
+                                "format_prior": pipeline.reader.formats.learn_prior(
+                                    [r.text for r in train_rows],
+                                    f"{len(train_rows)} training rows of {', '.join(map(str, opts.data))}"
+                                ).model_dump(),
                                 "skipped": dict(skipped), "skipped_examples": notes[:20]}
         # Sample i of a synthetic set uses seed (seed, i): the reader's and the detector's sets draw from their own.
         n_draw = min(n_syn, SYNTHETIC_MAX)
@@ -857,8 +866,14 @@ class Finetune:
         self.state.pop("after", None)  # the scores of the set this one replaces
         self.save()
         write_model_set(self.out, detector, self.work / "export" / "reader" / "int8" / "reader.tflite",
-                        card=model_card(self.state, self.opts), note=note, tuned={"reader", *kinds})
+                        card=model_card(self.state, self.opts), note=note, tuned={"reader", *kinds},
+                        prior=self.prior())
         return True
+
+    def prior(self) -> FormatPrior | None:
+        """The format prior the new reader carries: learnt from the training plates, unless --no-format-prior."""
+        learnt = self.state["prep"].get("format_prior")
+        return FormatPrior.model_validate(learnt) if learnt and self.opts.format_prior else None
 
     def after(self) -> None:
         """The new set's scores, as ``before``'s."""
@@ -876,11 +891,13 @@ class Finetune:
                 and (self.out / CARD).is_file())
 
 
-def measure_step_seconds(kind: str, batch: int, threads: int, steps: int = 6, init: Path | None = None) -> float:
+def measure_step_seconds(kind: str, batch: int, threads: int, steps: int = 4, init: Path | None = None) -> float:
     """Seconds per training step of ``kind`` at ``batch`` on this machine now, timed as training runs them:
     the network as ``train --init`` makes it from the int8 file ``init`` (its BatchNorm frozen, which makes a
     step about three times cheaper than a fresh network's), in ``fit``'s compiled loop after a first ``fit``
-    that compiles it."""
+    that compiles it. Each ``fit`` call has a fixed cost of its own (about as much as four steps), which a long
+    run pays once: the figure is the difference of a ``fit`` of ``3 * steps`` and one of ``steps``, over
+    ``2 * steps``."""
     import keras
 
     from trainer.from_tflite import int8_detector_fine, load_int8_weights
@@ -902,10 +919,14 @@ def measure_step_seconds(kind: str, batch: int, threads: int, steps: int = 6, in
         y = np.ones((batch, c // s, c // s, 2), np.float32)
         y[..., 0] = 0.0
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-    xs, ys = np.concatenate([x] * steps), np.concatenate([y] * steps)
-    start = time.monotonic()
-    model.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-    return (time.monotonic() - start) / steps
+    spent = []
+    for n in (steps, 3 * steps):
+        xs, ys = np.concatenate([x] * n), np.concatenate([y] * n)
+        start = time.monotonic()
+        model.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        spent.append(time.monotonic() - start)
+    # A machine busy during the shorter fit could make the difference small: never below a third of the average.
+    return max((spent[1] - spent[0]) / (2 * steps), spent[1] / (3 * steps) / 3)
 
 
 def progress_bar(total: int, kind: str, enabled: bool = True) -> Any:
@@ -948,10 +969,10 @@ def export_network(kind: ModelKind, run: Path, data: Path, out: Path) -> dict[st
 
 
 def write_model_set(out: Path, detector: Path, reader: Path, card: str, note: str,
-                    tuned: set[str] | frozenset[str] = frozenset({"reader"})) -> None:
+                    tuned: set[str] | frozenset[str] = frozenset({"reader"}), prior: FormatPrior | None = None) -> None:
     """Write ``out`` as a model set: each network's .tflite and .json (the networks in ``tuned`` with ``note`` in
-    their metadata), the wide detector beside ``detector`` where there is one, each detector's Edge TPU variant
-    where it is copied unchanged, and ``card`` as MODEL_CARD.md.
+    their metadata, a tuned reader with ``prior`` as its format prior), the wide detector beside ``detector`` where
+    there is one, each detector's Edge TPU variant where it is copied unchanged, and ``card`` as MODEL_CARD.md.
 
     Each file is written under a temporary name and renamed; the set is then loaded as the edge loads it, so a
     set that would not load is an error here rather than on the device.
@@ -969,6 +990,9 @@ def write_model_set(out: Path, detector: Path, reader: Path, card: str, note: st
         meta = read_metadata(src)
         if kind in tuned:
             meta = meta.model_copy(update={"note": note})
+            if meta.reader is not None:
+                formats = meta.reader.formats.model_copy(update={"prior": prior})
+                meta = meta.model_copy(update={"reader": meta.reader.model_copy(update={"formats": formats})})
         tmp = out / f".{name}.tflite.tmp"
         shutil.copyfile(src, tmp)
         os.replace(tmp, out / f"{name}.tflite")
@@ -983,6 +1007,20 @@ def write_model_set(out: Path, detector: Path, reader: Path, card: str, note: st
         load_model_set(out, num_threads=1)
     except ModelError as exc:
         raise RuntimeError(f"{out}: the model set written does not load: {exc}") from None
+
+
+def prior_summary(learnt: dict[str, Any] | None, used: bool, top: int = 6) -> str:
+    """One line on the format prior a fine-tuned reader carries."""
+    if not learnt:
+        return "none (a run prepared before format priors were learnt)"
+    if not used:
+        return "not carried (--no-format-prior): every format weighs the same"
+    prior = FormatPrior.model_validate(learnt)
+    shares = sorted(prior.shares.items(), key=lambda kv: -kv[1])[:top]
+    return (f"learnt from the {prior.plates} plates trained on: "
+            + ", ".join(f"{name} {share * 100:.0f} %" for name, share in shares)
+            + f", no format {prior.none * 100:.0f} %; a fit of a format costs the log of how much rarer it is than "
+            "the most common one")
 
 
 def _figure(value: float | None) -> str:
@@ -1025,6 +1063,7 @@ def model_card(state: dict[str, Any], opts: Options) -> str:
         f"{rd['validation']} "
         f"({rd['validation_user']} unjittered crops of training plates, {rd['validation_synthetic']} synthetic) |",
     ]
+    lines.append(f"| format prior | {prior_summary(prep.get('format_prior'), opts.format_prior)} |")
     det = prep.get("detector")
     if det and det.get("samples"):
         lines.append(f"| detector samples | {det['user_frames']} frames with boxes, {det['synthetic_scenes']} "
@@ -1126,7 +1165,8 @@ def _command(args: argparse.Namespace) -> int:
                    holdout=args.holdout, synthetic_share=args.synthetic_share, crops_per_plate=args.crops_per_plate,
                    negative_crops=args.negative_crops,
                    detector=args.detector, unreviewed=args.unreviewed, seed=args.seed, batch=args.batch, lr=args.lr,
-                   synthetic_eval=args.synthetic_eval, threads=args.threads, workers=args.workers, fresh=args.fresh)
+                   synthetic_eval=args.synthetic_eval, threads=args.threads, workers=args.workers, fresh=args.fresh,
+                   format_prior=args.format_prior)
     return run(opts)
 
 
@@ -1173,6 +1213,10 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argparse.Ar
     ft.add_argument("--unreviewed", action="store_true",
                     help="where a folder has a review.json, also use the rows the review did not accept or "
                          "correct (default: only reviewed rows there)")
+    ft.add_argument("--format-prior", action=argparse.BooleanOptionalAction, default=True,
+                    help="give the reader the share of each plate format among the plates trained on, so that a "
+                         "read is decoded as the formats your camera sees (--no-format-prior: every format the "
+                         "reader knows weighs the same, as in the shipped set)")
     ft.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the crops and the training")
     ft.add_argument("--batch", type=int, default=64, help="reader samples per training step")
     ft.add_argument("--lr", type=float, default=4e-4, help="the reader's peak learning rate (cosine decay)")
