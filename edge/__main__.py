@@ -228,13 +228,18 @@ def cmd_formats(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     by_country: dict[str, list[PlateFormat]] = {}
-    for fmt in sorted(formats.formats, key=lambda f: -f.prior):
+    for fmt in formats.formats:  # most drawn first
         by_country.setdefault(fmt.country, []).append(fmt)
     for c in sorted(formats.countries, key=lambda c: c["code"]):
         fmts = "; ".join(describe_format(f) for f in by_country.get(c["code"], []))
         print(f"{c['code']}  {c['name']}: {fmts}")
     print(f"{len(formats.countries)} countries, {len(formats.formats)} formats (reader {meta.version}); pattern "
           "letters: L A-Z, D 0-9, N 1-9, X A-Z/0-9, others per country file", file=sys.stderr)
+    if formats.prior is not None:
+        top = sorted(formats.prior.shares.items(), key=lambda kv: -kv[1])[:8]
+        print(f"format prior, learnt from {formats.prior.plates} plates ({formats.prior.source or 'no source'}): "
+              + ", ".join(f"{name} {share * 100:.1f} %" for name, share in top)
+              + f", no format {formats.prior.none * 100:.1f} %", file=sys.stderr)
     return 0
 
 

@@ -172,7 +172,7 @@ class FormatSpec(_Strict):
                 "share": self.share, "vehicle": self.vehicle}
 
     def rule(self, code: str, classes: dict[str, str]) -> PlateFormat:
-        """The compiled format of country ``code`` (without a prior: for drawing and rendering)."""
+        """The compiled format of country ``code`` (without a draw share: for drawing and rendering)."""
         return PlateFormat.from_part(code, classes, self.part(), 0.0)
 
     def per_gap(self, value: _Gap | list[_Gap], what: str) -> list[_Gap]:
@@ -379,7 +379,8 @@ class PlateFormat:
     groups: tuple[str, ...]
     separators: tuple[str, ...]
     classes: tuple[tuple[str, str], ...]
-    prior: float
+    #: The format's share of the training draw (its country's weight times its share among the country's formats).
+    draw_share: float
 
     @cached_property
     def regex(self) -> re.Pattern[str]:
@@ -399,10 +400,10 @@ class PlateFormat:
         return sorted(set(s for s in seqs if s))
 
     @classmethod
-    def from_part(cls, code: str, classes: dict[str, str], part: dict[str, Any], prior: float) -> PlateFormat:
+    def from_part(cls, code: str, classes: dict[str, str], part: dict[str, Any], draw_share: float) -> PlateFormat:
         """A format from its metadata form (``FormatSpec.part``) and its country's code and classes."""
         return cls(part["name"], code, tuple(part["groups"]), tuple(part["separators"]), tuple(sorted(classes.items())),
-                   prior)
+                   draw_share)
 
     def split(self, text: str) -> list[str] | None:
         """The text's groups, or None when it does not fit."""
@@ -475,10 +476,11 @@ class FormatSet:
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{source or 'formats'}: invalid format data: {exc!r}") from None
         # Most likely first: ties in decoding and matching go to the format the training draw favoured.
-        self.formats: tuple[PlateFormat, ...] = tuple(sorted(formats, key=lambda f: -f.prior))
+        self.formats: tuple[PlateFormat, ...] = tuple(sorted(formats, key=lambda f: -f.draw_share))
         self.by_name = {f.name: f for f in self.formats}
         self.penalty = self._penalties(prior)
-        self._ranked = sorted(self.formats, key=lambda f: self.penalty.get(f.name, 0.0))  # stable: prior order kept
+        # Stable: formats the prior does not tell apart keep the order of the training draw.
+        self._ranked = sorted(self.formats, key=lambda f: self.penalty.get(f.name, 0.0))
         self._tables: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, list[PlateFormat]]] = {}
 
     def _penalties(self, prior: FormatPrior | None) -> dict[str, float]:

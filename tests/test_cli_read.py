@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -152,6 +153,30 @@ def test_formats_lists_one_line_per_country_of_the_model_set(untrained_models: P
     (bad / "zz.yaml").write_text("code: ZZ\nname: Zedland\nweight: 1\nformats: [{name: zz, groups: [LLQ]}]\n")
     proc = run_edge("formats", "--models", str(untrained_models), "--countries", str(bad))
     assert proc.returncode == 2 and "zz.yaml" in proc.stderr and "class 'Q' is not defined" in proc.stderr
+
+
+def test_formats_states_the_prior_a_fine_tuned_reader_carries(untrained_models: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from edge.formats import FormatSet
+
+    models = tmp_path / "tuned"
+    shutil.copytree(untrained_models, models)
+    meta = json.loads((models / "reader.json").read_text())
+    formats = FormatSet.from_meta(meta["reader"]["formats"])
+    meta["reader"]["formats"] = formats.with_prior(
+        formats.learn_prior(["IEB2949", "MIB5482", "YHK9499", "ZG1746AC"], "labels.tsv")).to_meta()
+    (models / "reader.json").write_text(json.dumps(meta))
+    proc = run_edge("formats", "--models", str(models))
+    assert proc.returncode == 0, proc.stderr
+    # The three Greek plates and the Croatian one: their own formats lead (not the broad ones they also fit).
+    assert re.search(r"format prior, learnt from 4 plates \(labels\.tsv\): gr 6\d\.\d %, hr 19\.\d %", proc.stderr)
+    assert "format prior" not in run_edge("formats", "--models", str(untrained_models)).stderr
+    # A prior naming a format the reader does not carry is refused, naming the file.
+    meta["reader"]["formats"]["prior"]["shares"]["zz_gone"] = 0.1
+    (models / "reader.json").write_text(json.dumps(meta))
+    proc = run_edge("read", "--models", str(models), str(tmp_path))
+    assert proc.returncode != 0 and "reader.json: formats.prior names formats" in proc.stderr
 
 
 def test_read_help_names_every_key_of_a_plate() -> None:
