@@ -320,3 +320,21 @@ def test_what_else_a_frame_reads_is_cut_as_no_text_only_where_its_plates_were_pl
     assert sum((y == no_text).all() for y in crops.y) == crops.negatives and len(crops.x) == 2 + crops.negatives
     none = cut_reader_crops(rows[:1], pipeline, per_plate=2, seed=0, skipped=Counter(), notes=[], progress=False)
     assert none.negatives == 0 and len(none.x) == 2
+
+
+def test_the_reader_plan_stops_at_its_epochs_however_much_time_is_left(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    import trainer.finetune as F
+
+    monkeypatch.setattr(F, "measure_step_seconds", lambda *a, **k: 0.5)
+    ft = F.Finetune(F.Options(data=[tmp_path], out=tmp_path / "out"))
+    ft.state = {"prep": {"reader": {"samples": 6464, "validation": 64},
+                         "detector": {"samples": 1616, "validation": 16}}}
+    # 100 steps an epoch at 0.5 s: an hour would hold 70 epochs; the reader stops at 10, the detector does not.
+    assert ft._plan("reader", 3600)["epochs"] == F.READER_EPOCHS == 10
+    assert ft._plan("detector", 3600)["epochs"] == 71
+    assert ft._plan("reader", 200)["epochs"] == 3  # less time than 10 epochs take: the time decides
+    ft.opts.epochs = 3
+    assert ft._plan("reader", 3600)["epochs"] == 3
+    with pytest.raises(ValueError, match="--epochs 0"):
+        F.Options(data=[tmp_path], out=tmp_path / "o", epochs=0).check()
