@@ -109,9 +109,10 @@ SCORED = (("heldout", "held-out plates"), ("synthetic_plates", "synthetic plates
 #: With --detector: the detector's share of the training time, and its batch and peak learning rate.
 DETECTOR_SHARE = 0.35
 DETECTOR_BATCH, DETECTOR_LR = 16, 3e-4
-#: Passes over the reader's samples at most (--epochs). Fine-tuned on half of a real set, readers trained 10
-#: epochs read the other half better than readers trained 17 to 24 (each user plate is 20 jittered crops, so
-#: 10 epochs show it 200 times); the validation head, crops of the training plates, keeps rising past that.
+#: Passes over the reader's samples at most (--epochs); each user plate is 20 jittered crops, so 10 show it 200
+#: times. Fine-tuned on either half of a real set, readers trained 10 epochs read the other half as well on
+#: average as readers trained 17 to 22, in half the time; and a plan of whole epochs, not of the time a machine
+#: happens to take, makes the same command give the same reader wherever it has the time.
 READER_EPOCHS = 10
 #: Validation samples of the user's own (unaugmented crops or frames of training plates) at most per kind.
 MAX_VAL_USER = {"reader": 200, "detector": 32}
@@ -1204,8 +1205,7 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argparse.Ar
                     help="time for this session, all of it: data, training, export and scores")
     ft.add_argument("--epochs", type=int, default=READER_EPOCHS, metavar="N",
                     help="at most N passes over the reader's training samples, fewer where --minutes allows fewer "
-                         "(beyond about 10 the reader learns its training plates by heart and reads new plates "
-                         "of the same camera worse; the validation head, made of training plates, cannot see it)")
+                         "(more took twice the time and read new plates of the same camera no better)")
     ft.add_argument("--max-steps", type=int, default=None, metavar="N",
                     help="train each network at most N steps this session, whatever the time (default: as the "
                          "time allows)")
