@@ -236,9 +236,8 @@ def cmd_formats(args: argparse.Namespace) -> int:
     print(f"{len(formats.countries)} countries, {len(formats.formats)} formats (reader {meta.version}); pattern "
           "letters: L A-Z, D 0-9, N 1-9, X A-Z/0-9, others per country file", file=sys.stderr)
     if formats.prior is not None:
-        top = sorted(formats.prior.shares.items(), key=lambda kv: -kv[1])[:8]
         print(f"format prior, learnt from {formats.prior.plates} plates ({formats.prior.source or 'no source'}): "
-              + ", ".join(f"{name} {share * 100:.1f} %" for name, share in top)
+              + ", ".join(f"{name} {share * 100:.1f} %" for name, share in formats.prior.largest(8))
               + f", no format {formats.prior.none * 100:.1f} %", file=sys.stderr)
     return 0
 

@@ -270,6 +270,10 @@ class FormatPrior(_Strict):
             raise ValueError("shares must give some format a share above 0")
         return v
 
+    def largest(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` formats with the largest shares, largest first, as (name, share)."""
+        return sorted(self.shares.items(), key=lambda kv: -kv[1])[:n]
+
 
 def _pydantic_message(exc: ValidationError) -> str:
     parts = []

@@ -1026,9 +1026,8 @@ def prior_summary(learnt: dict[str, Any] | None, used: bool, top: int = 6) -> st
     if not used:
         return "not carried (--no-format-prior): every format weighs the same"
     prior = FormatPrior.model_validate(learnt)
-    shares = sorted(prior.shares.items(), key=lambda kv: -kv[1])[:top]
     return (f"learnt from the {prior.plates} plates trained on: "
-            + ", ".join(f"{name} {share * 100:.0f} %" for name, share in shares)
+            + ", ".join(f"{name} {share * 100:.0f} %" for name, share in prior.largest(top))
             + f", no format {prior.none * 100:.0f} %; a fit of a format costs the log of how much rarer it is than "
             "the most common one")
 
