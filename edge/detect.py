@@ -100,7 +100,10 @@ def mask_to_detections(
     for i in range(1, n):
         if stats[i, cv2.CC_STAT_AREA] < min_cells:
             continue
-        ys, xs = np.nonzero(labels == i)
+        # Within the component's bounding box: a search runs this for every region of every pass.
+        x, y = stats[i, cv2.CC_STAT_LEFT], stats[i, cv2.CC_STAT_TOP]
+        ys, xs = np.nonzero(labels[y:y + stats[i, cv2.CC_STAT_HEIGHT], x:x + stats[i, cv2.CC_STAT_WIDTH]] == i)
+        ys, xs = ys + y, xs + x
         score = float(prob[ys, xs].mean())
         # Each cell covers [x*stride, (x+1)*stride); take all four corners of every cell.
         cells = np.stack([xs, ys], axis=1).astype(np.float32) * stride
@@ -270,11 +273,24 @@ class PlateDetector:
         in_w, in_h = self.width, self.height
         scale = in_w / width
         ox, oy = centre[0] - width / 2, centre[1] - in_h / scale / 2
-        m = np.array([[scale, 0, -ox * scale], [0, scale, -oy * scale]], np.float32)
-        # warpAffine has no area filter: tiles shrunk below the frame's size alias a little more than the letterbox.
-        out = cv2.warpAffine(image, m, (in_w, in_h), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT)
-        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), Letterbox(scale, (ox, oy))
+        fh, fw = image.shape[:2]
+        # Only the frame pixels the window shows are resized (a warp of the whole frame costs 4 times as much),
+        # with the window's exact scale; they land in the input at the nearest whole pixel, and the Letterbox
+        # maps back with resize's own pixel-centre convention: frame x = x0 + (input x - dx + 0.5) / scale - 0.5.
+        x0, y0 = max(0, int(np.floor(ox))), max(0, int(np.floor(oy)))
+        x1, y1 = min(fw, int(np.ceil(ox + width)) + 1), min(fh, int(np.ceil(oy + in_h / scale)) + 1)
+        out = np.zeros((in_h, in_w, 3), np.uint8)
+        dx, dy = round((x0 - ox) * scale + 0.5 - 0.5 * scale), round((y0 - oy) * scale + 0.5 - 0.5 * scale)
+        if round((x1 - x0) * scale) >= 1 and round((y1 - y0) * scale) >= 1:  # else the window shows no pixel
+            # Linear like the tiles' warp before it: no area filter, so a tile shrunk below the frame's size
+            # aliases a little more than the letterbox.
+            part = cv2.resize(image[y0:y1, x0:x1], (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+            sx, sy = max(0, -dx), max(0, -dy)
+            w, h = min(part.shape[1] - sx, in_w - max(dx, 0)), min(part.shape[0] - sy, in_h - max(dy, 0))
+            if w > 0 and h > 0:
+                out[max(dy, 0):max(dy, 0) + h, max(dx, 0):max(dx, 0) + w] = part[sy:sy + h, sx:sx + w]
+        offset = (x0 + (0.5 - dx) / scale - 0.5, y0 + (0.5 - dy) / scale - 0.5)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), Letterbox(scale, offset)
 
     def zoom_helps(self, image: np.ndarray, det: Detection, zoom: float = 3.5) -> bool:
         """Whether a zoomed look makes the plate clearly larger than the whole-frame pass saw it."""

@@ -112,6 +112,26 @@ def test_refine_keeps_the_first_detection_when_the_zoom_finds_nothing() -> None:
     np.testing.assert_allclose(refined.box, [601, 403, 667, 436], atol=4.0)
 
 
+def test_a_window_maps_its_pixels_back_to_the_frame_inside_and_across_the_frame_edges() -> None:
+    det = _Oracle(None)
+    for centre, width, dot in (((912.0, 444.0), 736.0, (903, 617)), ((900.0, 610.0), 120.0, (903, 617)),
+                               ((1250.0, 700.0), 300.0, (1210, 690)), ((640.0, 360.0), 2000.0, (903, 617))):
+        frame = np.zeros((720, 1280, 3), np.uint8)
+        cv2.circle(frame, dot, 6, (255, 255, 255), -1)
+        pixels, lb = det.window(frame, centre, width)
+        assert pixels.shape == (384, 512, 3)
+        ys, xs = np.nonzero(pixels[..., 0] > 127)
+        found = lb.to_frame(np.float32([[xs.mean(), ys.mean()]]))[0]
+        # Within a frame pixel at any zoom (one input pixel is 1/scale frame pixels).
+        assert np.abs(found - dot).max() <= max(1.0, 0.6 / lb.scale), (centre, width, found)
+        corner = lb.to_frame(np.float32([[511, 383]]))[0]
+        if corner[0] > 1280 or corner[1] > 720:
+            assert pixels[-1, -1].max() == 0  # the window's part beyond the frame is black
+    # A window that shows less than one of its own pixels of the frame is all black, not an error.
+    pixels, _ = det.window(np.full((720, 1280, 3), 255, np.uint8), (-1000.0, 360.0), 2000.0)
+    assert pixels.max() == 0
+
+
 def test_letterbox_with_offset_maps_window_pixels_to_frame() -> None:
     lb = Letterbox(2.0, (100.0, 50.0))
     np.testing.assert_allclose(lb.to_frame(np.float32([[0, 0], [20, 10]])), [[100, 50], [110, 55]])
