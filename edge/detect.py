@@ -100,10 +100,7 @@ def mask_to_detections(
     for i in range(1, n):
         if stats[i, cv2.CC_STAT_AREA] < min_cells:
             continue
-        # Within the component's bounding box: a search runs this for every region of every pass.
-        x, y = stats[i, cv2.CC_STAT_LEFT], stats[i, cv2.CC_STAT_TOP]
-        ys, xs = np.nonzero(labels[y:y + stats[i, cv2.CC_STAT_HEIGHT], x:x + stats[i, cv2.CC_STAT_WIDTH]] == i)
-        ys, xs = ys + y, xs + x
+        ys, xs = np.nonzero(labels == i)
         score = float(prob[ys, xs].mean())
         # Each cell covers [x*stride, (x+1)*stride); take all four corners of every cell.
         cells = np.stack([xs, ys], axis=1).astype(np.float32) * stride
