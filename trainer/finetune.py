@@ -115,8 +115,8 @@ DETECTOR_BATCH, DETECTOR_LR = 16, 3e-4
 #: happens to take, makes the same command give the same reader wherever it has the time.
 READER_EPOCHS = 10
 #: The reader's peak learning rate (--lr). A few hundred plates pull a reader away from what it read right
-#: before as much as they teach it: on the half of a real set not trained on, 2e-4 read better than 4e-4 in
-#: each of the four folds of the two shared sets, and better than 1e-4 on the one fold tried.
+#: before as much as they teach it: on the half of a shared real set not trained on, 2e-4 read 1 or 2 images
+#: more than 4e-4 in three of the four folds and 1 fewer in the fourth, and 1 more than 1e-4 on the fold tried.
 READER_LR = 2e-4
 #: Validation samples of the user's own (unaugmented crops or frames of training plates) at most per kind.
 MAX_VAL_USER = {"reader": 200, "detector": 32}
