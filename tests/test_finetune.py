@@ -168,13 +168,18 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     import trainer.finetune as F
     from trainer.cli import main
 
+    from test_formats import COUNTRY_ZZ
+
     root = tmp_path_factory.mktemp("finetune")
     boxed, unboxed = _scene_folders(root)
+    countries = root / "my-countries"
+    countries.mkdir()
+    (countries / "zz.yaml").write_text(COUNTRY_ZZ)
     out = root / "set"
     argv = ["finetune", "--data", str(boxed), "--data", str(unboxed), "--out", str(out), "--max-steps", "1",
             "--crops-per-plate", "2", "--synthetic-share", "0.2", "--holdout", "0.3", "--synthetic-eval", "6",
-            "--batch", "16", "--workers", "1", "--threads", "2"]
-    ns = SimpleNamespace(out=out, argv=argv, boxed=boxed, unboxed=unboxed)
+            "--batch", "16", "--workers", "1", "--threads", "2", "--countries", str(countries)]
+    ns = SimpleNamespace(out=out, argv=argv, boxed=boxed, unboxed=unboxed, countries=countries)
 
     def killed(*args: object, **kwargs: object) -> dict:
         raise Killed
@@ -238,11 +243,15 @@ def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace
     assert reader.meta.note.startswith("fine-tuned by trainer finetune")
     assert reader.meta.sha256 != shipped.sha256
     assert reader.meta.reader is not None and shipped.reader is not None
-    assert reader.meta.reader.formats.sha256 == shipped.reader.formats.sha256  # the formats carried on
-    # With the format prior learnt from every training row (found by the starting models or not), which the
-    # reader decodes with.
+    # The formats carried on, with those of --countries added; the format prior is learnt over them all, from
+    # every training row (found by the starting models or not), and the reader decodes with it.
+    from edge.formats import FormatSet
+
+    added = FormatSet.from_meta(shipped.reader.formats.model_dump()).merged(FormatSet.load(finetuned.countries))
+    assert reader.meta.reader.formats.sha256 == added.to_meta()["sha256"] != shipped.reader.formats.sha256
     prior = reader.meta.reader.formats.prior
     assert shipped.reader.formats.prior is None and prior is not None
+    assert set(prior.shares) == {f.name for f in added.formats} and "zz" in prior.shares
     prep = finetuned.state["prep"]
     assert prior.plates == prep["training_rows"] and prior.model_dump() == prep["format_prior"]
     from edge.pipeline import Pipeline
@@ -250,6 +259,7 @@ def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace
     assert Pipeline.from_dir(finetuned.out, num_threads=1).reader.formats.prior == prior
     card = (finetuned.out / "MODEL_CARD.md").read_text()
     assert f"| format prior | learnt from the {prior.plates} plates trained on: " in card
+    assert f"with the country files of `{finetuned.countries}` added (--countries)" in card
     assert (finetuned.out / "detector.tflite").read_bytes() == (SHIPPED / "detector.tflite").read_bytes()
     image = next(finetuned.boxed.glob("*.jpg"))
     proc = run_edge("read", "--json", "--models", str(finetuned.out), str(image))
@@ -282,6 +292,14 @@ def test_a_rerun_with_other_options_is_refused(finetuned: SimpleNamespace, capsy
     assert "--holdout 0.3, not 0.5" in capsys.readouterr().err
     assert main(["finetune", "--data", str(finetuned.boxed), "--out", str(SHIPPED)]) == 2  # never over the models
     assert "would overwrite the starting model set" in capsys.readouterr().err
+    bad = finetuned.countries.parent / "bad-countries"
+    bad.mkdir(exist_ok=True)
+    (bad / "zz.yaml").write_text((finetuned.countries / "zz.yaml").read_text().replace("weight: 5", "weight: -1"))
+    for folder, message in ((bad, "zz.yaml: weight: Input should be greater than or equal to 0"),
+                            (bad / "missing", "missing: not a folder of country files")):
+        argv = ["finetune", "--data", str(finetuned.boxed), "--out", str(bad / "set"), "--countries", str(folder)]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_what_else_a_frame_reads_is_cut_as_no_text_only_where_its_plates_were_placed(tmp_path: Path) -> None:

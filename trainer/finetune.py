@@ -34,6 +34,8 @@ corrects it). From such folders the command:
    scores it as in 5. The reader carries a format prior learnt from the
    training plates (``FormatSet.learn_prior``): decoding then favours the
    formats the user's camera sees (``--no-format-prior``: it does not).
+   ``--countries DIR`` adds country files to the formats the reader carries
+   before the prior is learnt, and to those the synthetic plates are drawn from.
 
 Everything but the model set lives in OUT/work; a rerun of the same command
 resumes where the last one stopped (prepared data, scores and training are
@@ -53,8 +55,8 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -64,7 +66,7 @@ from tqdm import tqdm
 
 from edge.detect import letterbox, overlap
 from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
-from edge.formats import FormatPrior, greedy_peaks
+from edge.formats import COUNTRIES_DIR, FormatPrior, FormatSet, greedy_peaks
 from edge.model import (
     DEFAULT_MODELS,
     WIDE_DETECTOR,
@@ -445,6 +447,21 @@ def detector_frames(rows: list[Row], held_images: set[Path], progress: bool = Tr
     return np.stack(xs), np.stack(ys)
 
 
+@contextlib.contextmanager
+def drawing_from(countries: Sequence[Path]) -> Iterator[None]:
+    """Synthetic plates drawn from the shipped country files and ``countries`` (later folders replace a country
+    of the same code), as ``trainer synth --countries`` draws them; the draw before is restored after."""
+    from trainer.synth.text import countries_in_use, use_countries
+
+    before = countries_in_use()
+    if countries:
+        use_countries(COUNTRIES_DIR, *countries)
+    try:
+        yield
+    finally:
+        use_countries(*before)
+
+
 def synthetic_count(user: int, share: float) -> int:
     """Synthetic samples that make ``share`` of a set holding ``user`` samples of the user's."""
     return round(user * share / (1.0 - share)) if user and share > 0 else 0
@@ -503,6 +520,7 @@ class Options:
     fresh: bool = False
     progress: bool = True
     format_prior: bool = True
+    countries: list[Path] = field(default_factory=list)
 
     def run_args(self) -> dict[str, Any]:
         """The options a resumed run must keep (they shape its data or its training)."""
@@ -510,7 +528,8 @@ class Options:
                 "holdout": self.holdout, "synthetic_share": self.synthetic_share,
                 "crops_per_plate": self.crops_per_plate, "negative_crops": self.negative_crops,
                 "detector": self.detector, "unreviewed": self.unreviewed,
-                "seed": self.seed, "batch": self.batch, "lr": self.lr}
+                "seed": self.seed, "batch": self.batch, "lr": self.lr,
+                "countries": [str(p.resolve()) for p in self.countries]}
 
     def check(self) -> None:
         """ValueError naming the first option out of range."""
@@ -531,6 +550,14 @@ class Options:
             raise ValueError(f"--max-steps {self.max_steps}: must be at least 1")
         if self.minutes <= 0 or self.lr <= 0 or self.synthetic_eval < 0:
             raise ValueError("--minutes and --lr must be above 0, --synthetic-eval 0 or more")
+        self.added_formats()  # a bad country file stops here, naming the file and the key
+
+    def added_formats(self) -> FormatSet | None:
+        """The formats of the --countries folders (None without any); FormatError names a bad file."""
+        for folder in self.countries:
+            if not folder.is_dir():
+                raise ValueError(f"--countries {folder}: not a folder of country files")
+        return FormatSet.load(*self.countries) if self.countries else None
 
 
 class Finetune:
@@ -599,7 +626,7 @@ class Finetune:
         state = self._recorded(state_path)
         if state is not None:
             # A run of a version before --negative-crops cut none: it resumes with --negative-crops 0.
-            own, given = {"negative_crops": 0} | (state.get("args") or {}), opts.run_args()
+            own, given = {"negative_crops": 0, "countries": []} | (state.get("args") or {}), opts.run_args()
             for key, value in given.items():
                 if own.get(key) != value:
                     flag = "--" + key.replace("_", "-")
@@ -674,8 +701,11 @@ class Finetune:
             lines.append("\t".join([str(r.image.resolve()), r.text, *(f"{v:g}" for v in r.box or ())]))
         _atomic_write_text(held_dir / "labels.tsv", "\n".join(lines) + "\n")
 
-        reader_meta = read_metadata(model_paths(opts.models)[1])
-        assert reader_meta.reader is not None  # read_metadata checks a reader has its section
+        # The formats the new reader carries: the starting reader's, with those of --countries added (a country
+        # in both: the folder's file). The prior is learnt over them, so a format of the camera's that the
+        # starting reader did not know takes the plates it accounts for, not a broader foreign one.
+        added = opts.added_formats()
+        formats = pipeline.reader.formats if added is None else pipeline.reader.formats.merged(added)
         n_val_user = min(len(crops.val_x), MAX_VAL_USER["reader"])
         n_syn_val = synthetic_count(n_val_user, opts.synthetic_share)
         n_syn = synthetic_count(len(crops.x), opts.synthetic_share)
@@ -685,15 +715,16 @@ class Finetune:
                                 "training_texts": sorted(set(crops.texts)), "two_row_plates": crops.two_row,
                                 # How often each format occurs among the plates trained on (every training row,
                                 # found by the starting models or not); the reader carries it unless told not to.
-                                "format_prior": pipeline.reader.formats.learn_prior(
+                                "format_prior": formats.learn_prior(
                                     [r.text for r in train_rows],
                                     f"{len(train_rows)} training rows of {', '.join(map(str, opts.data))}"
                                 ).model_dump(),
                                 "skipped": dict(skipped), "skipped_examples": notes[:20]}
         # Sample i of a synthetic set uses seed (seed, i): the reader's and the detector's sets draw from their own.
         n_draw = min(n_syn, SYNTHETIC_MAX)
-        synthetic = generate("reader", n_syn_val + n_draw, 1_000_003 + opts.seed, workers=opts.workers,
-                             progress=opts.progress) if n_syn_val + n_draw else None
+        with drawing_from(opts.countries):
+            synthetic = generate("reader", n_syn_val + n_draw, 1_000_003 + opts.seed, workers=opts.workers,
+                                 progress=opts.progress) if n_syn_val + n_draw else None
         syn_x = synthetic["x"] if synthetic else np.zeros((0, *crops.x.shape[1:]), np.uint8)
         syn_y = synthetic["y"] if synthetic else np.zeros((0, 2 * MAX_CHARS), np.int32)
         if n_draw < n_syn:  # the share is kept by repeating the drawn crops
@@ -707,7 +738,7 @@ class Finetune:
         n_val = n_val_user + n_syn_val
         save_set(self.work / "reader.npz", {"x": x, "y": y},
                  {"kind": "reader", "generator": "trainer.finetune", "seed": opts.seed,
-                  "formats": reader_meta.reader.formats.model_dump(), "validation": n_val,
+                  "formats": formats.to_meta(), "validation": n_val,
                   "user": len(crops.x), "synthetic": n_syn})
         prep["reader"] = {"samples": len(x), "validation": n_val, "user_crops": len(crops.x) - crops.negatives,
                           "negative_crops": crops.negatives,
@@ -722,8 +753,9 @@ class Finetune:
                 n_val_user = min(len(fx), MAX_VAL_USER["detector"])
                 n_syn_val = max(1, synthetic_count(n_val_user, opts.synthetic_share))
                 n_syn = synthetic_count(len(fx), opts.synthetic_share)
-                scenes = generate("detector", n_syn_val + n_syn, 2_000_003 + opts.seed, workers=opts.workers,
-                                  progress=opts.progress)
+                with drawing_from(opts.countries):
+                    scenes = generate("detector", n_syn_val + n_syn, 2_000_003 + opts.seed, workers=opts.workers,
+                                      progress=opts.progress)
                 x = np.concatenate([fx[:n_val_user], scenes["x"][:n_syn_val], fx, scenes["x"][n_syn_val:]])
                 y = np.concatenate([fy[:n_val_user], scenes["y"][:n_syn_val], fy, scenes["y"][n_syn_val:]])
                 save_set(self.work / "detector.npz", {"x": x, "y": y},
@@ -738,20 +770,21 @@ class Finetune:
         self.state["prep"] = prep
         self.save()
 
-    def _pipeline(self, models: Path) -> Pipeline:
+    def _pipeline(self, models: Path, added: FormatSet | None = None) -> Pipeline:
         try:
-            return Pipeline.from_dir(models, num_threads=self.opts.threads)
+            return Pipeline.from_dir(models, num_threads=self.opts.threads, extra_formats=added)
         except ModelError as exc:
             raise ValueError(str(exc)) from None
 
     # -- scores ------------------------------------------------------------------------------------------------
 
-    def score(self, models: Path, label: str) -> dict[str, Any]:
-        """The held-out images through the pipeline (exact as run_eval scores it) and synthetic plates."""
+    def score(self, models: Path, label: str, added: FormatSet | None = None) -> dict[str, Any]:
+        """The held-out images through the pipeline (exact as run_eval scores it) and synthetic plates;
+        ``added``: formats added to the reader's (as ``edge read --countries`` adds them)."""
         from trainer.evaluate import evaluate_folder, evaluate_synthetic_reader, evaluate_synthetic_scenes
 
         started = time.monotonic()
-        pipeline = self._pipeline(models)
+        pipeline = self._pipeline(models, added)
         out: dict[str, Any] = {"models": str(models)}
         if self.state["prep"]["heldout_plates"]:
             print(f"scoring {label} on the held-out plates", file=sys.stderr)
@@ -774,7 +807,8 @@ class Finetune:
     def before(self) -> None:
         """Step 5: the starting set's scores (once per run)."""
         if "before" not in self.state:
-            self.state["before"] = self.score(self.opts.models, "the starting models")
+            # With the --countries formats added, as `edge read --countries` would read: the gain is the training's.
+            self.state["before"] = self.score(self.opts.models, "the starting models", self.opts.added_formats())
             self.save()
 
     # -- training ----------------------------------------------------------------------------------------------
@@ -1076,6 +1110,9 @@ def model_card(state: dict[str, Any], opts: Options) -> str:
         f"{rd['validation']} "
         f"({rd['validation_user']} unjittered crops of training plates, {rd['validation_synthetic']} synthetic) |",
     ]
+    if args.get("countries"):
+        lines.append("| formats | the starting reader's, with the country files of "
+                     + ", ".join(f"`{d}`" for d in args["countries"]) + " added (--countries) |")
     lines.append(f"| format prior | {prior_summary(prep.get('format_prior'), opts.format_prior)} |")
     det = prep.get("detector")
     if det and det.get("samples"):
@@ -1179,8 +1216,7 @@ def _command(args: argparse.Namespace) -> int:
                    negative_crops=args.negative_crops,
                    detector=args.detector, unreviewed=args.unreviewed, seed=args.seed, batch=args.batch, lr=args.lr,
                    synthetic_eval=args.synthetic_eval, threads=args.threads, workers=args.workers, fresh=args.fresh,
-                   epochs=args.epochs,
-                   format_prior=args.format_prior)
+                   epochs=args.epochs, format_prior=args.format_prior, countries=args.countries)
     return run(opts)
 
 
@@ -1234,6 +1270,12 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argparse.Ar
                     help="give the reader the share of each plate format among the plates trained on, so that a "
                          "read is decoded as the formats your camera sees (--no-format-prior: every format the "
                          "reader knows weighs the same, as in the shipped set)")
+    ft.add_argument("--countries", type=Path, action="append", default=[], metavar="DIR",
+                    help="folder of country files (*.yaml) to add to the formats the starting reader carries (a file "
+                         "replaces the reader's country of the same code): the new reader carries them, its format "
+                         "prior is learnt over them, and the synthetic plates mixed in are drawn from them too "
+                         "(repeatable; e.g. your own country's file, or this checkout's countries/ where it knows "
+                         "formats the starting reader does not)")
     ft.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the crops and the training")
     ft.add_argument("--batch", type=int, default=64, help="reader samples per training step")
     ft.add_argument("--lr", type=float, default=READER_LR, help="the reader's peak learning rate (cosine decay)")
