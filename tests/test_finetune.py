@@ -243,11 +243,13 @@ def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace
     assert reader.meta.note.startswith("fine-tuned by trainer finetune")
     assert reader.meta.sha256 != shipped.sha256
     assert reader.meta.reader is not None and shipped.reader is not None
-    # The formats carried on, with those of --countries added; the format prior is learnt over them all, from
-    # every training row (found by the starting models or not), and the reader decodes with it.
-    from edge.formats import FormatSet
+    # The formats carried on, with those the synthetic plates were drawn from added (the checkout's countries/
+    # and --countries); the format prior is learnt over them all, from every training row (found by the
+    # starting models or not), and the reader decodes with it.
+    from edge.formats import COUNTRIES_DIR, FormatSet
 
-    added = FormatSet.from_meta(shipped.reader.formats.model_dump()).merged(FormatSet.load(finetuned.countries))
+    drawn = FormatSet.load(COUNTRIES_DIR, finetuned.countries)
+    added = FormatSet.from_meta(shipped.reader.formats.model_dump()).merged(drawn)
     assert reader.meta.reader.formats.sha256 == added.to_meta()["sha256"] != shipped.reader.formats.sha256
     prior = reader.meta.reader.formats.prior
     assert shipped.reader.formats.prior is None and prior is not None
@@ -259,7 +261,7 @@ def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace
     assert Pipeline.from_dir(finetuned.out, num_threads=1).reader.formats.prior == prior
     card = (finetuned.out / "MODEL_CARD.md").read_text()
     assert f"| format prior | learnt from the {prior.plates} plates trained on: " in card
-    assert f"with the country files of `{finetuned.countries}` added (--countries)" in card
+    assert f"drawn from added: `{COUNTRIES_DIR}`, `{finetuned.countries}`" in card
     assert (finetuned.out / "detector.tflite").read_bytes() == (SHIPPED / "detector.tflite").read_bytes()
     image = next(finetuned.boxed.glob("*.jpg"))
     proc = run_edge("read", "--json", "--models", str(finetuned.out), str(image))

@@ -34,8 +34,9 @@ corrects it). From such folders the command:
    scores it as in 5. The reader carries a format prior learnt from the
    training plates (``FormatSet.learn_prior``): decoding then favours the
    formats the user's camera sees (``--no-format-prior``: it does not).
-   ``--countries DIR`` adds country files to the formats the reader carries
-   before the prior is learnt, and to those the synthetic plates are drawn from.
+   The reader carries the starting reader's formats with those the synthetic
+   plates are drawn from added (this checkout's ``countries/``, and ``--countries
+   DIR``), and the prior is learnt over them all.
 
 Everything but the model set lives in OUT/work; a rerun of the same command
 resumes where the last one stopped (prepared data, scores and training are
@@ -552,12 +553,13 @@ class Options:
             raise ValueError("--minutes and --lr must be above 0, --synthetic-eval 0 or more")
         self.added_formats()  # a bad country file stops here, naming the file and the key
 
-    def added_formats(self) -> FormatSet | None:
-        """The formats of the --countries folders (None without any); FormatError names a bad file."""
+    def added_formats(self) -> FormatSet:
+        """The formats the synthetic plates are drawn from: this checkout's country files and those of the
+        --countries folders (a later file replaces a country of the same code); FormatError names a bad file."""
         for folder in self.countries:
             if not folder.is_dir():
                 raise ValueError(f"--countries {folder}: not a folder of country files")
-        return FormatSet.load(*self.countries) if self.countries else None
+        return FormatSet.load(COUNTRIES_DIR, *self.countries)
 
 
 class Finetune:
@@ -701,11 +703,10 @@ class Finetune:
             lines.append("\t".join([str(r.image.resolve()), r.text, *(f"{v:g}" for v in r.box or ())]))
         _atomic_write_text(held_dir / "labels.tsv", "\n".join(lines) + "\n")
 
-        # The formats the new reader carries: the starting reader's, with those of --countries added (a country
-        # in both: the folder's file). The prior is learnt over them, so a format of the camera's that the
-        # starting reader did not know takes the plates it accounts for, not a broader foreign one.
-        added = opts.added_formats()
-        formats = pipeline.reader.formats if added is None else pipeline.reader.formats.merged(added)
+        # The formats the new reader carries: the starting reader's, with those its synthetic plates are drawn
+        # from added (a country in both: the file's). The prior is learnt over them, so a format of the camera's
+        # that the starting reader did not know takes the plates it accounts for, not a broader foreign one.
+        formats = pipeline.reader.formats.merged(opts.added_formats())
         n_val_user = min(len(crops.val_x), MAX_VAL_USER["reader"])
         n_syn_val = synthetic_count(n_val_user, opts.synthetic_share)
         n_syn = synthetic_count(len(crops.x), opts.synthetic_share)
@@ -807,7 +808,8 @@ class Finetune:
     def before(self) -> None:
         """Step 5: the starting set's scores (once per run)."""
         if "before" not in self.state:
-            # With the --countries formats added, as `edge read --countries` would read: the gain is the training's.
+            # With the formats the new reader carries added (as `edge read --countries` would read): the gain is
+            # the training's.
             self.state["before"] = self.score(self.opts.models, "the starting models", self.opts.added_formats())
             self.save()
 
@@ -1110,9 +1112,9 @@ def model_card(state: dict[str, Any], opts: Options) -> str:
         f"{rd['validation']} "
         f"({rd['validation_user']} unjittered crops of training plates, {rd['validation_synthetic']} synthetic) |",
     ]
-    if args.get("countries"):
-        lines.append("| formats | the starting reader's, with the country files of "
-                     + ", ".join(f"`{d}`" for d in args["countries"]) + " added (--countries) |")
+    lines.append("| formats | the starting reader's, with the country files the synthetic plates were drawn from "
+                 "added: " + ", ".join(f"`{d}`" for d in [str(COUNTRIES_DIR), *args.get("countries", [])])
+                 + " (a later folder's file replaces a country of the same code) |")
     lines.append(f"| format prior | {prior_summary(prep.get('format_prior'), opts.format_prior)} |")
     det = prep.get("detector")
     if det and det.get("samples"):
@@ -1271,11 +1273,10 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argparse.Ar
                          "read is decoded as the formats your camera sees (--no-format-prior: every format the "
                          "reader knows weighs the same, as in the shipped set)")
     ft.add_argument("--countries", type=Path, action="append", default=[], metavar="DIR",
-                    help="folder of country files (*.yaml) to add to the formats the starting reader carries (a file "
-                         "replaces the reader's country of the same code): the new reader carries them, its format "
-                         "prior is learnt over them, and the synthetic plates mixed in are drawn from them too "
-                         "(repeatable; e.g. your own country's file, or this checkout's countries/ where it knows "
-                         "formats the starting reader does not)")
+                    help="folder of your own country files (*.yaml): the synthetic plates mixed in are drawn from "
+                         "them besides this checkout's countries/ (a file replaces a country of the same code), and "
+                         "the new reader carries their formats, with its format prior learnt over them too "
+                         "(repeatable)")
     ft.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the crops and the training")
     ft.add_argument("--batch", type=int, default=64, help="reader samples per training step")
     ft.add_argument("--lr", type=float, default=READER_LR, help="the reader's peak learning rate (cosine decay)")
