@@ -941,13 +941,15 @@ class Finetune:
                 and (self.out / CARD).is_file())
 
 
-def measure_step_seconds(kind: str, batch: int, threads: int, steps: int = 4, init: Path | None = None) -> float:
+def measure_step_seconds(kind: str, batch: int, threads: int, steps: int = 4, init: Path | None = None,
+                         repeats: int = 3) -> float:
     """Seconds per training step of ``kind`` at ``batch`` on this machine now, timed as training runs them:
     the network as ``train --init`` makes it from the int8 file ``init`` (its BatchNorm frozen, which makes a
     step about three times cheaper than a fresh network's), in ``fit``'s compiled loop after a first ``fit``
     that compiles it. Each ``fit`` call has a fixed cost of its own (about as much as four steps), which a long
     run pays once: the figure is the difference of a ``fit`` of ``3 * steps`` and one of ``steps``, over
-    ``2 * steps``."""
+    ``2 * steps``, each the quickest of ``repeats`` fits. Other work on the machine only ever adds time, and one
+    timing of a few steps caught by it planned 8 epochs where 10 fitted three times over."""
     import keras
 
     from trainer.from_tflite import int8_detector_fine, load_int8_weights
@@ -972,9 +974,12 @@ def measure_step_seconds(kind: str, batch: int, threads: int, steps: int = 4, in
     spent = []
     for n in (steps, 3 * steps):
         xs, ys = np.concatenate([x] * n), np.concatenate([y] * n)
-        start = time.monotonic()
-        model.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        spent.append(time.monotonic() - start)
+        timed = []
+        for _ in range(repeats):
+            start = time.monotonic()
+            model.fit(xs, ys, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+            timed.append(time.monotonic() - start)
+        spent.append(min(timed))
     # A machine busy during the shorter fit could make the difference small: never below a third of the average.
     return max((spent[1] - spent[0]) / (2 * steps), spent[1] / (3 * steps) / 3)
 
