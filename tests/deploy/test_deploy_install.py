@@ -142,6 +142,7 @@ def test_unit_has_the_hardening_and_watchdog() -> None:
         assert service.get(key) == value, key
     assert int(service["WatchdogSec"]) > 0 and service["ExecStart"].startswith("/opt/edge-anpr/current/venv/bin/python")
     assert "2" in service["RestartPreventExitStatus"].split()  # an invalid config is not retried forever
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # systemctl reload: the daemon's SIGHUP
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
