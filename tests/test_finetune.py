@@ -166,9 +166,8 @@ class Killed(Exception):
 def finetuned(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """Two sessions of one fine-tuning run: the first killed before its export, the second resuming it."""
     import trainer.finetune as F
-    from trainer.cli import main
-
     from test_formats import COUNTRY_ZZ
+    from trainer.cli import main
 
     root = tmp_path_factory.mktemp("finetune")
     boxed, unboxed = _scene_folders(root)
