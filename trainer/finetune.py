@@ -1280,8 +1280,8 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argparse.Ar
     ft.add_argument("--countries", type=Path, action="append", default=[], metavar="DIR",
                     help="folder of your own country files (*.yaml): the synthetic plates mixed in are drawn from "
                          "them besides this checkout's countries/ (a file replaces a country of the same code), and "
-                         "the new reader carries their formats, with its format prior learnt over them too "
-                         "(repeatable)")
+                         "the new reader carries their formats, with its format prior learnt over them too; "
+                         "repeatable (default: this checkout's countries/ only)")
     ft.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the crops and the training")
     ft.add_argument("--batch", type=int, default=64, help="reader samples per training step")
     ft.add_argument("--lr", type=float, default=READER_LR, help="the reader's peak learning rate (cosine decay)")
