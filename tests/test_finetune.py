@@ -341,6 +341,39 @@ def test_what_else_a_frame_reads_is_cut_as_no_text_only_where_its_plates_were_pl
     assert none.negatives == 0 and len(none.x) == 2
 
 
+def test_a_boxed_plate_is_also_cut_around_the_box_the_search_read_it_in(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every second crop of a plate with a labelled box comes from the box the starting search read it in (the
+    device's reader reads that one); a read elsewhere in the frame is not taken for it."""
+    import trainer.finetune as ft
+    from edge.detect import Detection
+    from edge.pipeline import Pipeline, PlateRead
+
+    def read(text: str, box: tuple[float, float, float, float]) -> PlateRead:
+        return PlateRead(text, text, None, None, 0.9, Detection(ft.box_quad(box), box, 0.9))
+
+    label, searched, sign = (100.0, 100.0, 220.0, 130.0), (96.0, 98.0, 226.0, 134.0), (300.0, 10.0, 390.0, 40.0)
+
+    class Frames(Pipeline):
+        def __call__(self, image: np.ndarray, frame: int | None = None) -> list[PlateRead]:
+            return [read("STOP", sign), read("AB12CD", searched)]
+
+    base = Pipeline.from_dir(SHIPPED)
+    cut: list[tuple[float, ...]] = []
+    crop = base.reader.crop
+    monkeypatch.setattr(base.reader, "crop", lambda image, quad: cut.append(
+        tuple(float(v) for v in (*quad.min(axis=0), *quad.max(axis=0)))) or crop(image, quad))
+    monkeypatch.setattr(ft, "jitter_quad", lambda rng, quad, amount: quad)
+    cv2.imwrite(str(tmp_path / "car.jpg"), np.full((300, 400, 3), 128, np.uint8))
+    rows = [ft.Row(tmp_path, "car.jpg", "AB123CD", label, 2)]
+    crops = ft.cut_reader_crops(rows, Frames(base.detector, base.reader), per_plate=4, seed=0,
+                                skipped=Counter(), notes=[], progress=False, per_negative=0)
+    assert len(crops.x) == 4 and crops.texts == ["AB123CD"]
+    # The first cut is the unaugmented validation crop (the label's box); then the two boxes in turn.
+    assert cut[:5] == [label, label, searched, label, searched]
+    assert ft.boxed([read("STOP", sign)], label) is None
+
+
 def test_the_reader_plan_stops_at_its_epochs_however_much_time_is_left(monkeypatch: pytest.MonkeyPatch,
                                                                        tmp_path: Path) -> None:
     import trainer.finetune as F

@@ -17,6 +17,9 @@ corrects it). From such folders the command:
    synthesizer jitters them: around the box where one is given; around the
    plate of a collected crop (a packed folder's row without a box); else around
    the plate the starting detector finds whose read is closest to the label.
+   Where a box is given, every second crop is cut around the box the starting
+   search read that plate in instead: that box, not a labeller's, is what the
+   device's reader reads.
    Labels are per row, as the synthesizer's: a plate on which the starting
    reader reads two rows (characters from both of its heads) is labelled in two
    rows, cut where the label best matches those reads. What else the starting
@@ -65,7 +68,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.detect import letterbox, overlap
+from edge.detect import box_iou, letterbox, overlap
 from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
 from edge.formats import COUNTRIES_DIR, FormatPrior, FormatSet, greedy_peaks
 from edge.model import (
@@ -94,6 +97,11 @@ JITTER = 0.06
 #: (1 - edit distance / length, O and 0, I and 1 taken as the same: 0.6 lets 2 of 6 characters differ).
 MIN_SIMILARITY = 0.6
 LENIENT = str.maketrans({"O": "0", "I": "1"})
+#: Every second crop of a plate with a labelled box is cut around the box the starting search read it in
+#: (``PlateRead.detection``): on the device the reader reads that box, whose edges fall elsewhere than a
+#: labeller's (a mask cell's width out, the plate frame taken in). It is the read whose box overlaps the label's
+#: this much at least (intersection over union).
+MIN_BOX_IOU = 0.3
 #: A plate is labelled in two rows only when its rectangle is narrower than this (width / height): a one-row
 #: plate is 2 (US) to 4.7 (EU) times as wide as tall, a two-row one 1.4 to 2.
 TWO_ROW_MAX_ASPECT = 3.0
@@ -266,13 +274,17 @@ def collected_crop_quad(width: int, height: int) -> np.ndarray:
     return box_quad((x1, y1, x1 + w, y1 + h))
 
 
-def locate(reads: list[PlateRead], text: str) -> tuple[np.ndarray, str, float] | None:
-    """(quad, read, similarity) of the read closest to ``text`` among a frame's plate reads, or None where none
-    reaches ``MIN_SIMILARITY``."""
+def locate(reads: list[PlateRead], text: str) -> PlateRead | None:
+    """The read closest to ``text`` among a frame's plate reads, or None where none reaches ``MIN_SIMILARITY``."""
     plain = text.translate(LENIENT)
-    best = max(((r.detection.quad, r.text, similarity(r.text.translate(LENIENT), plain)) for r in reads),
-               key=lambda q: q[2], default=None)
-    return best if best is not None and best[2] >= MIN_SIMILARITY else None
+    best = max(reads, key=lambda r: similarity(r.text.translate(LENIENT), plain), default=None)
+    return best if best is not None and similarity(best.text.translate(LENIENT), plain) >= MIN_SIMILARITY else None
+
+
+def boxed(reads: list[PlateRead], box: Sequence[float]) -> PlateRead | None:
+    """The read whose box overlaps a labelled ``box`` most (``MIN_BOX_IOU`` at least), or None."""
+    best = max(reads, key=lambda r: box_iou(r.detection.box, tuple(box)), default=None)
+    return best if best is not None and box_iou(best.detection.box, tuple(box)) >= MIN_BOX_IOU else None
 
 
 def quad_aspect(quad: np.ndarray) -> float:
@@ -379,19 +391,22 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
         placed: list[tuple[float, float, float, float]] = []  # the boxes of this frame's labelled plates
         for r in image_rows:
             index += 1
-            if r.box is not None:
-                quad = box_quad(r.box)
-            elif r.crop_only:
+            found = None  # the starting models' read of this plate: its box is what the device's reader reads
+            if r.crop_only:
                 quad = collected_crop_quad(image.shape[1], image.shape[0])
             else:
-                if reads is None:
-                    reads = pipeline(image)
-                found = locate(reads, r.text)
-                if found is None:
-                    skip("no read close to the label", r)
-                    continue
-                quad = found[0]
+                reads = pipeline(image) if reads is None else reads
+                if r.box is not None:
+                    quad = box_quad(r.box)
+                    found = boxed(reads, r.box)
+                else:
+                    found = locate(reads, r.text)
+                    if found is None:
+                        skip("no read close to the label", r)
+                        continue
+                    quad = found.detection.quad
             placed.append(_quad_box(quad))
+            searched = quad if found is None else found.detection.quad
             plain = reader.crop(image, quad)
             top, bottom = split_rows(reader.columns(plain), r.text, quad_aspect(quad))
             if len(top) > MAX_CHARS or len(bottom) > MAX_CHARS:
@@ -404,7 +419,7 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
             texts.append(r.text)
             rng = np.random.default_rng((seed, index))
             for k in range(per_plate):
-                crop = reader.crop(image, jitter_quad(rng, quad, JITTER))
+                crop = reader.crop(image, jitter_quad(rng, searched if k % 2 else quad, JITTER))
                 xs.append(augment(rng, crop) if k else crop)
                 ys.append(label)
         # A frame whose rows all placed their plates: what else the pipeline reads there is no plate.
