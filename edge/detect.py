@@ -100,7 +100,9 @@ def mask_to_detections(
     for i in range(1, n):
         if stats[i, cv2.CC_STAT_AREA] < min_cells:
             continue
-        ys, xs = np.nonzero(labels == i)
+        x0, y0 = stats[i, cv2.CC_STAT_LEFT], stats[i, cv2.CC_STAT_TOP]
+        ys, xs = np.nonzero(labels[y0:y0 + stats[i, cv2.CC_STAT_HEIGHT], x0:x0 + stats[i, cv2.CC_STAT_WIDTH]] == i)
+        ys, xs = ys + y0, xs + x0
         score = float(prob[ys, xs].mean())
         # Each cell covers [x*stride, (x+1)*stride); take all four corners of every cell.
         cells = np.stack([xs, ys], axis=1).astype(np.float32) * stride
