@@ -34,7 +34,10 @@ plates (:meth:`FormatSet.learn_prior`) and stores it in the reader's
 metadata. Decoding then adds to each fit the log of how much rarer its format
 is than the most common one, so a Greek plate with its first letter lost is
 read as a Greek plate rather than as a German one that fits the rest, and a
-format the camera never saw no longer bends a read into its shape.
+format the camera never saw no longer bends a read into its shape. The prior
+also says how long each format's plates are: a format that allows 2 to 7
+characters but whose plates at this camera all have 7 gives a read that lost
+two of them no credit.
 """
 from __future__ import annotations
 
@@ -61,6 +64,9 @@ COUNTRIES_DIR = Path(__file__).resolve().parents[1] / "countries"
 #: A format fit replaces the raw read when it costs at most this many nats (a factor of about 7.4): enough for a
 #: look-alike the reader half saw (I for 1 at 0.6 against 0.3 costs 0.7), not enough to overrule a sure read.
 DEFAULT_MAX_COST = 2.0
+#: A format's lengths that hold fewer of the plates a prior was learnt from than this (in plates) give no fit under
+#: it: a format of 2 to 7 characters whose plates here are all 7 long gives a read that lost two of them no credit.
+MIN_LENGTH_PLATES = 0.5
 #: Probability floor of one column: int8 softmax outputs step by 1/256 and can be exactly 0.
 PROB_FLOOR = 1.0 / 512
 #: Expansions of one format into fixed-length position sequences, at most (a guard against runaway patterns).
@@ -259,6 +265,9 @@ class FormatPrior(_Strict):
     shares: dict[str, float] = Field(description="format name -> share of the plates")
     none: float = Field(ge=0, le=1, description="share of the plates that fit no format")
     source: str = Field("", description="where the plates came from")
+    lengths: dict[str, dict[int, float]] = Field(
+        default_factory=dict, description="format name -> the share of its plates at each length (characters); "
+        "a format named here gives no fit at a length its plates here never have (``MIN_LENGTH_PLATES``)")
 
     @field_validator("shares")
     @classmethod
@@ -269,6 +278,20 @@ class FormatPrior(_Strict):
         if not any(x > 0 for x in v.values()):
             raise ValueError("shares must give some format a share above 0")
         return v
+
+    @field_validator("lengths")
+    @classmethod
+    def _lengths_ok(cls, v: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+        bad = sorted(k for k, by in v.items() if any(not 0 <= x <= 1 or not 1 <= n <= MAX_CHARS for n, x in by.items()))
+        if bad:
+            raise ValueError(f"lengths must be 1..{MAX_CHARS} with shares in [0, 1] (not so for {bad[:5]})")
+        return v
+
+    def share(self, name: str, length: int) -> float:
+        """The share of the plates that are of format ``name`` and ``length`` characters long (the format's whole
+        share where the prior gives it no lengths)."""
+        by = self.lengths.get(name)
+        return self.shares.get(name, 0.0) * (by.get(length, 0.0) if by is not None else 1.0)
 
     def largest(self, n: int) -> list[tuple[str, float]]:
         """The ``n`` formats with the largest shares, largest first, as (name, share)."""
@@ -498,6 +521,17 @@ class FormatSet:
         top = max(prior.shares.values())
         return {name: (math.log(top / share) if share > 0 else math.inf) for name, share in prior.shares.items()}
 
+    def cost(self, name: str, length: int) -> float:
+        """Nats a fit to format ``name`` at ``length`` characters costs under the prior: its format's penalty, at
+        a length its plates at this camera have (``MIN_LENGTH_PLATES``); no fit at a length they never have (0
+        for a format the prior does not name, and for all under no prior)."""
+        prior = self.prior
+        if prior is None or name not in prior.shares:
+            return 0.0
+        if name in prior.lengths and prior.share(name, length) * prior.plates < MIN_LENGTH_PLATES:
+            return math.inf
+        return self.penalty[name]
+
     @classmethod
     def from_countries(cls, countries: list[Country], source: str = "") -> FormatSet:
         return cls([c.format_part() for c in countries], source)
@@ -516,7 +550,8 @@ class FormatSet:
         if prior is not None:
             kept = {f["name"] for c in countries for f in c["formats"]}
             shares = {k: v for k, v in prior.shares.items() if k in kept}
-            prior = prior.model_copy(update={"shares": shares}) if any(shares.values()) else None
+            lengths = {k: v for k, v in prior.lengths.items() if k in kept}
+            prior = prior.model_copy(update={"shares": shares, "lengths": lengths}) if any(shares.values()) else None
         return FormatSet(countries, f"{self.source} + {other.source}", prior)
 
     def with_prior(self, prior: FormatPrior | None) -> FormatSet:
@@ -528,7 +563,7 @@ class FormatSet:
         body = json.dumps(self.countries, sort_keys=True, separators=(",", ":"))
         out: dict[str, Any] = {"sha256": hashlib.sha256(body.encode()).hexdigest(), "countries": self.countries}
         if self.prior is not None:
-            out["prior"] = self.prior.model_dump()
+            out["prior"] = self.prior.model_dump(mode="json")
         return out
 
     @classmethod
@@ -549,15 +584,17 @@ class FormatSet:
 
     def learn_prior(self, texts: list[str], source: str = "", pseudo_count: float = 1.0,
                     iterations: int = 200) -> FormatPrior:
-        """How often each format occurs among labelled plate ``texts``: a mixture of the formats, each drawing its
-        texts uniformly, and of unformatted text (a vanity plate), fitted by expectation-maximisation.
+        """How often each format occurs among labelled plate ``texts``, and at which lengths: a mixture of the
+        formats, each drawing its texts uniformly, and of unformatted text (a vanity plate), fitted by
+        expectation-maximisation.
 
         Texts often fit several formats (ZG1746AC fits the Croatian format and
         several broader ones). Since a format spreads its probability over every
         text it allows, a narrow format that fits a text explains it better than
         a broad one, and the fit gives the shares to the formats that account
-        for the plates. ``pseudo_count`` plates are spread evenly over every
-        format and unformatted text, so no share is 0.
+        for the plates. A format's lengths are those of the texts it accounts
+        for. ``pseudo_count`` plates are spread evenly over every format and
+        unformatted text (and a format's over its lengths), so no share is 0.
         """
         clean = [t for t in ("".join(ch for ch in str(x).upper() if ch.isalnum()) for x in texts) if t]
         if not clean:
@@ -573,6 +610,7 @@ class FormatSet:
                                            for t in clean])], axis=1)
         k = len(fmts) + 1
         share = np.full(k, 1.0 / k)
+        resp = np.zeros((len(clean), k))
         for _ in range(iterations):
             joint = loglik + np.log(share)[None]
             resp = np.exp(joint - joint.max(axis=1, keepdims=True))
@@ -582,7 +620,17 @@ class FormatSet:
                 share = new
                 break
             share = new
-        return FormatPrior(plates=len(clean), source=source, none=float(share[-1]),
+        # Each format's plates by length: the texts it accounts for, with its pseudo-plate spread over its lengths.
+        lengths: dict[str, dict[int, float]] = {}
+        for i, f in enumerate(fmts):
+            allowed = sorted({len(seq) for seq in f.expansions})
+            count = {n: pseudo_count / k / len(allowed) for n in allowed}
+            for t, r in zip(clean, resp[:, i], strict=True):
+                if r > 0 and len(t) in count:
+                    count[len(t)] += r
+            total = sum(count.values())
+            lengths[f.name] = {n: float(f"{c / total:.6g}") for n, c in count.items()}
+        return FormatPrior(plates=len(clean), source=source, none=float(share[-1]), lengths=lengths,
                            shares={f.name: float(f"{v:.6g}") for f, v in zip(fmts, share[:-1], strict=True)})
 
     @property
@@ -609,14 +657,14 @@ class FormatSet:
         if n not in self._tables:
             allowed_sets: dict[str, int] = {}
             rows, owners, seen = [], [], set()
-            for fmt in self._ranked:
+            for fmt in sorted(self.formats, key=lambda f: self.cost(f.name, n)):
                 for seq in fmt.expansions:
                     if len(seq) == n and seq not in seen:
                         seen.add(seq)
                         rows.append([allowed_sets.setdefault(a, len(allowed_sets)) for a in seq])
                         owners.append(fmt)
             table = np.array([[c in a for c in ALPHABET] for a in allowed_sets], bool).reshape(-1, len(ALPHABET))
-            cost = np.array([self.penalty.get(f.name, 0.0) for f in owners], np.float64)
+            cost = np.array([self.cost(f.name, n) for f in owners], np.float64)
             self._tables[n] = (np.array(rows, np.int32).reshape(len(rows), n), table, cost, owners)
         return self._tables[n]
 

@@ -254,12 +254,16 @@ def test_the_set_loads_as_the_edge_loads_it_and_reads(finetuned: SimpleNamespace
     assert shipped.reader.formats.prior is None and prior is not None
     assert set(prior.shares) == {f.name for f in added.formats} and "zz" in prior.shares
     prep = finetuned.state["prep"]
-    assert prior.plates == prep["training_rows"] and prior.model_dump() == prep["format_prior"]
+    assert prior.plates == prep["training_rows"] and prior.model_dump(mode="json") == prep["format_prior"]
+    # Each format's plates by length: every share a format gives its lengths adds up to 1.
+    assert set(prior.lengths) == set(prior.shares)
+    assert all(abs(sum(by.values()) - 1) < 1e-4 for by in prior.lengths.values())
     from edge.pipeline import Pipeline
 
     assert Pipeline.from_dir(finetuned.out, num_threads=1).reader.formats.prior == prior
     card = (finetuned.out / "MODEL_CARD.md").read_text()
     assert f"| format prior | learnt from the {prior.plates} plates trained on: " in card
+    assert "characters), " in card and "none at a length its plates here never have" in card
     assert f"drawn from added: `{COUNTRIES_DIR}`, `{finetuned.countries}`" in card
     assert (finetuned.out / "detector.tflite").read_bytes() == (SHIPPED / "detector.tflite").read_bytes()
     image = next(finetuned.boxed.glob("*.jpg"))

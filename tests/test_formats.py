@@ -1,6 +1,7 @@
 """Plate formats as data: country files, their validation, format rules and format-aware decoding."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -173,19 +174,39 @@ def test_under_a_prior_a_lost_letter_is_put_back_rather_than_a_rare_format_fitte
     assert de_first.with_prior(local.prior).match("KAB1234").name == "gr"
 
 
+def test_a_prior_learns_a_formats_lengths_and_gives_a_truncation_no_credit() -> None:
+    # A Malaysian-like format allows 2 to 7 characters; at this camera its plates are all 7 long.
+    fs = FormatSet([{"code": "MY", "name": "Malaysia", "weight": 1, "classes": {},
+                     "formats": [{"name": "my", "groups": ["L{1,3}", "D{1,4}"], "separators": [" "]}]}])
+    local = fs.with_prior(fs.learn_prior(["ANW2529", "CWM3083", "BFN8484", "ASV9218", "VAL4421"]))
+    assert local.prior is not None and local.prior.lengths["my"][7] > 0.9
+    assert sum(local.prior.lengths["my"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert local.cost("my", 7) == 0.0 and local.cost("my", 5) > 2
+    # Two characters lost: without the prior the read takes the format's credit, with it the read stays bare.
+    assert fs.decode(_columns("ANW22", p=0.99), READER_CLASSES, BLANK).format == "my"
+    bare = local.decode(_columns("ANW22", p=0.99), READER_CLASSES, BLANK)
+    assert (bare.text, bare.format) == ("ANW22", None)
+    assert local.decode(_columns("ANW2529", p=0.99), READER_CLASSES, BLANK).format == "my"
+
+
 def test_a_prior_travels_in_the_metadata_and_names_only_known_formats() -> None:
     fs = _greek_and_german()
     local = fs.with_prior(fs.learn_prior(["IEB2949", "MIB5482"], "half A"))
     meta = local.to_meta()
     assert meta["sha256"] == fs.to_meta()["sha256"] and "prior" not in fs.to_meta()
-    again = FormatSet.from_meta(meta, "reader.json")
+    again = FormatSet.from_meta(json.loads(json.dumps(meta)), "reader.json")  # as reader.json holds it
     assert again.prior == local.prior and again.penalty == local.penalty and again.penalty["gr"] == 0.0
+    assert again.prior is not None and again.prior.lengths["gr"] == {7: 1.0}
     meta["prior"]["shares"]["xx_gone"] = 0.5
     with pytest.raises(FormatError, match=r"reader\.json: formats\.prior names formats .*xx_gone"):
         FormatSet.from_meta(meta, "reader.json")
     del meta["prior"]["shares"]["xx_gone"]
     meta["prior"]["shares"]["gr"] = 1.5
     with pytest.raises(FormatError, match=r"reader\.json: formats\.prior: shares"):
+        FormatSet.from_meta(meta, "reader.json")
+    meta["prior"]["shares"]["gr"] = 0.5
+    meta["prior"]["lengths"]["gr"] = {0: 1.0}
+    with pytest.raises(FormatError, match=r"reader\.json: formats\.prior: lengths"):
         FormatSet.from_meta(meta, "reader.json")
 
 

@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from edge.detect import box_iou, letterbox, overlap
 from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
-from edge.formats import COUNTRIES_DIR, FormatPrior, FormatSet, greedy_peaks
+from edge.formats import COUNTRIES_DIR, MIN_LENGTH_PLATES, FormatPrior, FormatSet, greedy_peaks
 from edge.model import (
     DEFAULT_MODELS,
     WIDE_DETECTOR,
@@ -734,7 +734,7 @@ class Finetune:
                                 "format_prior": formats.learn_prior(
                                     [r.text for r in train_rows],
                                     f"{len(train_rows)} training rows of {', '.join(map(str, opts.data))}"
-                                ).model_dump(),
+                                ).model_dump(mode="json"),
                                 "skipped": dict(skipped), "skipped_examples": notes[:20]}
         # Sample i of a synthetic set uses seed (seed, i): the reader's and the detector's sets draw from their own.
         n_draw = min(n_syn, SYNTHETIC_MAX)
@@ -1086,10 +1086,16 @@ def prior_summary(learnt: dict[str, Any] | None, used: bool, top: int = 6) -> st
     if not used:
         return "not carried (--no-format-prior): every format weighs the same"
     prior = FormatPrior.model_validate(learnt)
+
+    def seen(name: str) -> str:
+        lengths = [n for n in sorted(prior.lengths.get(name, {}))
+                   if prior.share(name, n) * prior.plates >= MIN_LENGTH_PLATES]
+        return f" ({'/'.join(map(str, lengths))} characters)" if lengths else ""
+
     return (f"learnt from the {prior.plates} plates trained on: "
-            + ", ".join(f"{name} {share * 100:.0f} %" for name, share in prior.largest(top))
+            + ", ".join(f"{name} {share * 100:.0f} %{seen(name)}" for name, share in prior.largest(top))
             + f", no format {prior.none * 100:.0f} %; a fit of a format costs the log of how much rarer it is than "
-            "the most common one")
+            "the most common one, and gives none at a length its plates here never have")
 
 
 def _figure(value: float | None) -> str:
