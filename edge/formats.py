@@ -287,11 +287,11 @@ class FormatPrior(_Strict):
             raise ValueError(f"lengths must be 1..{MAX_CHARS} with shares in [0, 1] (not so for {bad[:5]})")
         return v
 
-    def share(self, name: str, length: int) -> float:
-        """The share of the plates that are of format ``name`` and ``length`` characters long (the format's whole
-        share where the prior gives it no lengths)."""
+    def has_length(self, name: str, length: int) -> bool:
+        """Whether format ``name``'s plates here have ``length`` characters (``MIN_LENGTH_PLATES`` of them at
+        least); True where the prior gives the format no lengths."""
         by = self.lengths.get(name)
-        return self.shares.get(name, 0.0) * (by.get(length, 0.0) if by is not None else 1.0)
+        return by is None or self.shares.get(name, 0.0) * by.get(length, 0.0) * self.plates >= MIN_LENGTH_PLATES
 
     def largest(self, n: int) -> list[tuple[str, float]]:
         """The ``n`` formats with the largest shares, largest first, as (name, share)."""
@@ -522,13 +522,13 @@ class FormatSet:
         return {name: (math.log(top / share) if share > 0 else math.inf) for name, share in prior.shares.items()}
 
     def cost(self, name: str, length: int) -> float:
-        """Nats a fit to format ``name`` at ``length`` characters costs under the prior: its format's penalty, at
-        a length its plates at this camera have (``MIN_LENGTH_PLATES``); no fit at a length they never have (0
-        for a format the prior does not name, and for all under no prior)."""
+        """Nats a fit to format ``name`` at ``length`` characters costs under the prior: its format's penalty at a
+        length its plates here have (``FormatPrior.has_length``), infinite (no fit) at one they never have; 0 for
+        a format the prior does not name, and for every format under no prior."""
         prior = self.prior
         if prior is None or name not in prior.shares:
             return 0.0
-        if name in prior.lengths and prior.share(name, length) * prior.plates < MIN_LENGTH_PLATES:
+        if not prior.has_length(name, length):
             return math.inf
         return self.penalty[name]
 

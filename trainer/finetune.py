@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from edge.detect import box_iou, letterbox, overlap
 from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
-from edge.formats import COUNTRIES_DIR, MIN_LENGTH_PLATES, FormatPrior, FormatSet, greedy_peaks
+from edge.formats import COUNTRIES_DIR, FormatPrior, FormatSet, greedy_peaks
 from edge.model import (
     DEFAULT_MODELS,
     WIDE_DETECTOR,
@@ -1088,8 +1088,7 @@ def prior_summary(learnt: dict[str, Any] | None, used: bool, top: int = 6) -> st
     prior = FormatPrior.model_validate(learnt)
 
     def seen(name: str) -> str:
-        lengths = [n for n in sorted(prior.lengths.get(name, {}))
-                   if prior.share(name, n) * prior.plates >= MIN_LENGTH_PLATES]
+        lengths = [n for n in sorted(prior.lengths.get(name, {})) if prior.has_length(name, n)]
         return f" ({'/'.join(map(str, lengths))} characters)" if lengths else ""
 
     return (f"learnt from the {prior.plates} plates trained on: "
