@@ -514,7 +514,7 @@ class FormatSet:
         """Nats each format's fit costs under ``prior``: the log of how much rarer it is than the most common one."""
         if prior is None:
             return {}
-        unknown = sorted(set(prior.shares) - set(self.by_name))
+        unknown = sorted((set(prior.shares) | set(prior.lengths)) - set(self.by_name))
         if unknown:
             raise FormatError(f"{self.source or 'formats'}: formats.prior names formats the formats do not list: "
                               f"{unknown[:5]}")
@@ -638,8 +638,9 @@ class FormatSet:
         return [c["code"] for c in self.countries]
 
     def match(self, text: str) -> PlateFormat | None:
-        """The most likely format the bare text fits exactly, or None."""
-        return next((f for f in self._ranked if f.regex.match(text)), None)
+        """The most likely format the bare text fits exactly (the cheapest under the prior at its length), or None."""
+        fits = [f for f in self._ranked if f.regex.match(text)]
+        return min(fits, key=lambda f: self.cost(f.name, len(text)), default=None)
 
     def display(self, text: str, format_name: str | None) -> str:
         """Display form with the format's separators, else the bare text."""

@@ -187,6 +187,12 @@ def test_a_prior_learns_a_formats_lengths_and_gives_a_truncation_no_credit() -> 
     bare = local.decode(_columns("ANW22", p=0.99), READER_CLASSES, BLANK)
     assert (bare.text, bare.format) == ("ANW22", None)
     assert local.decode(_columns("ANW2529", p=0.99), READER_CLASSES, BLANK).format == "my"
+    # A text is also described by a format at a length the camera's plates have, where another fits it.
+    both = FormatSet([*fs.countries, {"code": "XX", "name": "Xland", "weight": 1, "classes": {},
+                                      "formats": [{"name": "xx", "groups": ["LLL", "DD"], "separators": [" "]}]}])
+    assert both.match("ANW22").name == "my"
+    learnt = both.with_prior(both.learn_prior(["ANW2529", "CWM3083", "BFN8484", "ASV9218", "VAL4421", "ABC12"]))
+    assert learnt.match("ANW22").name == "xx" and learnt.match("ANW2529").name == "my"
 
 
 def test_a_prior_travels_in_the_metadata_and_names_only_known_formats() -> None:
