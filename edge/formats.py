@@ -621,13 +621,12 @@ class FormatSet:
                 break
             share = new
         # Each format's plates by length: the texts it accounts for, with its pseudo-plate spread over its lengths.
+        by_length = np.stack([np.bincount([len(t) for t in clean], weights=resp[:, i], minlength=MAX_CHARS + 1)
+                              for i in range(len(fmts))])  # (formats, length): plates accounted for
         lengths: dict[str, dict[int, float]] = {}
         for i, f in enumerate(fmts):
             allowed = sorted({len(seq) for seq in f.expansions})
-            count = {n: pseudo_count / k / len(allowed) for n in allowed}
-            for t, r in zip(clean, resp[:, i], strict=True):
-                if r > 0 and len(t) in count:
-                    count[len(t)] += r
+            count = {n: pseudo_count / k / len(allowed) + by_length[i, n] for n in allowed}
             total = sum(count.values())
             lengths[f.name] = {n: float(f"{c / total:.6g}") for n, c in count.items()}
         return FormatPrior(plates=len(clean), source=source, none=float(share[-1]), lengths=lengths,
