@@ -136,6 +136,10 @@ class FrameReads:
 
     reads: list[PlateRead]
     counts: SearchCounts
+    #: Every box the reader read during the search (quad TL, TR, BR, BL in frame pixels) with its read, in the
+    #: order read, whether or not the read stands for a plate: where fine-tuning looks for a labelled plate that
+    #: no chosen read matches (``trainer.finetune``).
+    read_boxes: tuple[tuple[np.ndarray, PlateText], ...] = ()
 
 
 def _key(quad: np.ndarray) -> bytes:
@@ -331,7 +335,8 @@ class Pipeline:
         whole_macs = self.detector.model_for((image.shape[1], image.shape[0])).meta.macs
         macs = whole_macs + (budget.runs - 1) * self.detector.model.meta.macs + len(memo) * self.reader.model.meta.macs
         return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, looked < len(windows),
-                                              round(budget.seconds * 1000, 3)))
+                                              round(budget.seconds * 1000, 3)),
+                          tuple((np.frombuffer(key, np.float32).reshape(4, 2), read) for key, read in memo.items()))
 
     def __call__(self, image: np.ndarray, frame: int | None = None) -> list[PlateRead]:
         """All plates read in a BGR frame, best first (``run`` without its counts)."""

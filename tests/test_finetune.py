@@ -311,7 +311,7 @@ def test_what_else_a_frame_reads_is_cut_as_no_text_only_where_its_plates_were_pl
     """A sign read in a labelled frame becomes a crop labelled with no text; a read overlapping the plate, a read
     like the label, and every read of a frame whose plate was not found stay out."""
     from edge.detect import Detection
-    from edge.pipeline import Pipeline, PlateRead
+    from edge.pipeline import FrameReads, Pipeline, PlateRead, SearchCounts
     from trainer.finetune import NEGATIVES_PER_FRAME, Row, box_quad, cut_reader_crops, row_label
 
     def read(text: str, box: tuple[float, float, float, float]) -> PlateRead:
@@ -323,8 +323,8 @@ def test_what_else_a_frame_reads_is_cut_as_no_text_only_where_its_plates_were_pl
                    *[read(f"SIGN{k}", (20 + 60 * k, 300, 70 + 60 * k, 320)) for k in range(NEGATIVES_PER_FRAME)]]
 
     class Frames(Pipeline):
-        def __call__(self, image: np.ndarray, frame: int | None = None) -> list[PlateRead]:
-            return frame_reads
+        def run(self, image: np.ndarray, frame: int | None = None) -> FrameReads:
+            return FrameReads(frame_reads, SearchCounts())
 
     base = Pipeline.from_dir(SHIPPED)
     pipeline = Frames(base.detector, base.reader)
@@ -351,7 +351,7 @@ def test_a_boxed_plate_is_also_cut_around_the_box_the_search_read_it_in(tmp_path
     device's reader reads that one); a read elsewhere in the frame is not taken for it."""
     import trainer.finetune as ft
     from edge.detect import Detection
-    from edge.pipeline import Pipeline, PlateRead
+    from edge.pipeline import FrameReads, Pipeline, PlateRead, SearchCounts
 
     def read(text: str, box: tuple[float, float, float, float]) -> PlateRead:
         return PlateRead(text, text, None, None, 0.9, Detection(ft.box_quad(box), box, 0.9))
@@ -359,8 +359,8 @@ def test_a_boxed_plate_is_also_cut_around_the_box_the_search_read_it_in(tmp_path
     label, searched, sign = (100.0, 100.0, 220.0, 130.0), (96.0, 98.0, 226.0, 134.0), (300.0, 10.0, 390.0, 40.0)
 
     class Frames(Pipeline):
-        def __call__(self, image: np.ndarray, frame: int | None = None) -> list[PlateRead]:
-            return [read("STOP", sign), read("AB12CD", searched)]
+        def run(self, image: np.ndarray, frame: int | None = None) -> FrameReads:
+            return FrameReads([read("STOP", sign), read("AB12CD", searched)], SearchCounts())
 
     base = Pipeline.from_dir(SHIPPED)
     cut: list[tuple[float, ...]] = []
@@ -394,3 +394,26 @@ def test_the_reader_plan_stops_at_its_epochs_however_much_time_is_left(monkeypat
     assert ft._plan("reader", 3600)["epochs"] == 3
     with pytest.raises(ValueError, match="--epochs 0"):
         F.Options(data=[tmp_path], out=tmp_path / "o", epochs=0).check()
+
+
+def test_a_plate_no_chosen_read_matches_is_found_in_the_box_the_search_read_it_in() -> None:
+    """Without a labelled box, a plate is placed at the chosen read closest to its label; where none is close, at
+    the closest of every box the search read (a whole-frame box that read the plate, beside a zoomed fragment
+    that was chosen); where none of those is close either, nowhere."""
+    from edge.detect import Detection
+    from edge.formats import PlateText
+    from edge.pipeline import FrameReads, PlateRead, SearchCounts
+    from trainer.finetune import box_quad, locate
+
+    def text(t: str) -> PlateText:
+        return PlateText(t, None, None, (0.9,) * len(t), t)
+
+    plate, fragment, sign = (100.0, 100.0, 220.0, 130.0), (160.0, 102.0, 218.0, 128.0), (300.0, 10.0, 390.0, 40.0)
+    chosen = PlateRead("JD21", "JD21", "de", "DE", 0.85, Detection(box_quad(fragment), fragment, 0.9))
+    boxes = ((box_quad(sign), text("STOP")), (box_quad(plate), text("325J521")), (box_quad(fragment), text("JD21")))
+    found = FrameReads([chosen], SearchCounts(), boxes)
+    np.testing.assert_array_equal(locate(found, "325J521"), box_quad(plate))
+    np.testing.assert_array_equal(locate(found, "JD21"), box_quad(fragment))  # a chosen read that is close first
+    assert locate(found, "ZZ999ZZ") is None
+    assert locate(FrameReads([], SearchCounts()), "325J521") is None
+

@@ -79,6 +79,20 @@ def test_a_sure_read_of_the_whole_frame_ends_the_search() -> None:
     assert result.counts.macs == DET_MACS + READER_MACS * result.counts.reader_runs
 
 
+def test_a_frames_answer_holds_every_box_the_reader_read_once_with_its_read() -> None:
+    det, reader = _Eye(LARGE), _Reader(LARGE, 0.8)
+    result = Pipeline(det, reader).run(FRAME)
+    assert len(result.read_boxes) == result.counts.reader_runs == reader.crops > 1
+    keys = [q.tobytes() for q, _ in result.read_boxes]
+    assert len(set(keys)) == len(keys)
+    plate = result.reads[0]
+    assert any(np.array_equal(q, plate.detection.quad) and r.text == plate.text for q, r in result.read_boxes)
+    # Reads that stand for no plate are kept too.
+    doubtful = Pipeline(_Eye(LARGE), _Reader(LARGE, 0.3)).run(FRAME)
+    assert doubtful.reads == [] and doubtful.read_boxes
+    assert {r.text for _, r in doubtful.read_boxes} == {"AB12CDE"}
+
+
 def test_a_doubtful_read_brings_a_zoomed_look_and_every_tile_on_a_still() -> None:
     det, reader = _Eye(LARGE), _Reader(LARGE, 0.8)  # a format fit, but below `sure`
     result = Pipeline(det, reader).run(FRAME)

@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from edge.detect import box_iou, letterbox, overlap
 from edge.events import CROP_MARGIN_X, CROP_MARGIN_Y
-from edge.formats import COUNTRIES_DIR, FormatPrior, FormatSet, greedy_peaks
+from edge.formats import COUNTRIES_DIR, FormatPrior, FormatSet, PlateText, greedy_peaks
 from edge.model import (
     DEFAULT_MODELS,
     WIDE_DETECTOR,
@@ -80,7 +80,7 @@ from edge.model import (
     model_paths,
     read_metadata,
 )
-from edge.pipeline import Pipeline, PlateRead
+from edge.pipeline import FrameReads, Pipeline, PlateRead
 from edge.plates import BLANK, MAX_CHARS, READER_CLASSES, normalize, similarity
 from edge.recognize import PlateReader, encode_label
 from trainer.data import DETECTOR_INPUT, DETECTOR_STRIDE, jitter_quad, plate_mask
@@ -274,11 +274,23 @@ def collected_crop_quad(width: int, height: int) -> np.ndarray:
     return box_quad((x1, y1, x1 + w, y1 + h))
 
 
-def locate(reads: list[PlateRead], text: str) -> PlateRead | None:
-    """The read closest to ``text`` among a frame's plate reads, or None where none reaches ``MIN_SIMILARITY``."""
+def locate(found: FrameReads, text: str) -> np.ndarray | None:
+    """Where in a frame the plate labelled ``text`` is: the box of the plate read closest to it, else (no plate
+    read reaches ``MIN_SIMILARITY``) that of the closest of every box the search read; None where none does.
+
+    The second look keeps the plates the starting models find but misread worst, the ones fine-tuning has most
+    to teach: a zoomed box that cuts off half the plate may read a short text that fits a format and be chosen,
+    while the whole-frame box around it read the plate."""
     plain = text.translate(LENIENT)
-    best = max(reads, key=lambda r: similarity(r.text.translate(LENIENT), plain), default=None)
-    return best if best is not None and similarity(best.text.translate(LENIENT), plain) >= MIN_SIMILARITY else None
+
+    def close(read: PlateText) -> float:
+        return similarity(read.text.translate(LENIENT), plain)
+
+    best = max(found.reads, key=close, default=None)
+    if best is not None and close(best) >= MIN_SIMILARITY:
+        return best.detection.quad
+    quad, read = max(found.read_boxes, key=lambda qr: close(qr[1]), default=(None, None))
+    return quad if read is not None and close(read) >= MIN_SIMILARITY else None
 
 
 def boxed(reads: list[PlateRead], box: Sequence[float]) -> PlateRead | None:
@@ -387,26 +399,26 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
             for r in image_rows:
                 skip("image missing" if not path.is_file() else "image unreadable", r)
             continue
-        reads = None
+        reads: FrameReads | None = None
         placed: list[tuple[float, float, float, float]] = []  # the boxes of this frame's labelled plates
         for r in image_rows:
             index += 1
-            found = None  # the starting models' read of this plate: its box is what the device's reader reads
+            # ``searched``: the box the starting search read this plate in, which is what the device's reader reads
             if r.crop_only:
-                quad = collected_crop_quad(image.shape[1], image.shape[0])
+                quad = searched = collected_crop_quad(image.shape[1], image.shape[0])
             else:
-                reads = pipeline(image) if reads is None else reads
+                reads = pipeline.run(image) if reads is None else reads
                 if r.box is not None:
                     quad = box_quad(r.box)
-                    found = boxed(reads, r.box)
+                    found = boxed(reads.reads, r.box)
+                    searched = quad if found is None else found.detection.quad
                 else:
-                    found = locate(reads, r.text)
-                    if found is None:
+                    located = locate(reads, r.text)
+                    if located is None:
                         skip("no read close to the label", r)
                         continue
-                    quad = found.detection.quad
+                    quad = searched = located
             placed.append(_quad_box(quad))
-            searched = quad if found is None else found.detection.quad
             plain = reader.crop(image, quad)
             top, bottom = split_rows(reader.columns(plain), r.text, quad_aspect(quad))
             if len(top) > MAX_CHARS or len(bottom) > MAX_CHARS:
@@ -424,9 +436,9 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
                 ys.append(label)
         # A frame whose rows all placed their plates: what else the pipeline reads there is no plate.
         if per_negative and len(placed) == len(image_rows) and not any(r.crop_only for r in image_rows):
-            reads = pipeline(image) if reads is None else reads
+            reads = pipeline.run(image) if reads is None else reads
             labels = [r.text.translate(LENIENT) for r in image_rows]
-            others = [rd for rd in reads if not any(overlap(rd.detection.box, b) > 0 for b in placed)
+            others = [rd for rd in reads.reads if not any(overlap(rd.detection.box, b) > 0 for b in placed)
                       and max(similarity(rd.text.translate(LENIENT), t) for t in labels) < NEGATIVE_MAX_SIMILARITY]
             rng = np.random.default_rng((seed, index, 1))
             for rd in others[:NEGATIVES_PER_FRAME]:
