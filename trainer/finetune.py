@@ -283,7 +283,7 @@ def locate(found: FrameReads, text: str) -> np.ndarray | None:
     while the whole-frame box around it read the plate."""
     plain = text.translate(LENIENT)
 
-    def close(read: PlateText) -> float:
+    def close(read: PlateRead | PlateText) -> float:
         return similarity(read.text.translate(LENIENT), plain)
 
     best = max(found.reads, key=close, default=None)
