@@ -668,19 +668,23 @@ class FormatSet:
             self._tables[n] = (np.array(rows, np.int32).reshape(len(rows), n), table, cost, owners)
         return self._tables[n]
 
-    def _fit(self, logp: np.ndarray) -> tuple[float, PlateFormat, np.ndarray] | None:
-        """Most probable fit of (n, alphabet) log-probabilities to a format, less its prior cost: (log-probability,
-        format, characters), or None when no format has that length."""
-        seqs, table, cost, owners = self._length_table(len(logp))
+    def _fit(self, lp_chars: np.ndarray, cols: list[int], per_set: dict[int, np.ndarray]
+             ) -> tuple[float, PlateFormat, np.ndarray] | None:
+        """Most probable fit of the characters at columns ``cols`` of (timesteps, alphabet) log-probabilities to a
+        format, less its prior cost: (log-probability, format, characters), or None when no format has that length.
+        ``per_set`` caches, per length, each allowed set's best log-probability at every column: the readings of
+        one crop share their columns, so each set is scored once per column, not once per reading."""
+        n = len(cols)
+        seqs, table, cost, owners = self._length_table(n)
         if not owners:
             return None
-        masked = np.where(table[:, None, :], logp[None], -np.inf)  # (sets, n, alphabet)
-        best = masked.max(axis=2)
-        fit = best[seqs, np.arange(len(logp))].sum(axis=1) - cost
+        if n not in per_set:
+            per_set[n] = np.where(table[:, None, :], lp_chars[None], -np.inf).max(axis=2)  # (sets, timesteps)
+        fit = per_set[n][seqs, cols].sum(axis=1) - cost
         s = int(np.argmax(fit))  # ties go to the first: the format the training draw favoured
         if not math.isfinite(fit[s]):
             return None
-        chars = masked[seqs[s], np.arange(len(logp))].argmax(axis=1)
+        chars = np.where(table[seqs[s]], lp_chars[cols], -np.inf).argmax(axis=1)
         return float(fit[s]), owners[s], chars
 
     def decode(self, columns: np.ndarray, classes: str, blank: str, max_cost: float = DEFAULT_MAX_COST) -> PlateText:
@@ -693,17 +697,18 @@ class FormatSet:
         lp_blank = lp[:, classes.index(blank)]
         best_char = lp_chars.max(axis=1)
         best: tuple[float, PlateText] | None = None
+        per_set: dict[int, np.ndarray] = {}
         for cols, edit_cost, edit_probs in _readings(peaks, best_char, lp_blank):
             if edit_cost > max_cost:
                 continue
-            logp = lp_chars[cols]
-            fitted = self._fit(logp)
+            fitted = self._fit(lp_chars, cols, per_set)
             if fitted is None:
                 continue
             fit, fmt, chars = fitted
             cost = edit_cost + float(best_char[cols].sum() - fit)
             if cost <= max_cost and (best is None or cost < best[0]):
                 text = "".join(ALPHABET[i] for i in chars)
+                logp = lp_chars[cols]
                 probs = tuple(float(np.exp(logp[k, i])) for k, i in enumerate(chars))
                 best = (cost, PlateText(text, fmt.name, fmt.country, probs, fmt.display(text) or text,
                                         max(0.0, cost), edit_probs))
