@@ -16,7 +16,8 @@ corrects it). From such folders the command:
    (``PlateReader.crop``) from detector-like rectangles jittered as the
    synthesizer jitters them: around the box where one is given; around the
    plate of a collected crop (a packed folder's row without a box); else around
-   the plate the starting detector finds whose read is closest to the label.
+   the plate the starting detector finds whose read is closest to the label
+   (or, where no plate read is close, the closest of every box its search read).
    Where a box is given, every second crop is cut around the box the starting
    search read that plate in instead: that box, not a labeller's, is what the
    device's reader reads.
