@@ -12,13 +12,16 @@ every check passed, 1 when one failed, 2 for an invalid configuration.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
+import os
+import queue
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,44 +44,77 @@ def _decode_timed(path: str) -> tuple[np.ndarray | ImageError, float]:
     return image, (time.perf_counter() - start) * 1000
 
 
-def _decoded(paths: list[str]) -> Iterator[tuple[str, np.ndarray | ImageError, float]]:
-    """Each path with its decoded image (or the ``ImageError`` that says why there is none) and the decoding's ms,
-    in order. The next image is decoded on a second thread while the caller works on this one: at most one ahead."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        ahead = [pool.submit(_decode_timed, path) for path in paths[:1]]
-        for i, path in enumerate(paths):
-            image, ms = ahead.pop().result()
-            ahead += [pool.submit(_decode_timed, nxt) for nxt in paths[i + 1:i + 2]]
-            yield path, image, ms
+#: ``read --workers 0`` (the default) searches this many images at once at most, one per core.
+MAX_AUTO_WORKERS = 4
 
 
-def read_images(pipeline: Pipeline, paths: list[str], frames: int = 1) -> Iterator[dict]:
-    """Yield one contract object per image path (see the README, 'Reading plates').
+def plan_workers(images: int, workers: int, threads: int | None, accelerator: str,
+                 cores: int | None = None) -> tuple[int, int]:
+    """How many images ``read`` searches at once, and each search's interpreter threads.
+
+    ``workers`` 0 (auto): as many as the cores hold at ``threads`` each (one thread each when ``threads`` is
+    None), at most ``MAX_AUTO_WORKERS`` and the number of images; a Coral serves one interpreter at a time, so
+    with ``edgetpu`` one. ``threads`` None: the cores each worker has, or 2 for a single worker (the daemon's
+    default).
+    """
+    cores = cores or os.cpu_count() or 1
+    if workers <= 0:
+        fit = cores // (threads or 1)
+        workers = 1 if accelerator == "edgetpu" else max(1, min(images, fit, MAX_AUTO_WORKERS))
+    workers = max(1, min(workers, images))
+    if threads is None:
+        threads = 2 if workers == 1 else max(1, cores // workers)
+    return workers, threads
+
+
+def read_images(pipelines: Sequence[Pipeline], paths: list[str], frames: int = 1) -> Iterator[dict]:
+    """Yield one contract object per image path, in the order given (see the README, 'Reading plates').
 
     An image that cannot be decoded, or is refused before decoding (see
     ``edge.images``), gets an ``error`` object and the batch goes on.
     ``frames`` != 1: see ``read_as_video``; ``latency_ms`` and ``search`` (what the search spent) are then
     per frame.
 
-    The next image is decoded while this one is searched (``_decoded``: decoding a 720p JPEG takes about as
-    long as a detector pass, and the search's Python leaves a core idle); ``latency_ms`` is still the image's
-    own decoding and search.
+    Each pipeline searches one image at a time, so several pipelines (each with its own interpreters) search
+    as many images at once, on their own threads: the interpreters and OpenCV leave Python's lock while they
+    work, and one search's Python leaves a core idle that another's passes fill. The next images are decoded
+    on one more thread meanwhile. ``latency_ms`` is an image's own decoding and search.
     """
-    for path, image, decode_ms in _decoded(paths):
+    free: queue.SimpleQueue[Pipeline] = queue.SimpleQueue()
+    for p in pipelines:
+        free.put(p)
+
+    def search(path: str, decoded: Future) -> dict:
+        image, decode_ms = decoded.result()
         if isinstance(image, ImageError):
-            yield {"image": path, "plates": [], "error": {"type": "unreadable", "message": str(image)},
-                   "latency_ms": round(decode_ms, 2)}
-            continue
-        start = time.perf_counter()
-        if frames == 1:
-            result = pipeline.run(image)
-            reads, counts = result.reads, result.counts.as_json()
-            ms = decode_ms + (time.perf_counter() - start) * 1000
-        else:
-            reads, shown, total = read_as_video(pipeline, image, frames)
-            counts = {k: round(v / shown, 2) for k, v in total.as_json().items() if k != "stopped_early"}
-            ms = (decode_ms + (time.perf_counter() - start) * 1000) / shown
-        yield {"image": path, "plates": [r.as_json() for r in reads], "latency_ms": round(ms, 2), "search": counts}
+            return {"image": path, "plates": [], "error": {"type": "unreadable", "message": str(image)},
+                    "latency_ms": round(decode_ms, 2)}
+        pipeline = free.get()
+        try:
+            start = time.perf_counter()
+            if frames == 1:
+                result = pipeline.run(image)
+                reads, counts = result.reads, result.counts.as_json()
+                ms = decode_ms + (time.perf_counter() - start) * 1000
+            else:
+                reads, shown, total = read_as_video(pipeline, image, frames)
+                counts = {k: round(v / shown, 2) for k, v in total.as_json().items() if k != "stopped_early"}
+                ms = (decode_ms + (time.perf_counter() - start) * 1000) / shown
+        finally:
+            free.put(pipeline)
+        return {"image": path, "plates": [r.as_json() for r in reads], "latency_ms": round(ms, 2), "search": counts}
+
+    # At most this many images decoded or in search at once: memory stays bounded on a folder of thousands.
+    window = 2 * len(pipelines) + 1
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as decoder, \
+            ThreadPoolExecutor(max_workers=len(pipelines), thread_name_prefix="search") as searcher:
+        pending: collections.deque[Future] = collections.deque()
+        for path in paths:
+            pending.append(searcher.submit(search, path, decoder.submit(_decode_timed, path)))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def cmd_read(args: argparse.Namespace) -> int:
@@ -89,7 +125,8 @@ def cmd_read(args: argparse.Namespace) -> int:
     except FormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    base, models, threads, accelerator = SearchSettings(), DEFAULT_MODELS, 2, "cpu"
+    base, models, accelerator = SearchSettings(), DEFAULT_MODELS, "cpu"
+    threads: int | None = None
     if args.config is not None:
         cfg = _load_config(args.config)
         if cfg is None:
@@ -111,14 +148,20 @@ def cmd_read(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 0:
+        print(f"error: --workers {args.workers}: give 1 or more, or 0 for one per core", file=sys.stderr)
+        return 2
+    workers, threads = plan_workers(len(args.images), args.workers, threads, accelerator)
     try:
-        pipeline = Pipeline.from_dir(models, threads, accelerator, search=search, extra_formats=extra)
+        pipelines = [Pipeline.from_dir(models, threads, accelerator, search=search, extra_formats=extra)
+                     for _ in range(workers)]
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     n_ok = n_err = n_plates = 0
     latencies = []
-    for obj in read_images(pipeline, args.images, args.frames):
+    start = time.perf_counter()
+    for obj in read_images(pipelines, args.images, args.frames):
         if "error" in obj:
             n_err += 1
             print(f"warning: {obj['error']['message']}", file=sys.stderr)
@@ -131,9 +174,11 @@ def cmd_read(args: argparse.Namespace) -> int:
         else:
             texts = ", ".join(f"{p['display']} ({p['confidence']:.2f})" for p in obj["plates"]) or "-"
             print(f"{obj['image']}: {texts}  [{obj['latency_ms']:.1f} ms]", flush=True)
-    median = f"{statistics.median(latencies):.1f} ms median" if latencies else "no timing"
-    print(f"read {n_ok} of {len(args.images)} images, {n_plates} with a plate, {n_err} unreadable, {median}",
-          file=sys.stderr)
+    wall_ms = (time.perf_counter() - start) * 1000
+    median = f"{statistics.median(latencies):.1f} ms median per image" if latencies else "no timing"
+    print(f"read {n_ok} of {len(args.images)} images, {n_plates} with a plate, {n_err} unreadable, {median}; "
+          f"{wall_ms / len(args.images):.1f} ms per image over the batch ({workers} at once, {threads} "
+          f"interpreter thread{'s' if threads > 1 else ''} each)", file=sys.stderr)
     return 0 if n_ok else 1
 
 
@@ -286,7 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory with detector.tflite, reader.tflite and their .json metadata "
                          "(default: the --config file's, else the shipped models)")
     rd.add_argument("--threads", type=int, default=None,
-                    help="TFLite interpreter threads (default: the --config file's, else 2)")
+                    help="TFLite interpreter threads of each image's search (default: the --config file's; else "
+                         "the cores each of the --workers has, or 2 for one worker)")
+    rd.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="images searched at once, each by its own copy of the models (more memory, more images "
+                         "a second; results still come in the order given). Default 0: one per core, at most "
+                         f"{MAX_AUTO_WORKERS} and as many as the images given; with --accelerator edgetpu, one")
     _add_search_flags(rd)
     rd.add_argument("--config", type=Path, default=None, metavar="FILE",
                     help="take the detection section of this daemon configuration (its search settings, models, "

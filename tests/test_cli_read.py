@@ -190,3 +190,42 @@ def test_read_help_names_every_key_of_a_plate() -> None:
     text = " ".join(out.stdout.split())
     for key in keys:
         assert f'"{key}"' in text, key
+
+
+def test_workers_follow_the_cores_the_threads_and_the_accelerator() -> None:
+    from edge.__main__ import MAX_AUTO_WORKERS, plan_workers
+
+    assert plan_workers(40, 0, None, "cpu", cores=2) == (2, 1)  # one image per core, a thread each
+    assert plan_workers(40, 0, None, "cpu", cores=64) == (MAX_AUTO_WORKERS, 16)
+    assert plan_workers(1, 0, None, "cpu", cores=8) == (1, 2)  # one image: one search, the daemon's 2 threads
+    assert plan_workers(40, 0, 2, "cpu", cores=2) == (1, 2)  # threads given (a --config's): as many as fit
+    assert plan_workers(40, 0, 2, "cpu", cores=8) == (4, 2)
+    assert plan_workers(40, 0, None, "edgetpu", cores=8) == (1, 2)  # one Coral, one interpreter at a time
+    assert plan_workers(3, 8, 1, "cpu", cores=2) == (3, 1)  # asked for: as many as there are images
+
+
+def test_several_workers_give_each_image_the_answer_one_gives_in_the_order_given(tmp_path: Path) -> None:
+    """The same shipped models searching two images at once: the same plates, boxes and counts per image, in
+    the order of the command line, errors inline."""
+    from conftest import ROOT
+
+    scenes = sorted((ROOT / "demo").glob("scene_*.jpg"))
+    assert len(scenes) >= 4
+    paths = [str(p) for p in scenes] + [str(tmp_path / "missing.jpg")] + [str(scenes[0])]
+    runs = {}
+    for workers in ("1", "2"):
+        proc = run_edge("read", "--json", "--models", str(DEFAULT_MODELS), "--workers", workers, *paths)
+        assert proc.returncode == 0, proc.stderr
+        assert f"({workers} at once," in proc.stderr
+        objs = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [o["image"] for o in objs] == paths
+        runs[workers] = [(o["plates"], o.get("search"), o.get("error")) for o in objs]
+    assert runs["1"] == runs["2"]
+    assert any(plates for plates, _, _ in runs["2"]) and runs["2"][-2][2]["type"] == "unreadable"
+    assert runs["2"][-1] == runs["2"][0]
+
+
+def test_a_negative_worker_count_is_a_usage_error(tmp_path: Path) -> None:
+    good, _, _ = _images(tmp_path)
+    proc = run_edge("read", "--workers", "-2", str(good))
+    assert proc.returncode == 2 and "--workers -2" in proc.stderr

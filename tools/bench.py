@@ -396,31 +396,40 @@ def compare_openalpr(models: Path, folder: Path) -> dict:
                            f"{len(rows)} listed, {len(missing)} missing"}
     labels = [t for _, t in rows]
     batch = [paths[0], *paths]  # the first image twice: what the one-image run spends, and the 40 after it
-    base = [sys.executable, "-m", "edge", "read", "--json", "--models", str(models)]
     stdout: list[str] = []
 
-    def many() -> float:
-        wall, proc = _wall(base + [str(p) for p in batch])
-        if proc.returncode != 0:
-            raise BenchError(f"edge read exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-        stdout[:] = [proc.stdout]
-        return wall
+    def timed(base: list[str]) -> tuple[Callable[[], float], Callable[[], float]]:
+        def many() -> float:
+            wall, proc = _wall(base + [str(p) for p in batch])
+            if proc.returncode != 0:
+                raise BenchError(f"edge read exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            stdout[:] = [proc.stdout]
+            return wall
 
-    def one() -> float:
-        wall, proc = _wall([*base, str(batch[0])])
-        if proc.returncode != 0:
-            raise BenchError(f"edge read exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-        return wall
+        def one() -> float:
+            wall, proc = _wall([*base, str(batch[0])])
+            if proc.returncode != 0:
+                raise BenchError(f"edge read exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            return wall
+        return many, one
 
     out: dict = {"set": folder.name, "images": COMPARE_IMAGES, "repeats": COMPARE_REPEATS,
                  "method": f"per image = (median wall of {COMPARE_IMAGES + 1} images - median wall of 1) / "
                            f"{COMPARE_IMAGES}, {COMPARE_REPEATS} runs each"}
+    read = [sys.executable, "-m", "edge", "read", "--json", "--models", str(models)]
     try:
-        ours = _difference(many, one, COMPARE_IMAGES) | {"method": "python -m edge read --json, one process per run"}
+        # ``read``'s defaults search as many images at once as the cores hold (``--workers``); one image at a
+        # time is measured too, as a single photo's latency and as a machine with one core would see it.
+        serial = _difference(*timed([*read, "--workers", "1"]), COMPARE_IMAGES) | {
+            "method": "python -m edge read --json --workers 1, one process per run"}
+        serial["exact"] = _exact(_ours_best(stdout[0] if stdout else "", paths), labels)
+        ours = _difference(*timed(read), COMPARE_IMAGES) | {
+            "method": "python -m edge read --json (its defaults: one image per core at once), one process per run"}
     except (BenchError, OSError, subprocess.TimeoutExpired) as exc:
         return {"skipped": f"edge read on {folder} failed: {exc}"}
     ours["exact"] = _exact(_ours_best(stdout[0] if stdout else "", paths), labels)
     out["ours"] = ours
+    out["ours_one_at_a_time"] = serial
     alpr: dict[str, Any]
     if shutil.which("alpr") or _binding_installed():
         alpr = {"measured": True}
@@ -446,6 +455,8 @@ def compare_openalpr(models: Path, folder: Path) -> dict:
     out["openalpr_2_3"] = alpr
     if ours["ms_per_image"] > 0:
         out["ratio_openalpr_over_ours"] = round(alpr["ms_per_image"] / ours["ms_per_image"], 2)
+    if serial["ms_per_image"] > 0:
+        out["ratio_openalpr_over_ours_one_at_a_time"] = round(alpr["ms_per_image"] / serial["ms_per_image"], 2)
     return out
 
 
@@ -544,6 +555,11 @@ def print_table(r: dict) -> None:
         print("  OpenALPR 2.3 rows: reference figures on the whole sets, not measured in this run")
 
 
+def _serial_ratio(c: dict) -> str:
+    r = c.get("ratio_openalpr_over_ours_one_at_a_time")
+    return f" (one image at a time: {r:.1f}x)" if r else ""
+
+
 def _print_comparison(c: dict | None) -> None:
     if c is None:
         return
@@ -553,17 +569,22 @@ def _print_comparison(c: dict | None) -> None:
     print(f"\nms per image, {c['images']} images of {c['set']}: {c['method']}")
     o, a = c["ours"], c["openalpr_2_3"]
     print(f"  this model set (edge read)  {o['ms_per_image']:8.1f} ms  exact {_fmt(o['exact'])}  "
-          f"(walls {o['wall_s_many']:.2f} s - {o['wall_s_one']:.2f} s)")
+          f"(walls {o['wall_s_many']:.2f} s - {o['wall_s_one']:.2f} s; one image per core at once)")
+    if "ours_one_at_a_time" in c:
+        s = c["ours_one_at_a_time"]
+        print(f"    one image at a time      {s['ms_per_image']:8.1f} ms  exact {_fmt(s['exact'])}  "
+              f"(walls {s['wall_s_many']:.2f} s - {s['wall_s_one']:.2f} s; --workers 1)")
     if a.get("measured"):
         print(f"  OpenALPR 2.3, measured      {a['ms_per_image']:8.1f} ms  exact {_fmt(a.get('exact'))}  "
               f"(walls {a['wall_s_many']:.2f} s - {a['wall_s_one']:.2f} s; {a['method']})")
-        print(f"  OpenALPR / ours: {c['ratio_openalpr_over_ours']:.1f}x")
+        print(f"  OpenALPR / ours: {c['ratio_openalpr_over_ours']:.1f}x{_serial_ratio(c)}")
     else:
         ref = a["reference"]
         print(f"  OpenALPR 2.3: REFERENCE, NOT MEASURED IN THIS RUN: {ref['ms_per_image_low']:.0f}-"
               f"{ref['ms_per_image_high']:.0f} ms per image on the same {ref['images']} images ({ref['source']})"
               + (f"; measuring failed: {a['error']}" if a.get("error") else "; not installed here"))
-        print(f"  OpenALPR (reference, {a['ms_per_image']:.0f} ms) / ours: {c['ratio_openalpr_over_ours']:.1f}x")
+        print(f"  OpenALPR (reference, {a['ms_per_image']:.0f} ms) / ours: {c['ratio_openalpr_over_ours']:.1f}x"
+              f"{_serial_ratio(c)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -638,8 +659,11 @@ def _chart(r: dict, path: Path) -> Path | None:
         i += 1
         a = comp["openalpr_2_3"]
         who = "OpenALPR 2.3" + ("" if a.get("measured") else "\n(reference,\nnot measured)")
-        bars = ax.bar(["this model set", who], [comp["ours"]["ms_per_image"], a["ms_per_image"]],
-                      color=["C0", "C1" if a.get("measured") else "lightgrey"])
+        serial = comp.get("ours_one_at_a_time", {}).get("ms_per_image")
+        names = ["this model set", *(["one image\nat a time"] if serial else []), who]
+        values = [comp["ours"]["ms_per_image"], *([serial] if serial else []), a["ms_per_image"]]
+        bars = ax.bar(names, values, color=["C0", *(["C2"] if serial else []),
+                                            "C1" if a.get("measured") else "lightgrey"])
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
         ax.set_title(f"ms per image, {comp['images']} {comp['set']} images\n(wall of 41 - wall of 1) / 40")
     if real:
