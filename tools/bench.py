@@ -282,9 +282,12 @@ def _norm(text: str) -> str:
     return "".join(c for c in str(text).upper() if c.isalnum())
 
 
-def _wall(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def _wall(argv: list[str], who: str) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time and result of ``argv``; a ``BenchError`` naming ``who`` when it exits non-zero."""
     t = time.perf_counter()
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise BenchError(f"{who} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
     return time.perf_counter() - t, proc
 
 
@@ -328,19 +331,14 @@ def _openalpr_cli(paths: list[Path], batch: list[Path]) -> dict:
     answers: list[str] = []
 
     def many() -> float:
-        wall, proc = _wall(argv + [str(p) for p in batch])
-        if proc.returncode != 0:
-            raise BenchError(f"alpr exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        wall, proc = _wall(argv + [str(p) for p in batch], "alpr")
         answers[:] = [line for line in proc.stdout.splitlines() if line.lstrip().startswith("{")]
         if len(answers) != len(batch):
             raise BenchError(f"alpr printed {len(answers)} JSON lines for {len(batch)} images")
         return wall
 
     def one() -> float:
-        wall, proc = _wall([*argv, str(batch[0])])
-        if proc.returncode != 0:
-            raise BenchError(f"alpr exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-        return wall
+        return _wall([*argv, str(batch[0])], "alpr")[0]
 
     out = _difference(many, one, len(paths)) | {"method": "alpr -c us -j, one process per run"}
     texts: list[str | None] = []
@@ -400,17 +398,12 @@ def compare_openalpr(models: Path, folder: Path) -> dict:
 
     def timed(base: list[str]) -> tuple[Callable[[], float], Callable[[], float]]:
         def many() -> float:
-            wall, proc = _wall(base + [str(p) for p in batch])
-            if proc.returncode != 0:
-                raise BenchError(f"edge read exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            wall, proc = _wall(base + [str(p) for p in batch], "edge read")
             stdout[:] = [proc.stdout]
             return wall
 
         def one() -> float:
-            wall, proc = _wall([*base, str(batch[0])])
-            if proc.returncode != 0:
-                raise BenchError(f"edge read exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-            return wall
+            return _wall([*base, str(batch[0])], "edge read")[0]
         return many, one
 
     out: dict = {"set": folder.name, "images": COMPARE_IMAGES, "repeats": COMPARE_REPEATS,
