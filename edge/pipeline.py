@@ -334,9 +334,9 @@ class Pipeline:
         # The whole frame went through the model that fits its aspect; every other look, through the main one.
         whole_macs = self.detector.model_for((image.shape[1], image.shape[0])).meta.macs
         macs = whole_macs + (budget.runs - 1) * self.detector.model.meta.macs + len(memo) * self.reader.model.meta.macs
+        read_boxes = tuple((np.frombuffer(key, np.float32).reshape(4, 2).copy(), read) for key, read in memo.items())
         return FrameReads(reads, SearchCounts(budget.runs, len(memo), macs, looked < len(windows),
-                                              round(budget.seconds * 1000, 3)),
-                          tuple((np.frombuffer(key, np.float32).reshape(4, 2), read) for key, read in memo.items()))
+                                              round(budget.seconds * 1000, 3)), read_boxes)
 
     def __call__(self, image: np.ndarray, frame: int | None = None) -> list[PlateRead]:
         """All plates read in a BGR frame, best first (``run`` without its counts)."""
