@@ -13,6 +13,7 @@ import numpy as np
 from edge.detect import Detection, PlateDetector, merge_tiles, overlap
 from edge.formats import DEFAULT_MAX_COST, FormatSet, PlateText
 from edge.model import DEFAULT_MODELS, load_model_set
+from edge.plates import edits_within
 from edge.recognize import PlateReader
 from edge.search import SearchSettings
 
@@ -85,6 +86,33 @@ def _rank(read: PlateRead) -> tuple[bool, float]:
 def _candidate_rank(read: PlateText) -> tuple[bool, float]:
     """Which candidate box of one plate stands for it: plate length, then confidence, a format fit counting more."""
     return len(read.text) >= MIN_TEXT_LEN, read.confidence * _evidence(read)
+
+
+#: A candidate box that cuts through its plate reads part of it, often surely, and a short part fits some format
+#: (``489T`` of ``489T051``; ``T4Y5`` of ``812T475``). Such a box lies within another candidate of the plate
+#: (``FRAGMENT_WITHIN`` of its width, half its height), is at most ``FRAGMENT_MAX_WIDTH`` as wide, and reads at
+#: least ``FRAGMENT_MIN_MISSING`` characters fewer, all but ``FRAGMENT_MAX_EDITS`` of them in the wider box's read,
+#: which is at least as sure: it does not stand for the plate while that read is acceptable. A wider read that is
+#: less sure is as likely a bumper's or a frame's edges read as characters around the plate; one character more
+#: in a wider box is as often a frame's lettering or a screw read as a character (``8D79882L``), so it takes two.
+FRAGMENT_WITHIN = 0.85
+FRAGMENT_MAX_WIDTH = 0.8
+FRAGMENT_MIN_MISSING = 2
+FRAGMENT_MAX_EDITS = 1
+
+
+def _is_part(read: PlateText, box: tuple[float, float, float, float], whole: PlateText,
+             whole_box: tuple[float, float, float, float]) -> bool:
+    """Whether ``read`` in ``box`` is a read of part of the plate ``whole`` reads in ``whole_box`` (see above)."""
+    if len(whole.text) < len(read.text) + FRAGMENT_MIN_MISSING or whole.confidence < read.confidence:
+        return False
+    width, height = box[2] - box[0], box[3] - box[1]
+    across = min(box[2], whole_box[2]) - max(box[0], whole_box[0])
+    down = min(box[3], whole_box[3]) - max(box[1], whole_box[1])
+    if width <= 0 or height <= 0 or across < FRAGMENT_WITHIN * width or down < 0.5 * height:
+        return False
+    return (width <= FRAGMENT_MAX_WIDTH * (whole_box[2] - whole_box[0])
+            and edits_within(read.text, whole.text) <= FRAGMENT_MAX_EDITS)
 
 
 #: A still's plate whose read is not ``sure`` is read again in its box shifted by these fractions of the box's width
@@ -218,7 +246,8 @@ class Pipeline:
         A detection with several candidate boxes (see ``edge.detect``) is read
         in each; the read that fits a format and that the reader is surest of
         stands for the plate, with the tightest box of the candidates that read
-        the same text. ``memo`` keeps reads across calls on one frame, so a box
+        the same text, unless its box cut through the plate that a wider box
+        reads whole (``_is_part``). ``memo`` keeps reads across calls on one frame, so a box
         is read once.
 
         ``reread`` (a still, which has no next frame to read the plate again):
@@ -235,6 +264,8 @@ class Pipeline:
                 read = self._read(image, cand.quad, memo)
                 if acceptable(read):
                     seen.append((read, cand))
+            # A box that cut through the plate does not stand for it while a box that holds it reads whole.
+            seen = [(r, c) for r, c in seen if not any(_is_part(r, c.box, w, wc.box) for w, wc in seen)]
             if not seen:
                 continue
             read, best = max(seen, key=lambda rc: _candidate_rank(rc[0]))

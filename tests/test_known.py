@@ -21,7 +21,7 @@ from edge.known import (
     read_plate_file,
     reload,
 )
-from edge.plates import similarity
+from edge.plates import edits_within, similarity
 from edge.tracker import Event
 
 UTC = dt.UTC
@@ -70,6 +70,14 @@ def test_without_look_alikes_it_is_the_edit_distance() -> None:
         b = "".join(rng.choices(plain, k=rng.randint(1, 8)))
         levenshtein = round((1 - similarity(a, b)) * max(len(a), len(b)))
         assert distance(a, b) == levenshtein, (a, b)
+
+
+def test_edits_within_finds_the_closest_run_of_the_longer_text() -> None:
+    assert edits_within("489T", "489T051") == 0 and edits_within("T051", "489T051") == 0
+    assert edits_within("JD21", "325J521") == 1  # J521 with one character read wrong
+    assert edits_within("T4Y5", "812T475") == 1 and edits_within("XY88", "325J521") == 4
+    assert edits_within("", "AB") == 0 and edits_within("AB", "") == 2
+    assert edits_within("ABC", "ABC") == 0 and edits_within("ABCD", "ABC") == 1
 
 
 def test_distance_above_the_limit_is_infinite() -> None:

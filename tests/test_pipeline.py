@@ -64,6 +64,37 @@ def test_the_plate_box_is_the_tightest_candidate_that_reads_the_same_text() -> N
     assert reads[0].confidence == pytest.approx(0.99)
 
 
+def test_a_box_that_cuts_through_the_plate_does_not_stand_for_it_while_a_wider_box_reads_it_whole() -> None:
+    # The whole-frame box reads a plate of no known format surely; a zoomed box on its right half reads four of
+    # its characters (one wrong) as a German plate, which a format fit would otherwise rank first.
+    whole, right, left = (200.0, 260.0, 455.0, 305.0), (335.0, 262.0, 455.0, 304.0), (200.0, 262.0, 330.0, 304.0)
+    frame = np.zeros((400, 500, 3), np.uint8)
+    fragment = _read("JD21", [0.9] * 4, "de")
+    reader = _BoxReader({whole: _read("325J521", [0.97] * 7), right: fragment, left: _read("325", [0.95] * 3)})
+    [read] = Pipeline(None, reader).read_detections(frame, [_det(whole, 0.9, (_det(right, 0.9), _det(left, 0.9)))])
+    assert (read.text, read.detection.box) == ("325J521", whole)
+    # Without the wider box's read (not acceptable, or not read there), the part is what there is.
+    reader = _BoxReader({whole: _read("325J521", [0.4] * 7), right: fragment})
+    assert [r.text for r in Pipeline(None, reader).read_detections(frame, [_det(whole, 0.9, (_det(right, 0.9),))])] \
+        == ["JD21"]
+    # Nor while it reads the whole less surely than the part (a bumper's edges read as characters around it).
+    reader = _BoxReader({whole: _read("325J521", [0.85] * 7), right: fragment})
+    assert [r.text for r in Pipeline(None, reader).read_detections(frame, [_det(whole, 0.9, (_det(right, 0.9),))])] \
+        == ["JD21"]
+    # One character more in a wider box is no cut (a frame's lettering read as a character): the surer read stands.
+    reader = _BoxReader({whole: _read("8D79882L", [0.97] * 8), right: _read("8D79882", [0.99] * 7)})
+    assert [r.text for r in Pipeline(None, reader).read_detections(frame, [_det(whole, 0.9, (_det(right, 0.9),))])] \
+        == ["8D79882"]
+    # Nor is a narrow box whose read the wider one does not hold, or one that lies outside it.
+    reader = _BoxReader({whole: _read("325J521", [0.97] * 7), right: _read("XY88", [0.9] * 4, "de")})
+    assert [r.text for r in Pipeline(None, reader).read_detections(frame, [_det(whole, 0.9, (_det(right, 0.9),))])] \
+        == ["XY88"]
+    below = (335.0, 300.0, 455.0, 350.0)
+    reader = _BoxReader({whole: _read("325J521", [0.97] * 7), below: fragment})
+    assert [r.text for r in Pipeline(None, reader).read_detections(frame, [_det(whole, 0.9, (_det(below, 0.9),))])] \
+        == ["JD21"]
+
+
 def test_a_detection_without_a_readable_candidate_is_dropped() -> None:
     box = (10.0, 10.0, 60.0, 30.0)
     reader = _BoxReader({box: _read("7", [0.9])})
