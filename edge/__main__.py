@@ -34,6 +34,8 @@ from edge.model import ACCELERATORS, DEFAULT_MODELS, ModelError, read_metadata, 
 from edge.pipeline import Pipeline, read_as_video
 from edge.search import SEARCH_FIELDS, SearchSettings
 
+log = logging.getLogger("edge.read")
+
 
 def _decode_timed(path: str) -> tuple[np.ndarray | ImageError, float]:
     start = time.perf_counter()
@@ -71,7 +73,9 @@ def read_images(pipelines: Sequence[Pipeline], paths: list[str], frames: int = 1
     """Yield one contract object per image path, in the order given (see the README, 'Reading plates').
 
     An image that cannot be decoded, or is refused before decoding (see
-    ``edge.images``), gets an ``error`` object and the batch goes on.
+    ``edge.images``), gets an ``error`` object of type ``unreadable``, one whose
+    search raised (a bug, a runtime's error) one of type ``failed``, and the
+    batch goes on.
     ``frames`` != 1: see ``read_as_video``; ``latency_ms`` and ``search`` (what the search spent) are then
     per frame.
 
@@ -85,6 +89,14 @@ def read_images(pipelines: Sequence[Pipeline], paths: list[str], frames: int = 1
         free.put(p)
 
     def search(path: str, decoded: Future) -> dict:
+        try:
+            return searched(path, decoded)
+        except Exception as exc:  # a bug or a runtime's error on one image: report it there, read the rest
+            log.exception("%s: search failed", path)
+            return {"image": path, "plates": [], "error": {
+                "type": "failed", "message": f"{path}: search failed ({type(exc).__name__}: {exc})"}}
+
+    def searched(path: str, decoded: Future) -> dict:
         image, decode_ms = decoded.result()
         if isinstance(image, ImageError):
             return {"image": path, "plates": [], "error": {"type": "unreadable", "message": str(image)},
@@ -158,12 +170,13 @@ def cmd_read(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    n_ok = n_err = n_plates = 0
+    n_ok = n_plates = 0
+    errors: collections.Counter[str] = collections.Counter()
     latencies = []
     start = time.perf_counter()
     for obj in read_images(pipelines, args.images, args.frames):
         if "error" in obj:
-            n_err += 1
+            errors[obj["error"]["type"]] += 1
             print(f"warning: {obj['error']['message']}", file=sys.stderr)
         else:
             n_ok += 1
@@ -175,8 +188,10 @@ def cmd_read(args: argparse.Namespace) -> int:
             texts = ", ".join(f"{p['display']} ({p['confidence']:.2f})" for p in obj["plates"]) or "-"
             print(f"{obj['image']}: {texts}  [{obj['latency_ms']:.1f} ms]", flush=True)
     wall_ms = (time.perf_counter() - start) * 1000
+    failed = f"{errors['failed']} failed, " if errors["failed"] else ""
     median = f"{statistics.median(latencies):.1f} ms median per image" if latencies else "no timing"
-    print(f"read {n_ok} of {len(args.images)} images, {n_plates} with a plate, {n_err} unreadable, {median}; "
+    print(f"read {n_ok} of {len(args.images)} images, {n_plates} with a plate, {errors['unreadable']} unreadable, "
+          f"{failed}{median}; "
           f"{wall_ms / len(args.images):.1f} ms per image over the batch ({workers} at once, {threads} "
           f"interpreter thread{'s' if threads > 1 else ''} each)", file=sys.stderr)
     return 0 if n_ok else 1
@@ -323,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         '"detector_score"}], "latency_ms", "search": {"detector_runs", "reader_runs", "macs", "stopped_early"}}; '
         'plates best first; an unreadable image gets an "error" object and the command goes on: a missing or '
         f"empty file, one that is not JPEG, PNG, BMP, WebP, TIFF or PNM, or one over {MAX_IMAGE_PIXELS / 1e6:g} "
-        "Mpx (refused from its header, before decoding). A summary goes to stderr.",
+        'Mpx (refused from its header, before decoding); so does an image whose search fails ("type": "failed", '
+        "with the error, its traceback on stderr). A summary goes to stderr.",
     )
     rd.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, WebP, TIFF, PNM)")
     rd.add_argument("--json", action="store_true", help="one JSON object per image (the read contract)")

@@ -229,3 +229,25 @@ def test_a_negative_worker_count_is_a_usage_error(tmp_path: Path) -> None:
     good, _, _ = _images(tmp_path)
     proc = run_edge("read", "--workers", "-2", str(good))
     assert proc.returncode == 2 and "--workers -2" in proc.stderr
+
+
+def test_an_image_whose_search_fails_gets_an_error_object_and_the_batch_goes_on(tmp_path: Path) -> None:
+    """Whatever a search raises on one image (a bug, a runtime's error) is that image's error; the others are read."""
+    from edge.__main__ import read_images
+    from edge.pipeline import FrameReads, SearchCounts
+
+    class _Pipeline:  # fails on the frame of one size only
+        def run(self, image: np.ndarray) -> FrameReads:
+            if image.shape[0] == 99:
+                raise RuntimeError("tensor arena exhausted")
+            return FrameReads([], SearchCounts(detector_runs=1))
+
+    paths = []
+    for i, height in enumerate((120, 99, 120)):
+        paths.append(str(tmp_path / f"f{i}.png"))
+        cv2.imwrite(paths[-1], np.zeros((height, 160, 3), np.uint8))
+    objs = list(read_images([_Pipeline(), _Pipeline()], paths))
+    assert [o["image"] for o in objs] == paths
+    assert objs[1]["plates"] == [] and objs[1]["error"] == {
+        "type": "failed", "message": f"{paths[1]}: search failed (RuntimeError: tensor arena exhausted)"}
+    assert "error" not in objs[0] and "error" not in objs[2] and objs[2]["search"]["detector_runs"] == 1
