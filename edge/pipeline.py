@@ -247,8 +247,8 @@ class Pipeline:
         in each; the read that fits a format and that the reader is surest of
         stands for the plate, with the tightest box of the candidates that read
         the same text, unless its box cut through the plate that a wider box
-        reads whole (``_is_part``). ``memo`` keeps reads across calls on one frame, so a box
-        is read once.
+        reads whole (``_is_part``). ``memo`` keeps reads across calls on one
+        frame, so a box is read once.
 
         ``reread`` (a still, which has no next frame to read the plate again):
         a plate whose best read is below ``sure`` is read again in its best box
