@@ -34,7 +34,11 @@ plates (:meth:`FormatSet.learn_prior`) and stores it in the reader's
 metadata. Decoding then adds to each fit the log of how much rarer its format
 is than the most common one, so a Greek plate with its first letter lost is
 read as a Greek plate rather than as a German one that fits the rest, and a
-format the camera never saw no longer bends a read into its shape. The prior
+format the camera never saw no longer bends a read into its shape. It is
+learnt by country first: the countries whose plates the camera sees share
+it, and each shares its part among its formats, so the camera's own
+country keeps the formats its labels happen to lack, and a narrower foreign
+format that also takes most of one of them does not take its place. The prior
 also says how long each format's plates are: a format that allows 2 to 7
 characters but whose plates at this camera all have 7 gives a read that lost
 two of them no credit.
@@ -67,6 +71,9 @@ DEFAULT_MAX_COST = 2.0
 #: A format's lengths that hold fewer of the plates a prior was learnt from than this (in plates) give no fit under
 #: it: a format of 2 to 7 characters whose plates here are all 7 long gives a read that lost two of them no credit.
 MIN_LENGTH_PLATES = 0.5
+#: What the country file's draw shares weigh, in plates, against a camera's labelled plates when a prior shares a
+#: country's plates among its formats (``FormatSet.learn_prior``): a format the labels lack keeps a share.
+COUNTRY_PRIOR_PLATES = 4.0
 #: Probability floor of one column: int8 softmax outputs step by 1/256 and can be exactly 0.
 PROB_FLOOR = 1.0 / 512
 #: Expansions of one format into fixed-length position sequences, at most (a guard against runaway patterns).
@@ -583,54 +590,75 @@ class FormatSet:
         return cls(countries, source, prior)
 
     def learn_prior(self, texts: list[str], source: str = "", pseudo_count: float = 1.0,
-                    iterations: int = 200) -> FormatPrior:
-        """How often each format occurs among labelled plate ``texts``, and at which lengths: a mixture of the
-        formats, each drawing its texts uniformly, and of unformatted text (a vanity plate), fitted by
-        expectation-maximisation.
+                    country_plates: float = COUNTRY_PRIOR_PLATES, iterations: int = 500) -> FormatPrior:
+        """How often each format occurs among labelled plate ``texts``, and at which lengths: a mixture of
+        countries and of unformatted text (a vanity plate), each country a mixture of its formats, each format
+        drawing its texts uniformly; fitted by expectation-maximisation.
 
         Texts often fit several formats (ZG1746AC fits the Croatian format and
         several broader ones). Since a format spreads its probability over every
         text it allows, a narrow format that fits a text explains it better than
-        a broad one, and the fit gives the shares to the formats that account
-        for the plates. A format's lengths are those of the texts it accounts
-        for. ``pseudo_count`` plates are spread evenly over every format and
-        unformatted text (and a format's over its lengths), so no share is 0.
+        a broad one. Countries compete for the camera's plates first: a text the
+        formats of two countries both take goes mostly to the country that
+        accounts for the camera's other plates, so a US camera's ABC1234 plates
+        stay American rather than go to a narrower Malaysian format that takes
+        most of them too (and then leaves the rest, ABC0123, no fit at all).
+        Within a country, each format starts from its share of the country
+        file's draw, worth ``country_plates`` plates, and moves to what the
+        texts show: a format of the camera's country that the labels happen to
+        lack keeps a share in proportion to what the file expects. A format's
+        lengths are those of the texts it accounts for. ``pseudo_count`` plates
+        are spread evenly over every country and unformatted text (and a
+        format's over its lengths), so no share is 0.
         """
         clean = [t for t in ("".join(ch for ch in str(x).upper() if ch.isalnum()) for x in texts) if t]
         if not clean:
             raise ValueError("no plate texts to learn a format prior from")
         fmts = self.formats
+        codes = sorted({f.country for f in fmts})
+        country = np.array([codes.index(f.country) for f in fmts], np.int64)
+        n_c, n_f = len(codes), len(fmts)
+        draw = np.array([f.draw_share for f in fmts], np.float64)
+        by_country = np.bincount(country, weights=draw, minlength=n_c)
+        # A format's share of its country's draw (alike within a country whose file gives them all 0).
+        counts = np.bincount(country, minlength=n_c).astype(np.float64)
+        within = np.where(by_country[country] > 0, draw / np.maximum(by_country[country], 1e-300), 1 / counts[country])
         # log P(text | component): a format draws each text it allows alike; unformatted text draws its length
         # evenly from 1..MAX_CHARS and then each character from the alphabet.
         log_volume = np.array([math.log(sum(math.prod(len(a) for a in seq) for seq in f.expansions)) for f in fmts])
-        fits = np.array([[f.regex.match(t) is not None for f in fmts] for t in clean], bool).reshape(len(clean),
-                                                                                                      len(fmts))
+        fits = np.array([[f.regex.match(t) is not None for f in fmts] for t in clean], bool).reshape(len(clean), n_f)
         loglik = np.concatenate([np.where(fits, -log_volume[None], -np.inf),
                                  np.array([[-len(t) * math.log(len(ALPHABET)) - math.log(MAX_CHARS)]
                                            for t in clean])], axis=1)
-        k = len(fmts) + 1
-        share = np.full(k, 1.0 / k)
-        resp = np.zeros((len(clean), k))
-        for _ in range(iterations):
-            joint = loglik + np.log(share)[None]
-            resp = np.exp(joint - joint.max(axis=1, keepdims=True))
-            resp /= resp.sum(axis=1, keepdims=True)
-            new = (resp.sum(axis=0) + pseudo_count / k) / (len(clean) + pseudo_count)
-            if np.abs(new - share).max() < 1e-9:
-                share = new
-                break
-            share = new
-        # Each format's plates by length: the texts it accounts for, with its pseudo-plate spread over its lengths.
+        share_c = np.full(n_c + 1, 1.0 / (n_c + 1))  # the countries', then unformatted text's
+        share_f = within.copy()  # each format's within its country
+        resp = np.zeros((len(clean), n_f + 1))
+        with np.errstate(divide="ignore"):
+            for _ in range(iterations):
+                mix = np.log(np.concatenate([share_c[country] * share_f, share_c[-1:]]))
+                joint = loglik + mix[None]
+                resp = np.exp(joint - joint.max(axis=1, keepdims=True))
+                resp /= resp.sum(axis=1, keepdims=True)
+                per_format = resp.sum(axis=0)
+                per_country = np.append(np.bincount(country, weights=per_format[:-1], minlength=n_c), per_format[-1])
+                new_c = (per_country + pseudo_count / (n_c + 1)) / (len(clean) + pseudo_count)
+                new_f = (per_format[:-1] + country_plates * within) / (per_country[country] + country_plates)
+                moved = max(np.abs(new_c - share_c).max(), np.abs(new_f - share_f).max())
+                share_c, share_f = new_c, new_f
+                if moved < 1e-9:
+                    break
+        share = share_c[country] * share_f
+        # Each format's plates by length: the texts it accounts for, with a pseudo-plate spread over its lengths.
         by_length = np.stack([np.bincount([len(t) for t in clean], weights=resp[:, i], minlength=MAX_CHARS + 1)
-                              for i in range(len(fmts))])  # (formats, length): plates accounted for
+                              for i in range(n_f)])  # (formats, length): plates accounted for
         lengths: dict[str, dict[int, float]] = {}
         for i, f in enumerate(fmts):
             allowed = sorted({len(seq) for seq in f.expansions})
-            count = {n: pseudo_count / k / len(allowed) + by_length[i, n] for n in allowed}
+            count = {n: pseudo_count / (n_f + 1) / len(allowed) + by_length[i, n] for n in allowed}
             total = sum(count.values())
             lengths[f.name] = {n: float(f"{c / total:.6g}") for n, c in count.items()}
-        return FormatPrior(plates=len(clean), source=source, none=float(share[-1]), lengths=lengths,
-                           shares={f.name: float(f"{v:.6g}") for f, v in zip(fmts, share[:-1], strict=True)})
+        return FormatPrior(plates=len(clean), source=source, none=float(share_c[-1]), lengths=lengths,
+                           shares={f.name: float(f"{v:.6g}") for f, v in zip(fmts, share, strict=True)})
 
     @property
     def country_codes(self) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.formats import COUNTRIES_DIR, FormatError, FormatSet, load_countries, read_confidence
+from edge.formats import COUNTRIES_DIR, DEFAULT_MAX_COST, FormatError, FormatSet, load_countries, read_confidence
 from edge.plates import BLANK, READER_CLASSES, normalize
 
 
@@ -302,3 +302,34 @@ def test_a_country_file_is_read_as_safely_as_a_configuration(tmp_path: Path, bod
     with pytest.raises(FormatError, match=re.escape(message)) as err:
         load_countries(tmp_path)
     assert "zz.yaml" in str(err.value)
+
+
+def _home_and_narrow() -> FormatSet:
+    # A home country's ABC-1234 plates: most also fit a narrower foreign format, which takes no ABC-0123.
+    return FormatSet([
+        {"code": "HL", "name": "Home", "weight": 1, "classes": {},
+         "formats": [{"name": "home_a", "groups": ["LLL", "DDDD"], "separators": ["-"]},
+                     {"name": "home_b", "groups": ["N", "LLL", "DDD"], "separators": ["", " "]},
+                     {"name": "home_c", "groups": ["LL", "DDDDD"], "separators": [" "]}]},
+        {"code": "NL", "name": "Narrow", "weight": 1, "classes": {"P": "ABCDEFGHIJKLM"},
+         "formats": [{"name": "narrow", "groups": ["PLL", "ND{3}"], "separators": [" "]}]},
+        {"code": "XX", "name": "Xland", "weight": 1, "classes": {},
+         "formats": [{"name": "xx", "groups": ["LL", "DDDDD"], "separators": [" "]}]}], "test")
+
+
+def test_a_prior_keeps_the_camera_countrys_formats_where_a_narrower_foreign_one_takes_most_of_their_plates() -> None:
+    fs = _home_and_narrow()
+    texts = ["1ABC234", "2XYZ345", "3KLM456", "4PQR567", "5STU678", "6VWX789", "ABC1234", "BCD2345", "CDE3456",
+             "DEF4567"]
+    local = fs.with_prior(fs.learn_prior(texts))
+    assert local.prior is not None
+    shares = local.prior.shares
+    # The four ABC1234 texts fit both; the country that accounts for the camera's other plates keeps a part of them.
+    assert shares["home_a"] > 0.1
+    fmt = local.match("ABC0123")
+    assert fmt is not None and fmt.name == "home_a" and local.cost("home_a", 7) < DEFAULT_MAX_COST
+    read = local.decode(_columns("ABC0123", p=0.99), READER_CLASSES, BLANK)
+    assert (read.text, read.format) == ("ABC0123", "home_a")
+    # A format of the camera's country that no label holds keeps more than one of a country the camera never sees.
+    assert shares["home_c"] > 3 * shares["xx"]
+    assert sum(shares.values()) + local.prior.none == pytest.approx(1.0, abs=1e-4)
