@@ -139,6 +139,14 @@ def acceptable(read: PlateText) -> bool:
     return read.format is not None or read.confidence >= FREE_MIN_CONFIDENCE
 
 
+def lettered(read: PlateText) -> bool:
+    """Whether a box's read is lettering that may be part of a plate (``SHORT_TEXT_LEN`` characters or more at
+    ``MIN_CONFIDENCE``), so that a zoomed look at the box is worth its run: a box that cuts through a plate (at a
+    tile's edge, a crest or a dash) reads a part of it, often too short to stand for the plate, and the zoomed look
+    fits the box to the whole plate. A box that reads nothing or one character is mostly a grille or a lamp."""
+    return len(read.text) >= SHORT_TEXT_LEN and read.confidence >= MIN_CONFIDENCE
+
+
 @dataclass(frozen=True)
 class SearchCounts:
     """What one frame's search spent."""
@@ -294,11 +302,11 @@ class Pipeline:
               zoomed: set[bytes], memo: dict[bytes, PlateText] | None = None) -> list[Detection]:
         """The ``refine`` best of ``dets`` with each of their boxes not yet zoomed looked at again zoomed in
         (``PlateDetector.refine``), keeping ``reserve`` runs of the budget; every box stays a candidate.
-        With ``memo``, only detections one of whose boxes already read as a plate (``acceptable``) get one."""
+        With ``memo``, only detections one of whose boxes already read as lettering (``lettered``) get one."""
         out = list(dets)
         for i, det in enumerate(dets[: self.search.refine]):
             if memo is not None and not any(
-                    (read := memo.get(_key(c.quad))) is not None and acceptable(read)
+                    (read := memo.get(_key(c.quad))) is not None and lettered(read)
                     for c in det.candidates()):
                 continue  # not read (past max_plates) or read as nothing
             boxes: list[Detection] = []
@@ -353,7 +361,7 @@ class Pipeline:
             looked += 1
             if tiled:
                 # As before the tiles, only boxes that read as something get a zoomed look: the rest of what a
-                # tile finds (lettering, grilles, lamps) would spend a run each and read as nothing again.
+                # tile finds (grilles, lamps) would spend a run each and read as nothing again.
                 dets = merge_tiles(dets, tiled)
                 self.read_detections(image, dets, memo)
                 dets = self._zoom(image, dets, budget, 0, zoomed, memo)

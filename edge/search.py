@@ -21,9 +21,11 @@ The search, per frame:
    followed by zoomed looks at the boxes it found that read as something; a
    sure read after a tile ends the search there as in step 3.
 
-Zoomed looks go only to boxes whose read may stand for a plate
-(``edge.pipeline.acceptable``): what reads as nothing at one scale is mostly
-lettering, a grille or a lamp, not a plate.
+Zoomed looks go only to boxes that read as lettering, two characters or more
+at the reader's least confidence (``edge.pipeline.lettered``): a box that cuts
+through a plate reads a part of it, too short to stand for the plate, and the
+zoomed look fits the box to the whole plate; what reads as nothing or one
+character at one scale is mostly a grille or a lamp, not a plate.
 
 On video a frame spends at most ``max_detector_runs`` passes (whole frame,
 tiles, zoomed looks, in that order of priority). A still has no next frame:

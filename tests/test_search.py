@@ -197,6 +197,63 @@ def test_what_a_tile_finds_that_reads_as_nothing_gets_no_zoomed_look() -> None:
     assert result.counts.detector_runs == det.runs == 1 + 4 + len(zooms)
 
 
+class _CutEye(_Eye):
+    """Sees only the left ``cut`` of the plate over the whole frame; a window (a zoomed look) sees all of it."""
+
+    def __init__(self, quad: np.ndarray, cut: float) -> None:
+        super().__init__(quad)
+        self.cut, self.whole = cut, False
+
+    def prepare(self, image):
+        self.whole = True
+        return super().prepare(image)
+
+    def window(self, image, centre, width):
+        self.whole = False
+        return super().window(image, centre, width)
+
+    def probabilities(self, pixels):
+        full = self.quad
+        if self.whole:
+            self.quad = full.copy()
+            self.quad[[1, 2], 0] = full[0, 0] + self.cut * (full[1, 0] - full[0, 0])
+        try:
+            return super().probabilities(pixels)
+        finally:
+            self.quad = full
+
+
+class _PartReader(_Reader):
+    """Reads the plate from a crop that holds 90 % of it, and ``part`` from one that holds a third or more."""
+
+    def __init__(self, quad: np.ndarray, prob: float, part: str) -> None:
+        super().__init__(quad, prob)
+        self.part = part
+
+    def read_crop(self, quad) -> PlateText:
+        x1, y1 = np.maximum(quad.min(axis=0), self.quad.min(axis=0))
+        x2, y2 = np.minimum(quad.max(axis=0), self.quad.max(axis=0))
+        held = max(0, x2 - x1) * max(0, y2 - y1) / np.prod(self.quad.max(axis=0) - self.quad.min(axis=0))
+        if held >= 0.9:
+            return PlateText(self.text, "gb_current", "GB", (self.prob,) * len(self.text), self.text)
+        if held >= 1 / 3:
+            return PlateText(self.part, None, None, (self.prob,) * len(self.part), self.part)
+        return PlateText("", None, None, (), "")
+
+
+@pytest.mark.parametrize(("part", "zoomed"), [("AB", True), ("A", False)])
+def test_a_box_that_reads_part_of_a_plate_gets_a_zoomed_look_that_finds_it_whole(part: str, zoomed: bool) -> None:
+    # The whole frame's box cuts the plate; two characters read there are too few to stand for a plate, but are
+    # lettering worth a zoomed look. One character is not (a lamp, a grille's edge).
+    eye = _CutEye(LARGE, cut=0.6)
+    result = Pipeline(eye, _PartReader(LARGE, 0.8, part), SearchSettings(tiles=0)).run(FRAME)
+    if zoomed:
+        assert [r.text for r in result.reads] == ["AB12CDE"] and eye.runs == result.counts.detector_runs == 2
+        assert result.reads[0].detection.box[2] == pytest.approx(760, abs=8)  # the whole plate's box
+    else:
+        assert result.reads == [] and eye.runs == result.counts.detector_runs == 1
+
+
 class _EdgeReader(_Reader):
     """Reads the plate's last character wrong in exactly its detected box; any shift of the box reads it right."""
 
