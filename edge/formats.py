@@ -621,8 +621,9 @@ class FormatSet:
         draw = np.array([f.draw_share for f in fmts], np.float64)
         by_country = np.bincount(country, weights=draw, minlength=n_c)
         # A format's share of its country's draw (alike within a country whose file gives them all 0).
-        counts = np.bincount(country, minlength=n_c).astype(np.float64)
-        within = np.where(by_country[country] > 0, draw / np.maximum(by_country[country], 1e-300), 1 / counts[country])
+        formats_of = np.bincount(country, minlength=n_c).astype(np.float64)
+        within = np.where(by_country[country] > 0, draw / np.maximum(by_country[country], 1e-300),
+                          1 / formats_of[country])
         # log P(text | component): a format draws each text it allows alike; unformatted text draws its length
         # evenly from 1..MAX_CHARS and then each character from the alphabet.
         log_volume = np.array([math.log(sum(math.prod(len(a) for a in seq) for seq in f.expansions)) for f in fmts])

@@ -308,7 +308,7 @@ class Pipeline:
             if memo is not None and not any(
                     (read := memo.get(_key(c.quad))) is not None and lettered(read)
                     for c in det.candidates()):
-                continue  # not read (past max_plates) or read as nothing
+                continue  # not read (past max_plates), or read as no lettering
             boxes: list[Detection] = []
             for cand in det.candidates():
                 key = _key(cand.quad)
