@@ -699,7 +699,7 @@ class FormatSet:
 
     def _fit(self, lp_chars: np.ndarray, cols: list[int], per_set: dict[int, np.ndarray]
              ) -> tuple[float, PlateFormat, np.ndarray] | None:
-        """Most probable fit of the characters at columns ``cols`` of (timesteps, alphabet) log-probabilities to a
+        """Most probable fit of the characters at columns ``cols`` of (columns, alphabet) log-probabilities to a
         format, less its prior cost: (log-probability, format, characters), or None when no format has that length.
         ``per_set`` caches, per length, each allowed set's best log-probability at every column: the readings of
         one crop share their columns, so each set is scored once per column, not once per reading."""
@@ -708,7 +708,7 @@ class FormatSet:
         if not owners:
             return None
         if n not in per_set:
-            per_set[n] = np.where(table[:, None, :], lp_chars[None], -np.inf).max(axis=2)  # (sets, timesteps)
+            per_set[n] = np.where(table[:, None, :], lp_chars[None], -np.inf).max(axis=2)  # (sets, columns)
         fit = per_set[n][seqs, cols].sum(axis=1) - cost
         s = int(np.argmax(fit))  # ties go to the first: the format the training draw favoured
         if not math.isfinite(fit[s]):
@@ -727,10 +727,13 @@ class FormatSet:
         best_char = lp_chars.max(axis=1)
         best: tuple[float, PlateText] | None = None
         per_set: dict[int, np.ndarray] = {}
-        for cols, edit_cost, edit_probs in _readings(peaks, best_char, lp_blank):
-            if edit_cost > max_cost:
-                continue
-            fitted = self._fit(lp_chars, cols, per_set)
+        readings = [r for r in _readings(peaks, best_char, lp_blank) if r[1] <= max_cost]
+        # Only the columns some reading takes as a character are scored: a dozen of the reader's 96.
+        used = sorted({t for cols, _, _ in readings for t in cols})
+        at = {t: i for i, t in enumerate(used)}
+        lp_used = lp_chars[used]
+        for cols, edit_cost, edit_probs in readings:
+            fitted = self._fit(lp_used, [at[t] for t in cols], per_set)
             if fitted is None:
                 continue
             fit, fmt, chars = fitted
