@@ -727,7 +727,8 @@ class FormatSet:
         best_char = lp_chars.max(axis=1)
         best: tuple[float, PlateText] | None = None
         per_set: dict[int, np.ndarray] = {}
-        readings = [r for r in _readings(peaks, best_char, lp_blank) if r[1] <= max_cost]
+        readings = [(cols, edit_cost, edit_probs) for cols, edit_cost, edit_probs
+                    in _readings(peaks, best_char, lp_blank) if edit_cost <= max_cost]
         # Only the columns some reading takes as a character are scored: a dozen of the reader's 96.
         used = sorted({t for cols, _, _ in readings for t in cols})
         at = {t: i for i, t in enumerate(used)}
