@@ -179,9 +179,19 @@ class FormatSpec(_Strict):
     def patterns(self) -> list[str]:
         return [g if isinstance(g, str) else g.pattern for g in self.groups]
 
-    def part(self) -> dict[str, Any]:
-        """What the edge needs of this format (an entry of ``Country.format_part``)."""
-        return {"name": self.name, "groups": self.patterns, "separators": self.per_gap(self.separators, "separators"),
+    def part(self, lists: dict[str, list[str] | dict[str, str]] | None = None,
+             classes: dict[str, str] | None = None) -> dict[str, Any]:
+        """What the edge needs of this format (an entry of ``Country.format_part``).
+
+        With the country's ``lists`` (and ``classes``), a group every plate draws from a list (``pick_share`` 1)
+        is written as that list's words, so decoding and the format prior take no other text there: a Croatian
+        ZG 8481-K is no Slovak district plate, since ZG is no Slovak district."""
+        groups = self.patterns
+        if lists is not None:
+            groups = [pick_pattern(g, lists[g.pick], classes or {})
+                      if isinstance(g, Group) and g.pick is not None and g.pick_share >= 1 else p
+                      for g, p in zip(self.groups, groups, strict=True)]
+        return {"name": self.name, "groups": groups, "separators": self.per_gap(self.separators, "separators"),
                 "share": self.share, "vehicle": self.vehicle}
 
     def rule(self, code: str, classes: dict[str, str]) -> PlateFormat:
@@ -241,8 +251,13 @@ class Country(_Strict):
                     expand_group(g if isinstance(g, str) else g.pattern, self.classes)
                 except ValueError as exc:
                     raise ValueError(f"formats[{i}] ({f.name}).groups[{j}]: {exc}") from None
-                if isinstance(g, Group) and g.pick is not None and g.pick not in self.lists:
-                    raise ValueError(f"formats[{i}] ({f.name}).groups[{j}]: pick {g.pick!r} is not in lists")
+                if isinstance(g, Group) and g.pick is not None:
+                    if g.pick not in self.lists:
+                        raise ValueError(f"formats[{i}] ({f.name}).groups[{j}]: pick {g.pick!r} is not in lists")
+                    try:
+                        pick_pattern(g, self.lists[g.pick], self.classes)
+                    except ValueError as exc:
+                        raise ValueError(f"formats[{i}] ({f.name}).groups[{j}]: {exc}") from None
             try:
                 self.style_of(f)
             except ValidationError as exc:
@@ -258,7 +273,7 @@ class Country(_Strict):
     def format_part(self) -> dict[str, Any]:
         """What the edge needs of this country (carried in the reader's metadata)."""
         return {"code": self.code, "name": self.name, "weight": self.weight, "classes": dict(self.classes),
-                "formats": [f.part() for f in self.formats if f.decode]}
+                "formats": [f.part(self.lists, self.classes) for f in self.formats if f.decode]}
 
 
 class FormatPrior(_Strict):
@@ -389,6 +404,16 @@ def expand_group(pattern: str, classes: dict[str, str]) -> list[tuple[str, ...]]
     return out
 
 
+def pick_pattern(group: Group, words: list[str] | dict[str, str], classes: dict[str, str]) -> str:
+    """A group pattern that allows the words of its ``pick`` list only (each that fits the group's pattern), one
+    alternative a word: ``[Z][G]|[S][T]|...``."""
+    allowed = re.compile("^" + _group_regex(group.pattern, classes) + "$")
+    fit = sorted({str(w) for w in words if allowed.match(str(w))})
+    if not fit:
+        raise ValueError(f"pick {group.pick!r}: no word of the list fits the pattern {group.pattern!r}")
+    return "|".join("".join(f"[{c}]" for c in w) for w in fit)
+
+
 def _group_regex(pattern: str, classes: dict[str, str]) -> str:
     alts = []
     for alt in pattern.split("|"):
@@ -443,6 +468,21 @@ class PlateFormat:
         """The text's groups, or None when it does not fit."""
         m = self.regex.match(text)
         return list(m.groups()) if m else None
+
+    def fits_near(self, text: str) -> bool:
+        """Whether ``text`` fits, or would with one character changed, left out or added (a misread or a plate
+        cut at a frame's edge)."""
+        if self.regex.match(text):
+            return True
+        for i in range(len(text) + 1):
+            head, tail = text[:i], text[i:]
+            variants = [head + c + tail for c in ALPHABET]  # one added
+            if tail:
+                variants.append(head + tail[1:])  # one left out
+                variants += [head + c + tail[1:] for c in ALPHABET]  # one changed
+            if any(self.regex.match(v) for v in variants):
+                return True
+        return False
 
     def display(self, text: str) -> str | None:
         """The display form (groups joined by their separators), or None when the text does not fit."""

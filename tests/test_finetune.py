@@ -345,6 +345,42 @@ def test_what_else_a_frame_reads_is_cut_as_no_text_only_where_its_plates_were_pl
     assert none.negatives == 0 and len(none.x) == 2
 
 
+def test_a_read_like_the_labelled_plates_formats_is_taken_for_an_unlabelled_plate_not_cut_as_no_text(
+        tmp_path: Path) -> None:
+    """A frame's labels may leave out the plates of parked cars behind the labelled one: a read within one edit of
+    a format holding a good share of the labelled plates is not taught as no text; a sign still is."""
+    from edge.detect import Detection
+    from edge.formats import COUNTRIES_DIR, FormatSet
+    from edge.pipeline import FrameReads, Pipeline, PlateRead, SearchCounts
+    from trainer.finetune import Row, box_quad, camera_plate, cut_reader_crops
+
+    def read(text: str, box: tuple[float, float, float, float]) -> PlateRead:
+        return PlateRead(text, text, None, None, 0.9, Detection(box_quad(box), box, 0.9))
+
+    frame_reads = [read("IEP1025", (100, 100, 220, 130)),  # the labelled plate
+                   read("YKH3333", (300, 20, 420, 50)),    # a parked car's Greek plate
+                   read("KMA904", (0, 200, 90, 230)),      # one cut at the frame's edge
+                   read("OPEN24", (300, 300, 420, 330))]   # a sign
+
+    class Frames(Pipeline):
+        def run(self, image: np.ndarray, frame: int | None = None) -> FrameReads:
+            return FrameReads(frame_reads, SearchCounts())
+
+    base = Pipeline.from_dir(SHIPPED)
+    cv2.imwrite(str(tmp_path / "street.jpg"), np.full((400, 480, 3), 128, np.uint8))
+    rows = [Row(tmp_path, "street.jpg", "IEP1025", (100, 100, 220, 130), 2)]
+    formats = FormatSet.load(COUNTRIES_DIR)
+    greek = formats.learn_prior(["IEP1025", "ZKK4410", "YHB2011", "NIK5555", "ZG1234AB"])
+    assert greek.shares["gr"] > 0.5
+    crops = cut_reader_crops(rows, Frames(base.detector, base.reader), per_plate=2, seed=0, skipped=Counter(),
+                             notes=[], progress=False, per_negative=3, plate_like=camera_plate(formats, greek))
+    assert (crops.negatives, crops.unlabelled_plates) == (3, 2)  # the sign's 3 crops; the two plates left out
+    # Without a prior, nothing is taken for a plate: every other read is cut as no text.
+    crops = cut_reader_crops(rows, Frames(base.detector, base.reader), per_plate=2, seed=0, skipped=Counter(),
+                             notes=[], progress=False, per_negative=3, plate_like=camera_plate(formats, None))
+    assert (crops.negatives, crops.unlabelled_plates) == (9, 0)
+
+
 def test_a_boxed_plate_is_also_cut_around_the_box_the_search_read_it_in(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every second crop of a plate with a labelled box comes from the box the starting search read it in (the

@@ -278,6 +278,61 @@ def test_a_country_added_from_a_folder_outside_the_package(tmp_path: Path) -> No
         use_countries(COUNTRIES_DIR)
 
 
+COUNTRY_ZY = """
+code: ZY
+name: Zyland
+weight: 5
+lists:
+  district: [BA, KE, "NO", B1]
+formats:
+  - name: zy
+    note: "test country: a district of the list, three digits, two letters"
+    groups: [{pattern: LL, pick: district}, DDDLL]
+  - name: zy_moto
+    note: "test country: most motorcycles carry a district of the list"
+    groups: [{pattern: LL, pick: district, pick_share: 0.8}, DDDL]
+"""
+COUNTRY_ZX = """
+code: ZX
+name: Zxland
+weight: 5
+classes:
+  S: ABCDEFGHIJKLMNPRSTUVZ
+formats:
+  - name: zx
+    note: "test country: two letters, three digits, letters without O, Q, W, X, Y"
+    groups: [LL, DDD, "S{1,2}"]
+"""
+
+
+def test_a_group_every_plate_draws_from_a_list_takes_its_words_only(tmp_path: Path) -> None:
+    _write(tmp_path, "zy.yaml", COUNTRY_ZY)
+    _write(tmp_path, "zx.yaml", COUNTRY_ZX)
+    fs = FormatSet.load(tmp_path)
+    zy, moto = fs.by_name["zy"], fs.by_name["zy_moto"]
+    # Its words that fit the group's pattern (B1 does not fit LL); a list only some plates draw from
+    # (pick_share below 1) leaves the group's pattern as it is.
+    assert zy.regex.match("KE123AB") and zy.regex.match("NO123AB") and not zy.regex.match("ZG123AB")
+    assert moto.regex.match("ZG123A")
+    zy_part = next(c for c in fs.countries if c["code"] == "ZY")["formats"][0]
+    assert zy_part["groups"][0] == "[B][A]|[K][E]|[N][O]"
+    # A W where the other country's letters leave W out: with the district list, no format takes ZG662PW as
+    # it was read, and the letter the reader also saw makes it a plate of the country whose format fits.
+    read = fs.decode(_columns("ZG662PW", alt={6: {"V": 0.3}}), READER_CLASSES, BLANK)
+    assert (read.text, read.format) == ("ZG662PV", "zx")
+    assert fs.decode(_columns("KE662PW"), READER_CLASSES, BLANK).format == "zy"
+    # The prior counts such plates for the country whose format takes them.
+    prior = fs.learn_prior(["ZG662PV", "ZG123AB", "ST401KA", "KE100AA"])
+    assert prior.shares["zx"] > prior.shares["zy"]
+
+
+def test_a_list_none_of_whose_words_fits_its_group_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path, "zy.yaml", COUNTRY_ZY.replace('[BA, KE, "NO", B1]', "[B1, K2]"))
+    with pytest.raises(FormatError, match=r"zy.yaml: .*formats\[0\] \(zy\).groups\[0\]: pick 'district': no word "
+                                          r"of the list fits the pattern 'LL'"):
+        load_countries(tmp_path)
+
+
 @pytest.mark.parametrize("body, message", [
     (COUNTRY_ZZ.replace("weight: 5", "weight: -1"), r"zz.yaml: weight: Input should be greater than or equal to 0"),
     (COUNTRY_ZZ.replace("groups: [KK, NDD, K]", "groups: [KK, NDQ, K]"),

@@ -26,7 +26,11 @@ corrects it). From such folders the command:
    rows, cut where the label best matches those reads. What else the starting
    models read in a frame whose labels were all placed (a sign, a badge) is
    cut too, labelled with no text (``--negative-crops``): a reader tuned on
-   real crops alone grows sure of such lettering;
+   real crops alone grows sure of such lettering. A read there that is within
+   one edit of a format holding a good share of the labelled plates (the
+   format prior learnt from them) is taken for another vehicle's plate that
+   the labels leave out, and is not cut: taught as no text, it would teach
+   the reader to drop the characters of the very plates it is tuned for;
 4. mixes them with freshly synthesized crops (``--synthetic-share`` of the
    samples) so that formats missing from the user's plates are not forgotten,
    and, with ``--detector``, the full frames with boxes with synthetic scenes;
@@ -60,7 +64,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -112,6 +116,11 @@ TWO_ROW_MAX_ASPECT = 3.0
 #: out), and only in frames whose every label was placed (a box, or a read close to it).
 NEGATIVES_PER_FRAME = 4
 NEGATIVE_MAX_SIMILARITY = 0.5
+#: A thing read in a training frame within one edit of a format that holds at least this share of the labelled
+#: plates (``FormatSet.learn_prior``) is another vehicle's plate the labels leave out, not a negative: seed480's
+#: frames hold Greek plates of parked cars behind the labelled one, and a reader taught them as no text dropped
+#: characters of the labelled plates (a 3 between digits).
+CAMERA_FORMAT_SHARE = 0.05
 #: Seed of the synthetic plates scored before and after (``trainer evaluate``'s default).
 SYNTHETIC_EVAL_SEED = 999
 #: The scores of a set, by key, and their names: the held-out plates, synthetic plates (the reader alone) and,
@@ -368,6 +377,8 @@ class ReaderCrops:
     two_row: int
     #: Of ``x``: the crops of things in the frames that are no plate, labelled with no text (``NEGATIVES_*``).
     negatives: int = 0
+    #: Things read in the frames that were left out of the negatives as unlabelled plates (``CAMERA_FORMAT_SHARE``).
+    unlabelled_plates: int = 0
 
 
 def _quad_box(quad: np.ndarray) -> tuple[float, float, float, float]:
@@ -375,17 +386,27 @@ def _quad_box(quad: np.ndarray) -> tuple[float, float, float, float]:
     return float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())
 
 
+def camera_plate(formats: FormatSet, prior: FormatPrior | None) -> Callable[[str], bool]:
+    """Whether a text read in a training frame is likely a plate of the camera's: within one edit of a format
+    holding at least ``CAMERA_FORMAT_SHARE`` of the labelled plates under ``prior`` (None: no text is)."""
+    common = [formats.by_name[name] for name, share in (prior.shares.items() if prior else ())
+              if share >= CAMERA_FORMAT_SHARE and name in formats.by_name]
+    return lambda text: any(f.fits_near(text) for f in common)
+
+
 def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: int, skipped: Counter[str],
-                     notes: list[str], progress: bool = True, per_negative: int = 0) -> ReaderCrops:
+                     notes: list[str], progress: bool = True, per_negative: int = 0,
+                     plate_like: Callable[[str], bool] | None = None) -> ReaderCrops:
     """Reader crops and labels of ``rows`` (see the module's docstring, step 3); rows that give none are counted
     in ``skipped``. ``per_negative``: jittered crops of each thing in a frame that is none of its plates
-    (``NEGATIVES_*``), labelled with no text (0: none)."""
+    (``NEGATIVES_*``), labelled with no text (0: none); ``plate_like``: the reads there that are left out as
+    plates the labels do not list (``camera_plate``)."""
     reader: PlateReader = pipeline.reader
     by_image: dict[Path, list[Row]] = {}
     for r in rows:
         by_image.setdefault(r.image, []).append(r)
     val_x, val_y, xs, ys, texts = [], [], [], [], []
-    two_row = negatives = 0
+    two_row = negatives = unlabelled = 0
     no_text = row_label("", "")
 
     def skip(reason: str, row: Row) -> None:
@@ -441,6 +462,10 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
             labels = [r.text.translate(LENIENT) for r in image_rows]
             others = [rd for rd in reads.reads if not any(overlap(rd.detection.box, b) > 0 for b in placed)
                       and max(similarity(rd.text.translate(LENIENT), t) for t in labels) < NEGATIVE_MAX_SIMILARITY]
+            if plate_like is not None:
+                plates = [rd for rd in others if plate_like(rd.text)]
+                unlabelled += len(plates)
+                others = [rd for rd in others if rd not in plates]
             rng = np.random.default_rng((seed, index, 1))
             for rd in others[:NEGATIVES_PER_FRAME]:
                 for k in range(per_negative):
@@ -451,7 +476,8 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
     h, w = reader.height, reader.width
     empty_x, empty_y = np.zeros((0, h, w), np.uint8), np.zeros((0, 2 * MAX_CHARS), np.int32)
     return ReaderCrops(np.stack(val_x) if val_x else empty_x, np.stack(val_y) if val_y else empty_y,
-                       np.stack(xs) if xs else empty_x, np.stack(ys) if ys else empty_y, texts, two_row, negatives)
+                       np.stack(xs) if xs else empty_x, np.stack(ys) if ys else empty_y, texts, two_row, negatives,
+                       unlabelled)
 
 
 def detector_frames(rows: list[Row], held_images: set[Path], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -716,8 +742,16 @@ class Finetune:
             raise ValueError(f"no plates to train on in {', '.join(map(str, opts.data))} ("
                              + (", ".join(f"{k}: {v}" for k, v in skipped.items()) or "no rows") + ")")
         pipeline = self._pipeline(opts.models)
+        # The formats the new reader carries: the starting reader's, with those its synthetic plates are drawn
+        # from added (a country in both: the file's). The prior is learnt over them, so a format of the camera's
+        # that the starting reader did not know takes the plates it accounts for, not a broader foreign one.
+        formats = pipeline.reader.formats.merged(opts.added_formats())
+        # How often each format occurs among the plates trained on (every training row, found by the starting
+        # models or not); the reader carries it unless told not to.
+        prior = formats.learn_prior([r.text for r in train_rows],
+                                    f"{len(train_rows)} training rows of {', '.join(map(str, opts.data))}")
         crops = cut_reader_crops(train_rows, pipeline, opts.crops_per_plate, opts.seed, skipped, notes,
-                                 opts.progress, opts.negative_crops)
+                                 opts.progress, opts.negative_crops, camera_plate(formats, prior))
         if not len(crops.x):
             raise ValueError("no reader crops could be cut from the training plates ("
                              + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
@@ -731,10 +765,6 @@ class Finetune:
             lines.append("\t".join([str(r.image.resolve()), r.text, *(f"{v:g}" for v in r.box or ())]))
         _atomic_write_text(held_dir / "labels.tsv", "\n".join(lines) + "\n")
 
-        # The formats the new reader carries: the starting reader's, with those its synthetic plates are drawn
-        # from added (a country in both: the file's). The prior is learnt over them, so a format of the camera's
-        # that the starting reader did not know takes the plates it accounts for, not a broader foreign one.
-        formats = pipeline.reader.formats.merged(opts.added_formats())
         n_val_user = min(len(crops.val_x), MAX_VAL_USER["reader"])
         n_syn_val = synthetic_count(n_val_user, opts.synthetic_share)
         n_syn = synthetic_count(len(crops.x), opts.synthetic_share)
@@ -742,12 +772,7 @@ class Finetune:
                                 "training_rows": len(train_rows), "heldout_plates": len(held),
                                 "heldout_texts": sorted({r.text for r in held}),
                                 "training_texts": sorted(set(crops.texts)), "two_row_plates": crops.two_row,
-                                # How often each format occurs among the plates trained on (every training row,
-                                # found by the starting models or not); the reader carries it unless told not to.
-                                "format_prior": formats.learn_prior(
-                                    [r.text for r in train_rows],
-                                    f"{len(train_rows)} training rows of {', '.join(map(str, opts.data))}"
-                                ).model_dump(mode="json"),
+                                "format_prior": prior.model_dump(mode="json"),
                                 "skipped": dict(skipped), "skipped_examples": notes[:20]}
         # Sample i of a synthetic set uses seed (seed, i): the reader's and the detector's sets draw from their own.
         n_draw = min(n_syn, SYNTHETIC_MAX)
@@ -770,7 +795,7 @@ class Finetune:
                   "formats": formats.to_meta(), "validation": n_val,
                   "user": len(crops.x), "synthetic": n_syn})
         prep["reader"] = {"samples": len(x), "validation": n_val, "user_crops": len(crops.x) - crops.negatives,
-                          "negative_crops": crops.negatives,
+                          "negative_crops": crops.negatives, "unlabelled_plates": crops.unlabelled_plates,
                           "synthetic_crops": n_syn, "synthetic_distinct": n_draw, "validation_user": n_val_user,
                           "validation_synthetic": n_syn_val}
         del x, y, syn_x, syn_y, synthetic
@@ -1145,7 +1170,8 @@ def model_card(state: dict[str, Any], opts: Options) -> str:
         f"| reader samples | {rd['user_crops']} crops of the user's plates ({args['crops_per_plate']} per plate, "
         f"jittered detector-like rectangles, cut by the edge's crop code), {rd.get('negative_crops', 0)} of things "
         f"in the frames that are no plate, taught as no text (--negative-crops "
-        f"{args.get('negative_crops', 0)}), {rd['synthetic_crops']} synthetic "
+        f"{args.get('negative_crops', 0)}; {rd.get('unlabelled_plates', 0)} more read like the labelled plates' "
+        f"formats, taken for plates the labels leave out, were not cut), {rd['synthetic_crops']} synthetic "
         f"({rd['synthetic_distinct']} distinct; --synthetic-share {args['synthetic_share']}); validation "
         f"{rd['validation']} "
         f"({rd['validation_user']} unjittered crops of training plates, {rd['validation_synthetic']} synthetic) |",
