@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import queue
+import re
 import statistics
 import sys
 import time
@@ -266,11 +267,21 @@ def cmd_collect_pack(args: argparse.Namespace) -> int:
     return 0 if n else 1
 
 
+def _describe_group(pattern: str) -> str:
+    """A group's pattern, with a list of words (``[Z][G]|[S][T]|...``, a country file's ``pick``) shortened to its
+    first words and their count: ``(BJ|CK|DA|... 32 listed)``."""
+    alternatives = pattern.split("|")
+    if not all(re.fullmatch(r"(\[[A-Z0-9]\])+", a) for a in alternatives):
+        return pattern
+    words = [a.replace("[", "").replace("]", "") for a in alternatives]
+    return "(" + "|".join(words) + ")" if len(words) <= 4 else f"({'|'.join(words[:3])}|... {len(words)} listed)"
+
+
 def describe_format(fmt: PlateFormat) -> str:
     """A format as ``name PATTERN`` with its groups and display separators, e.g. ``gr GGG-NDDD``."""
-    shown = fmt.groups[0]
+    shown = _describe_group(fmt.groups[0])
     for sep, g in zip(fmt.separators, fmt.groups[1:], strict=False):
-        shown += (sep if sep.strip() else " ") + g
+        shown += (sep if sep.strip() else " ") + _describe_group(g)
     return f"{fmt.name} {shown}"
 
 

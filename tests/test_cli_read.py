@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from conftest import run_edge
+from edge.formats import COUNTRIES_DIR
 from edge.images import MAX_IMAGE_PIXELS
 from edge.model import DEFAULT_MODELS
 from test_images import zero_png
@@ -148,6 +149,9 @@ def test_formats_lists_one_line_per_country_of_the_model_set(untrained_models: P
     codes = [line.split()[0] for line in lines]
     assert codes == sorted(codes) and all(len(c) == 2 and c.isupper() for c in codes)
     assert any(line.startswith("BR  Brazil: ") and "br_mercosur LLL DLDD" in line for line in lines)
+    # A group every plate draws from a list shows the list's first words and their count.
+    proc = run_edge("formats", "--models", str(untrained_models), "--countries", str(COUNTRIES_DIR))
+    assert "HR  Croatia: hr (BJ|CK|DA|... 32 listed) D{3,4}-S{1,2}" in proc.stdout.splitlines()
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "zz.yaml").write_text("code: ZZ\nname: Zedland\nweight: 1\nformats: [{name: zz, groups: [LLQ]}]\n")
