@@ -463,9 +463,9 @@ def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: 
             others = [rd for rd in reads.reads if not any(overlap(rd.detection.box, b) > 0 for b in placed)
                       and max(similarity(rd.text.translate(LENIENT), t) for t in labels) < NEGATIVE_MAX_SIMILARITY]
             if plate_like is not None:
-                plates = [rd for rd in others if plate_like(rd.text)]
-                unlabelled += len(plates)
-                others = [rd for rd in others if rd not in plates]
+                kept = [rd for rd in others if not plate_like(rd.text)]
+                unlabelled += len(others) - len(kept)
+                others = kept
             rng = np.random.default_rng((seed, index, 1))
             for rd in others[:NEGATIVES_PER_FRAME]:
                 for k in range(per_negative):
