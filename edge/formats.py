@@ -50,6 +50,7 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -469,10 +470,13 @@ class PlateFormat:
         m = self.regex.match(text)
         return list(m.groups()) if m else None
 
-    def fits_near(self, text: str) -> bool:
+    def fits_near(self, text: str, lengths: Container[int] | None = None) -> bool:
         """Whether ``text`` fits, or would with one character changed, left out or added (a misread or a plate
-        cut at a frame's edge)."""
-        if self.regex.match(text):
+        cut at a frame's edge); with ``lengths``, only as a text of one of those lengths."""
+        def fits(t: str) -> bool:
+            return (lengths is None or len(t) in lengths) and self.regex.match(t) is not None
+
+        if fits(text):
             return True
         for i in range(len(text) + 1):
             head, tail = text[:i], text[i:]
@@ -480,7 +484,7 @@ class PlateFormat:
             if tail:
                 variants.append(head + tail[1:])  # one left out
                 variants += [head + c + tail[1:] for c in ALPHABET]  # one changed
-            if any(self.regex.match(v) for v in variants):
+            if any(fits(v) for v in variants):
                 return True
         return False
 

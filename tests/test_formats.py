@@ -326,6 +326,15 @@ def test_a_group_every_plate_draws_from_a_list_takes_its_words_only(tmp_path: Pa
     assert prior.shares["zx"] > prior.shares["zy"]
 
 
+def test_a_text_near_a_format_is_one_edit_from_a_text_it_takes(world: FormatSet) -> None:
+    gr, my = world.by_name["gr"], world.by_name["my"]
+    # As read, one character misread, one cut off at a frame's edge, one letter too many; two edits are not near.
+    assert gr.fits_near("YKH3333") and gr.fits_near("YKH3B33") and gr.fits_near("KMA904") and gr.fits_near("IKMA9045")
+    assert not gr.fits_near("MEGANE") and not gr.fits_near("KM904")
+    # With the lengths a camera's plates of the format have, a broad format's short texts are not its plates.
+    assert my.fits_near("C13") and not my.fits_near("C13", lengths={6, 7}) and my.fits_near("WXY123", lengths={7})
+
+
 def test_a_list_none_of_whose_words_fits_its_group_is_an_error(tmp_path: Path) -> None:
     _write(tmp_path, "zy.yaml", COUNTRY_ZY.replace('[BA, KE, "NO", B1]', "[B1, K2]"))
     with pytest.raises(FormatError, match=r"zy.yaml: .*formats\[0\] \(zy\).groups\[0\]: pick 'district': no word "

@@ -28,9 +28,10 @@ corrects it). From such folders the command:
    cut too, labelled with no text (``--negative-crops``): a reader tuned on
    real crops alone grows sure of such lettering. A read there that is within
    one edit of a format holding a good share of the labelled plates (the
-   format prior learnt from them) is taken for another vehicle's plate that
-   the labels leave out, and is not cut: taught as no text, it would teach
-   the reader to drop the characters of the very plates it is tuned for;
+   format prior learnt from them), at a length those plates have, is taken
+   for another vehicle's plate that the labels leave out, and is not cut:
+   taught as no text, it would teach the reader to drop the characters of the
+   very plates it is tuned for;
 4. mixes them with freshly synthesized crops (``--synthetic-share`` of the
    samples) so that formats missing from the user's plates are not forgotten,
    and, with ``--detector``, the full frames with boxes with synthetic scenes;
@@ -388,10 +389,13 @@ def _quad_box(quad: np.ndarray) -> tuple[float, float, float, float]:
 
 def camera_plate(formats: FormatSet, prior: FormatPrior | None) -> Callable[[str], bool]:
     """Whether a text read in a training frame is likely a plate of the camera's: within one edit of a format
-    holding at least ``CAMERA_FORMAT_SHARE`` of the labelled plates under ``prior`` (None: no text is)."""
-    common = [formats.by_name[name] for name, share in (prior.shares.items() if prior else ())
-              if share >= CAMERA_FORMAT_SHARE and name in formats.by_name]
-    return lambda text: any(f.fits_near(text) for f in common)
+    holding at least ``CAMERA_FORMAT_SHARE`` of the labelled plates under ``prior``, at a length its plates there
+    have (a broad format's 3-character texts are not its 7-character plates; None: no text is)."""
+    if prior is None:
+        return lambda text: False
+    common = [(formats.by_name[name], {n for n in range(1, MAX_CHARS + 1) if prior.has_length(name, n)})
+              for name, share in prior.shares.items() if share >= CAMERA_FORMAT_SHARE and name in formats.by_name]
+    return lambda text: any(f.fits_near(text, lengths) for f, lengths in common)
 
 
 def cut_reader_crops(rows: list[Row], pipeline: Pipeline, per_plate: int, seed: int, skipped: Counter[str],
