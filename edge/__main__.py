@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import queue
-import re
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from edge.formats import FormatError, FormatSet, PlateFormat
+from edge.formats import FormatError, FormatSet, PlateFormat, pick_words
 from edge.images import MAX_IMAGE_PIXELS, ImageError, decode_image
 from edge.model import ACCELERATORS, DEFAULT_MODELS, ModelError, read_metadata, reader_formats
 from edge.pipeline import Pipeline, read_as_video
@@ -270,10 +269,9 @@ def cmd_collect_pack(args: argparse.Namespace) -> int:
 def _describe_group(pattern: str) -> str:
     """A group's pattern, with a list of words (``[Z][G]|[S][T]|...``, a country file's ``pick``) shortened to its
     first words and their count: ``(BJ|CK|DA|... 32 listed)``."""
-    alternatives = pattern.split("|")
-    if not all(re.fullmatch(r"(\[[A-Z0-9]\])+", a) for a in alternatives):
+    words = pick_words(pattern)
+    if words is None:
         return pattern
-    words = [a.replace("[", "").replace("]", "") for a in alternatives]
     return "(" + "|".join(words) + ")" if len(words) <= 4 else f"({'|'.join(words[:3])}|... {len(words)} listed)"
 
 

@@ -415,6 +415,14 @@ def pick_pattern(group: Group, words: list[str] | dict[str, str], classes: dict[
     return "|".join("".join(f"[{c}]" for c in w) for w in fit)
 
 
+def pick_words(pattern: str) -> list[str] | None:
+    """The words of a group written by :func:`pick_pattern`, or None when the group is a pattern of classes."""
+    alternatives = pattern.split("|")
+    if not all(re.fullmatch(r"(\[[A-Z0-9]\])+", a) for a in alternatives):
+        return None
+    return [a.replace("[", "").replace("]", "") for a in alternatives]
+
+
 def _group_regex(pattern: str, classes: dict[str, str]) -> str:
     alts = []
     for alt in pattern.split("|"):
